@@ -1,0 +1,26 @@
+//! The policy model shared by `tai-build` and `tai-macros`.
+//!
+//! tai has two front ends for the same policy — `.proto` options and the
+//! `#[resilient(...)]` attribute — and one rule for what is valid. This crate is that
+//! rule: each front end parses its own syntax into a [`PolicySpec`] per level (file,
+//! service, method), [`resolve`]s the levels, and calls [`validate`]. Errors name a
+//! [`Field`]; each front end maps the field back to its own location (a token span or
+//! a `.proto` file and option path), so messages agree while locations stay precise.
+//!
+//! It has no dependencies so that it costs nothing at build time.
+
+#![forbid(unsafe_code)]
+
+mod code;
+mod duration;
+mod spec;
+mod validate;
+
+pub use code::{Code, CodeSet};
+pub use duration::{format_duration, parse_duration};
+pub use spec::{
+    BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec, ResolvedBreaker,
+    ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry, ResolvedThrottle, RetrySpec,
+    ThrottleSpec, Toggle, resolve,
+};
+pub use validate::{Field, MAX_ATTEMPTS_CAP, Problem, validate};

@@ -1,0 +1,459 @@
+//! The one validator: every rule about what a policy may say lives here.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::spec::{BreakerSpec, HedgingSpec, RetrySpec, Toggle};
+use crate::{Code, MethodKind, PolicySpec, ResolvedPolicy, resolve};
+
+/// A policy field, named the same way in both front ends' messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Field {
+    Idempotent,
+    Timeout,
+    MaxTimeout,
+    Retry,
+    RetryMaxAttempts,
+    RetryInitialBackoff,
+    RetryMaxBackoff,
+    RetryMultiplier,
+    RetryCodes,
+    Hedging,
+    HedgingMaxAttempts,
+    HedgingDelay,
+    HedgingNonFatalCodes,
+    Breaker,
+    BreakerFailureThreshold,
+    BreakerOpenTimeout,
+    BreakerMaxOpenTimeout,
+    BreakerHalfOpenMaxCalls,
+    BreakerFailureRate,
+    BreakerWindow,
+    BreakerMinCalls,
+    BreakerFailureCodes,
+    Throttle,
+    ThrottleMaxTokens,
+    ThrottleTokenRatio,
+}
+
+impl Field {
+    /// The field's path in the `.proto` option, e.g. `retry.max_attempts`.
+    pub const fn proto_path(self) -> &'static str {
+        match self {
+            Field::Idempotent => "idempotent",
+            Field::Timeout => "timeout",
+            Field::MaxTimeout => "max_timeout",
+            Field::Retry => "retry",
+            Field::RetryMaxAttempts => "retry.max_attempts",
+            Field::RetryInitialBackoff => "retry.initial_backoff",
+            Field::RetryMaxBackoff => "retry.max_backoff",
+            Field::RetryMultiplier => "retry.backoff_multiplier",
+            Field::RetryCodes => "retry.retryable_codes",
+            Field::Hedging => "hedging",
+            Field::HedgingMaxAttempts => "hedging.max_attempts",
+            Field::HedgingDelay => "hedging.delay",
+            Field::HedgingNonFatalCodes => "hedging.non_fatal_codes",
+            Field::Breaker => "breaker",
+            Field::BreakerFailureThreshold => "breaker.failure_threshold",
+            Field::BreakerOpenTimeout => "breaker.open_timeout",
+            Field::BreakerMaxOpenTimeout => "breaker.max_open_timeout",
+            Field::BreakerHalfOpenMaxCalls => "breaker.half_open_max_calls",
+            Field::BreakerFailureRate => "breaker.failure_rate",
+            Field::BreakerWindow => "breaker.window",
+            Field::BreakerMinCalls => "breaker.min_calls",
+            Field::BreakerFailureCodes => "breaker.failure_codes",
+            Field::Throttle => "throttle",
+            Field::ThrottleMaxTokens => "throttle.max_tokens",
+            Field::ThrottleTokenRatio => "throttle.token_ratio",
+        }
+    }
+
+    /// The field's path in the `#[resilient]` attribute, e.g. `retry(max_attempts)`.
+    pub const fn attr_path(self) -> &'static str {
+        match self {
+            Field::Idempotent => "idempotent",
+            Field::Timeout => "timeout",
+            Field::MaxTimeout => "max_timeout",
+            Field::Retry => "retry",
+            Field::RetryMaxAttempts => "retry(max_attempts)",
+            Field::RetryInitialBackoff => "retry(initial_backoff)",
+            Field::RetryMaxBackoff => "retry(max_backoff)",
+            Field::RetryMultiplier => "retry(multiplier)",
+            Field::RetryCodes => "retry(codes)",
+            Field::Hedging => "hedging",
+            Field::HedgingMaxAttempts => "hedging(max_attempts)",
+            Field::HedgingDelay => "hedging(delay)",
+            Field::HedgingNonFatalCodes => "hedging(non_fatal_codes)",
+            Field::Breaker => "breaker",
+            Field::BreakerFailureThreshold => "breaker(failure_threshold)",
+            Field::BreakerOpenTimeout => "breaker(open_timeout)",
+            Field::BreakerMaxOpenTimeout => "breaker(max_open_timeout)",
+            Field::BreakerHalfOpenMaxCalls => "breaker(half_open_max_calls)",
+            Field::BreakerFailureRate => "breaker(failure_rate)",
+            Field::BreakerWindow => "breaker(window)",
+            Field::BreakerMinCalls => "breaker(min_calls)",
+            Field::BreakerFailureCodes => "breaker(failure_codes)",
+            Field::Throttle => "throttle",
+            Field::ThrottleMaxTokens => "throttle(max_tokens)",
+            Field::ThrottleTokenRatio => "throttle(token_ratio)",
+        }
+    }
+}
+
+/// One thing wrong with a policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// The field the problem is about.
+    pub field: Field,
+    /// Index into the levels passed to [`validate`] of the level that wrote the field
+    /// (for cross-field problems: the innermost level that wrote either field).
+    pub level: usize,
+    /// What is wrong and what to write instead, without the location.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Codes whose presence proves the server did not run the call, so that even a
+/// non-idempotent method may retry on them. By gRPC convention (AIP-194) a server
+/// returns UNAVAILABLE only when it did not process the request.
+const SAFE_FOR_ANY_METHOD: &[Code] = &[Code::Unavailable];
+
+/// The most attempts A6 allows; more are capped, not rejected.
+pub const MAX_ATTEMPTS_CAP: u32 = 5;
+
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn fail(&mut self, field: Field, level: usize, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field,
+            level,
+            message: message.into(),
+        });
+    }
+
+    fn positive_duration(&mut self, field: Field, level: usize, value: Option<Duration>) {
+        if value == Some(Duration::ZERO) {
+            self.fail(field, level, "must be greater than zero");
+        }
+    }
+
+    fn count_at_least(&mut self, field: Field, level: usize, value: Option<u32>, min: u32) {
+        if let Some(v) = value.filter(|v| *v < min) {
+            self.fail(field, level, format!("is {v}, but must be at least {min}"));
+        }
+    }
+
+    fn no_ok(&mut self, field: Field, level: usize, codes: &Option<Vec<Code>>) {
+        if codes.as_ref().is_some_and(|c| c.contains(&Code::Ok)) {
+            self.fail(field, level, "cannot contain OK: OK is a success");
+        }
+    }
+}
+
+/// The innermost level that sets `get`, if any.
+fn origin(levels: &[&PolicySpec], get: impl Fn(&PolicySpec) -> bool) -> Option<usize> {
+    levels.iter().rposition(|l| get(l))
+}
+
+fn retry_of(l: &PolicySpec) -> Option<&RetrySpec> {
+    match &l.retry {
+        Some(Toggle::On(r)) => Some(r),
+        _ => None,
+    }
+}
+
+fn hedging_of(l: &PolicySpec) -> Option<&HedgingSpec> {
+    match &l.hedging {
+        Some(Toggle::On(h)) => Some(h),
+        _ => None,
+    }
+}
+
+fn breaker_of(l: &PolicySpec) -> Option<&BreakerSpec> {
+    match &l.breaker {
+        Some(Toggle::On(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// Validates the levels of one method (outermost first: file, service, method) and
+/// returns the resolved policy, or every problem found — never just the first.
+///
+/// `method_level` is the index of the method's own level, if the last level is one;
+/// some settings (retry throttling) belong to a whole client and are rejected there.
+pub fn validate(
+    levels: &[&PolicySpec],
+    kind: MethodKind,
+    method_level: Option<usize>,
+) -> Result<ResolvedPolicy, Vec<Problem>> {
+    let mut check = Check {
+        problems: Vec::new(),
+    };
+    for (i, level) in levels.iter().enumerate() {
+        check.positive_duration(Field::MaxTimeout, i, level.max_timeout);
+        if let Some(Toggle::On(t)) = level.timeout {
+            check.positive_duration(Field::Timeout, i, Some(t));
+        }
+        if let Some(r) = retry_of(level) {
+            check.count_at_least(Field::RetryMaxAttempts, i, r.max_attempts, 2);
+            check.positive_duration(Field::RetryInitialBackoff, i, r.initial_backoff);
+            check.positive_duration(Field::RetryMaxBackoff, i, r.max_backoff);
+            if let Some(m) = r.multiplier.filter(|m| !(*m > 0.0 && m.is_finite())) {
+                check.fail(Field::RetryMultiplier, i, format!("is {m}, but must be greater than 0"));
+            }
+            if r.codes.as_ref().is_some_and(Vec::is_empty) {
+                check.fail(Field::RetryCodes, i, "is empty: list at least one code to retry, or turn retry off");
+            }
+            check.no_ok(Field::RetryCodes, i, &r.codes);
+        }
+        if let Some(h) = hedging_of(level) {
+            check.count_at_least(Field::HedgingMaxAttempts, i, h.max_attempts, 2);
+            check.no_ok(Field::HedgingNonFatalCodes, i, &h.non_fatal_codes);
+        }
+        if retry_of(level).is_some() && hedging_of(level).is_some() {
+            check.fail(
+                Field::Hedging,
+                i,
+                "cannot be combined with retry on the same method: a call either retries after a failure or hedges ahead of one; keep one",
+            );
+        }
+        if let Some(b) = breaker_of(level) {
+            check.count_at_least(Field::BreakerFailureThreshold, i, b.failure_threshold, 1);
+            check.count_at_least(Field::BreakerHalfOpenMaxCalls, i, b.half_open_max_calls, 1);
+            check.positive_duration(Field::BreakerOpenTimeout, i, b.open_timeout);
+            check.positive_duration(Field::BreakerMaxOpenTimeout, i, b.max_open_timeout);
+            check.no_ok(Field::BreakerFailureCodes, i, &b.failure_codes);
+            if let Some(Toggle::On(r)) = &b.rate {
+                if let Some(t) = r.threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
+                    check.fail(Field::BreakerFailureRate, i, format!("is {t}, but must be in (0, 1]"));
+                }
+                check.positive_duration(Field::BreakerWindow, i, r.window);
+                check.count_at_least(Field::BreakerMinCalls, i, r.min_calls, 1);
+            }
+        }
+        if let Some(Toggle::On(t)) = &level.throttle {
+            if method_level == Some(i) {
+                check.fail(
+                    Field::Throttle,
+                    i,
+                    "is shared by every method of a client: set it on the service or the file, not on a method",
+                );
+            }
+            if let Some(n) = t.max_tokens.filter(|n| !(1..=1000).contains(n)) {
+                check.fail(Field::ThrottleMaxTokens, i, format!("is {n}, but must be in 1..=1000"));
+            }
+            if let Some(r) = t.token_ratio.filter(|r| !(*r > 0.0 && r.is_finite())) {
+                check.fail(Field::ThrottleTokenRatio, i, format!("is {r}, but must be greater than 0"));
+            }
+        }
+    }
+    if !check.problems.is_empty() {
+        return Err(check.problems);
+    }
+
+    let mut resolved = resolve(levels);
+    let innermost = levels.len().saturating_sub(1);
+
+    if kind.streams_requests() {
+        // A stream of requests cannot be re-sent without a replay buffer; an inherited
+        // retry or hedge simply does not apply, but asking for one here is an error.
+        if let Some(m) = method_level {
+            if retry_of(levels[m]).is_some() {
+                check.fail(Field::Retry, m, "cannot apply to a client-streaming or bidi method: its requests are a stream that cannot be re-sent");
+            }
+            if hedging_of(levels[m]).is_some() {
+                check.fail(Field::Hedging, m, "cannot apply to a client-streaming or bidi method: its requests are a stream that cannot be re-sent");
+            }
+        }
+        resolved.retry = None;
+        resolved.hedging = None;
+    }
+
+    if let Some(r) = &resolved.retry {
+        if r.initial_backoff > r.max_backoff {
+            let level = origin(levels, |l| {
+                retry_of(l).is_some_and(|r| r.initial_backoff.is_some() || r.max_backoff.is_some())
+            });
+            check.fail(
+                Field::RetryInitialBackoff,
+                level.unwrap_or(innermost),
+                format!(
+                    "is {:?}, larger than max_backoff {:?}",
+                    r.initial_backoff, r.max_backoff
+                ),
+            );
+        }
+        if !resolved.idempotent {
+            let unsafe_codes: Vec<Code> = r
+                .codes
+                .codes()
+                .into_iter()
+                .filter(|c| !SAFE_FOR_ANY_METHOD.contains(c))
+                .collect();
+            if !unsafe_codes.is_empty() {
+                let level = origin(levels, |l| {
+                    retry_of(l).is_some_and(|r| r.codes.is_some())
+                })
+                .unwrap_or(innermost);
+                let names: Vec<&str> = unsafe_codes.iter().map(|c| c.name()).collect();
+                check.fail(
+                    Field::RetryCodes,
+                    level,
+                    format!(
+                        "retries a method that is not marked idempotent on {}, which does not prove the server never ran it; mark the method idempotent or retry only on UNAVAILABLE",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if resolved.hedging.is_some() {
+        if !resolved.idempotent {
+            let level = origin(levels, |l| hedging_of(l).is_some()).unwrap_or(innermost);
+            check.fail(
+                Field::Hedging,
+                level,
+                "sends the same call more than once by design, so the method must be marked idempotent",
+            );
+        }
+    }
+    if let (Some(t), Some(max)) = (resolved.timeout, resolved.max_timeout) {
+        // Not an error: the clamp is the point of max_timeout. Apply it now so the
+        // runtime never has to.
+        resolved.timeout = Some(t.min(max));
+    }
+    if let Some(b) = &resolved.breaker {
+        if b.failure_codes.is_empty() {
+            let level = origin(levels, |l| {
+                breaker_of(l).is_some_and(|b| b.failure_codes.is_some())
+            })
+            .unwrap_or(innermost);
+            check.fail(Field::BreakerFailureCodes, level, "is empty: the breaker could never trip; turn it off instead");
+        }
+    }
+    if check.problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(check.problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ThrottleSpec;
+
+    fn method(spec: PolicySpec) -> Result<ResolvedPolicy, Vec<Problem>> {
+        validate(&[&spec], MethodKind::Unary, Some(0))
+    }
+
+    fn fields(r: Result<ResolvedPolicy, Vec<Problem>>) -> Vec<Field> {
+        r.unwrap_err().into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let spec = PolicySpec {
+            idempotent: Some(true),
+            retry: Some(Toggle::On(RetrySpec {
+                max_attempts: Some(1),
+                initial_backoff: Some(Duration::ZERO),
+                multiplier: Some(-1.0),
+                codes: Some(vec![Code::Ok]),
+                ..RetrySpec::default()
+            })),
+            throttle: Some(Toggle::On(ThrottleSpec::default())),
+            ..PolicySpec::default()
+        };
+        assert_eq!(
+            fields(method(spec)),
+            vec![
+                Field::RetryMaxAttempts,
+                Field::RetryInitialBackoff,
+                Field::RetryMultiplier,
+                Field::RetryCodes,
+                Field::Throttle
+            ]
+        );
+    }
+
+    #[test]
+    fn non_idempotent_retry_only_on_unavailable() {
+        let retry = |codes| PolicySpec {
+            retry: Some(Toggle::On(RetrySpec {
+                codes: Some(codes),
+                ..RetrySpec::default()
+            })),
+            ..PolicySpec::default()
+        };
+        assert!(method(retry(vec![Code::Unavailable])).is_ok());
+        let err = method(retry(vec![Code::Unavailable, Code::Aborted])).unwrap_err();
+        assert_eq!(err[0].field, Field::RetryCodes);
+        assert!(err[0].message.contains("ABORTED"), "{}", err[0].message);
+    }
+
+    #[test]
+    fn retry_and_hedging_on_one_level() {
+        let spec = PolicySpec {
+            idempotent: Some(true),
+            retry: Some(Toggle::On(RetrySpec::default())),
+            hedging: Some(Toggle::On(HedgingSpec::default())),
+            ..PolicySpec::default()
+        };
+        assert_eq!(fields(method(spec)), vec![Field::Hedging]);
+    }
+
+    #[test]
+    fn streaming_requests_drop_inherited_retry_but_reject_their_own() {
+        let service = PolicySpec {
+            retry: Some(Toggle::On(RetrySpec::default())),
+            ..PolicySpec::default()
+        };
+        let plain = PolicySpec::default();
+        let p = validate(&[&service, &plain], MethodKind::Bidi, Some(1)).unwrap();
+        assert!(p.retry.is_none());
+        let own = validate(&[&PolicySpec::default(), &service], MethodKind::ClientStreaming, Some(1));
+        assert_eq!(fields(own), vec![Field::Retry]);
+    }
+
+    #[test]
+    fn timeout_is_clamped_by_max_timeout() {
+        let spec = PolicySpec {
+            timeout: Some(Toggle::On(Duration::from_secs(9))),
+            max_timeout: Some(Duration::from_secs(2)),
+            ..PolicySpec::default()
+        };
+        assert_eq!(method(spec).unwrap().timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn cross_field_problem_points_at_the_level_that_wrote_it() {
+        let service = PolicySpec {
+            idempotent: Some(true),
+            retry: Some(Toggle::On(RetrySpec {
+                max_backoff: Some(Duration::from_millis(10)),
+                ..RetrySpec::default()
+            })),
+            ..PolicySpec::default()
+        };
+        let m = PolicySpec {
+            retry: Some(Toggle::On(RetrySpec {
+                initial_backoff: Some(Duration::from_millis(50)),
+                ..RetrySpec::default()
+            })),
+            ..PolicySpec::default()
+        };
+        let err = validate(&[&service, &m], MethodKind::Unary, Some(1)).unwrap_err();
+        assert_eq!(err[0].field, Field::RetryInitialBackoff);
+        assert_eq!(err[0].level, 1);
+    }
+}

@@ -1,0 +1,559 @@
+//! Circuit breaker: stop calling a method that keeps failing, probe it, recover.
+//!
+//! Two trip rules, either of which opens the breaker: `failure_threshold`
+//! consecutive failures, or a failure ratio over a sliding time window once the
+//! window holds `min_calls` calls. Open, the breaker fails calls fast with
+//! UNAVAILABLE and a message that says why it tripped. After `open_timeout` it is
+//! half-open: at most `half_open_max_calls` probes pass; if they all succeed it
+//! closes, and if one fails it opens again for twice as long (capped at
+//! `max_open_timeout`), so a backend that stays down is probed less and less.
+//!
+//! Classifying an outcome (is this code a failure?) is the caller's input
+//! ([`Outcome`]); the gate only counts. Admission while closed is one atomic load.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::policy::BreakerPolicy;
+
+/// Low bit of [`CircuitBreaker::tag`]: set while open or half-open.
+const NOT_CLOSED: u64 = 1;
+const WINDOW_BUCKETS: usize = 10;
+
+/// Why a breaker opened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TripReason {
+    /// `failures` failures in a row; the last one had `last` as its code.
+    ConsecutiveFailures {
+        /// Failures in a row.
+        failures: u32,
+        /// Code of the last failure.
+        last: Code,
+    },
+    /// The failure ratio over the window reached the threshold.
+    FailureRate {
+        /// Failures in the window.
+        failures: u32,
+        /// Calls in the window.
+        calls: u32,
+        /// The window length.
+        window: Duration,
+    },
+    /// A half-open probe failed.
+    ProbeFailed {
+        /// Code of the failed probe.
+        code: Code,
+    },
+}
+
+impl fmt::Display for TripReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TripReason::ConsecutiveFailures { failures, last } => {
+                write!(f, "{failures} consecutive failures (last: {last:?})")
+            }
+            TripReason::FailureRate {
+                failures,
+                calls,
+                window,
+            } => write!(f, "{failures} of {calls} calls failed in the last {window:?}"),
+            TripReason::ProbeFailed { code } => {
+                write!(f, "a half-open probe failed with {code:?}")
+            }
+        }
+    }
+}
+
+/// A breaker's state, as read at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BreakerState {
+    /// Calls flow.
+    Closed,
+    /// Calls fail fast until the open period ends.
+    Open {
+        /// Why it opened.
+        reason: TripReason,
+        /// Time until probes are admitted.
+        remaining: Duration,
+    },
+    /// Probes are admitted; the rest fail fast.
+    HalfOpen {
+        /// Probes admitted so far.
+        probes_admitted: u32,
+        /// Probes that succeeded so far.
+        probes_succeeded: u32,
+    },
+}
+
+impl BreakerState {
+    /// Short name: `closed`, `open` or `half-open`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half-open",
+        }
+    }
+}
+
+/// What an admitted call turned out to be, for the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered (OK, or an error that is not a failure code).
+    Success,
+    /// A failure code.
+    Failure(Code),
+}
+
+/// Permission to make one call; hand it back to [`CircuitBreaker::record`].
+#[derive(Debug)]
+#[must_use = "record the outcome of an admitted call"]
+pub struct Permit {
+    generation: u64,
+    probe: bool,
+}
+
+/// A call was refused because the breaker is open.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    /// Why the breaker is open.
+    pub reason: TripReason,
+    /// Time until probes are admitted (zero while half-open probes are in flight).
+    pub retry_in: Duration,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Instant, reason: TripReason },
+    HalfOpen { admitted: u32, succeeded: u32, reason: TripReason },
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    slot: u64,
+    calls: u32,
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// Bumped on every transition: outcomes of calls admitted under an older state
+    /// are ignored, so a slow call from before a trip cannot close or reopen it.
+    generation: u64,
+    consecutive: u32,
+    open_for: Duration,
+    buckets: [Bucket; WINDOW_BUCKETS],
+}
+
+/// A circuit breaker for one method.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    policy: BreakerPolicy,
+    /// `generation << 1 | NOT_CLOSED?`, mirroring `Inner`: admission while closed reads
+    /// only this, so the common path takes no lock.
+    tag: AtomicU64,
+    /// Mirror of `Inner::consecutive`, so a success with no failure run to reset
+    /// (the common path) takes no lock either.
+    streak: AtomicU32,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Self {
+            policy,
+            tag: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            epoch: Instant::now(),
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                generation: 0,
+                consecutive: 0,
+                open_for: policy.open_timeout,
+                buckets: [Bucket::default(); WINDOW_BUCKETS],
+            }),
+        }
+    }
+
+    /// The policy this breaker runs.
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.policy
+    }
+
+    /// Whether `code` counts as a failure under this breaker's policy.
+    pub fn classify(&self, code: Code) -> Outcome {
+        if code != Code::Ok && self.policy.failure_codes.0 & (1 << code as u32) != 0 {
+            Outcome::Failure(code)
+        } else {
+            Outcome::Success
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves only counters behind, never a broken
+        // invariant worth propagating; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks to make a call.
+    pub fn admit(&self) -> Result<Permit, Rejected> {
+        let tag = self.tag.load(Ordering::Acquire);
+        if tag & NOT_CLOSED == 0 {
+            return Ok(Permit {
+                generation: tag >> 1,
+                probe: false,
+            });
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        match &mut inner.state {
+            State::Closed => Ok(Permit {
+                generation: inner.generation,
+                probe: false,
+            }),
+            State::Open { until, reason } => {
+                if now < *until {
+                    return Err(Rejected {
+                        reason: reason.clone(),
+                        retry_in: *until - now,
+                    });
+                }
+                let reason = reason.clone();
+                inner.state = State::HalfOpen {
+                    admitted: 1,
+                    succeeded: 0,
+                    reason,
+                };
+                inner.generation += 1;
+                self.publish(&inner);
+                Ok(Permit {
+                    generation: inner.generation,
+                    probe: true,
+                })
+            }
+            State::HalfOpen {
+                admitted, reason, ..
+            } => {
+                if *admitted >= self.policy.half_open_max_calls {
+                    return Err(Rejected {
+                        reason: reason.clone(),
+                        retry_in: Duration::ZERO,
+                    });
+                }
+                *admitted += 1;
+                Ok(Permit {
+                    generation: inner.generation,
+                    probe: true,
+                })
+            }
+        }
+    }
+
+    /// Records the outcome of an admitted call.
+    pub fn record(&self, permit: Permit, outcome: Outcome) {
+        if outcome == Outcome::Success
+            && !permit.probe
+            && self.policy.rate.is_none()
+            && self.streak.load(Ordering::Relaxed) == 0
+        {
+            return; // closed, nothing to reset, no window to count in
+        }
+        let mut inner = self.lock();
+        if permit.generation != inner.generation {
+            return;
+        }
+        let now = Instant::now();
+        if permit.probe {
+            self.record_probe(&mut inner, outcome, now);
+            return;
+        }
+        let slot = self.count_in_window(&mut inner, outcome, now);
+        match outcome {
+            Outcome::Success => {
+                inner.consecutive = 0;
+                self.streak.store(0, Ordering::Relaxed);
+            }
+            Outcome::Failure(code) => {
+                inner.consecutive += 1;
+                self.streak.store(inner.consecutive, Ordering::Relaxed);
+                if inner.consecutive >= self.policy.failure_threshold {
+                    let failures = inner.consecutive;
+                    self.trip(&mut inner, now, TripReason::ConsecutiveFailures { failures, last: code });
+                } else if let Some(reason) = self.rate_tripped(&inner, slot) {
+                    self.trip(&mut inner, now, reason);
+                }
+            }
+        }
+    }
+
+    fn record_probe(&self, inner: &mut Inner, outcome: Outcome, now: Instant) {
+        let State::HalfOpen { succeeded, .. } = &mut inner.state else {
+            return;
+        };
+        match outcome {
+            Outcome::Success => {
+                *succeeded += 1;
+                if *succeeded >= self.policy.half_open_max_calls {
+                    inner.state = State::Closed;
+                    inner.generation += 1;
+                    inner.consecutive = 0;
+                    self.streak.store(0, Ordering::Relaxed);
+                    inner.open_for = self.policy.open_timeout;
+                    inner.buckets = [Bucket::default(); WINDOW_BUCKETS];
+                    self.publish(inner);
+                }
+            }
+            Outcome::Failure(code) => {
+                inner.open_for = (inner.open_for * 2).min(self.policy.max_open_timeout);
+                self.open(inner, now, TripReason::ProbeFailed { code });
+            }
+        }
+    }
+
+    fn trip(&self, inner: &mut Inner, now: Instant, reason: TripReason) {
+        inner.open_for = self.policy.open_timeout;
+        self.open(inner, now, reason);
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant, reason: TripReason) {
+        tracing::warn!(%reason, open_for = ?inner.open_for, "circuit breaker opened");
+        inner.state = State::Open {
+            until: now + inner.open_for,
+            reason,
+        };
+        inner.generation += 1;
+        self.publish(inner);
+    }
+
+    /// Mirrors the state and generation into the lock-free tag.
+    fn publish(&self, inner: &Inner) {
+        let closed = matches!(inner.state, State::Closed);
+        let tag = inner.generation << 1 | if closed { 0 } else { NOT_CLOSED };
+        self.tag.store(tag, Ordering::Release);
+    }
+
+    /// Adds the outcome to the current window bucket; returns the current slot.
+    fn count_in_window(&self, inner: &mut Inner, outcome: Outcome, now: Instant) -> u64 {
+        let Some(rule) = self.policy.rate else {
+            return 0;
+        };
+        let width = (rule.window.as_nanos() / WINDOW_BUCKETS as u128).max(1);
+        let slot = ((now - self.epoch).as_nanos() / width) as u64 + 1;
+        let bucket = &mut inner.buckets[slot as usize % WINDOW_BUCKETS];
+        if bucket.slot != slot {
+            *bucket = Bucket {
+                slot,
+                calls: 0,
+                failures: 0,
+            };
+        }
+        bucket.calls += 1;
+        if matches!(outcome, Outcome::Failure(_)) {
+            bucket.failures += 1;
+        }
+        slot
+    }
+
+    fn rate_tripped(&self, inner: &Inner, slot: u64) -> Option<TripReason> {
+        let rule = self.policy.rate?;
+        let oldest = slot.saturating_sub(WINDOW_BUCKETS as u64 - 1);
+        let (calls, failures) = inner
+            .buckets
+            .iter()
+            .filter(|b| b.slot >= oldest && b.slot <= slot && b.slot != 0)
+            .fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
+        (calls >= rule.min_calls && f64::from(failures) >= rule.threshold * f64::from(calls))
+            .then_some(TripReason::FailureRate {
+                failures,
+                calls,
+                window: rule.window,
+            })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        let inner = self.lock();
+        match &inner.state {
+            State::Closed => BreakerState::Closed,
+            State::Open { until, reason } => {
+                let now = Instant::now();
+                if now >= *until {
+                    // Probes will be admitted on the next call.
+                    BreakerState::HalfOpen {
+                        probes_admitted: 0,
+                        probes_succeeded: 0,
+                    }
+                } else {
+                    BreakerState::Open {
+                        reason: reason.clone(),
+                        remaining: *until - now,
+                    }
+                }
+            }
+            State::HalfOpen {
+                admitted, succeeded, ..
+            } => BreakerState::HalfOpen {
+                probes_admitted: *admitted,
+                probes_succeeded: *succeeded,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CodeSet, RateRule};
+
+    fn policy(rate: Option<RateRule>) -> BreakerPolicy {
+        BreakerPolicy {
+            failure_threshold: 3,
+            open_timeout: Duration::from_secs(10),
+            max_open_timeout: Duration::from_secs(25),
+            half_open_max_calls: 2,
+            rate,
+            failure_codes: CodeSet(1 << Code::Unavailable as u32),
+        }
+    }
+
+    fn fail(b: &CircuitBreaker) {
+        let p = b.admit().expect("admitted");
+        b.record(p, Outcome::Failure(Code::Unavailable));
+    }
+
+    fn succeed(b: &CircuitBreaker) {
+        let p = b.admit().expect("admitted");
+        b.record(p, Outcome::Success);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_rule_trips_and_probes_close_it() {
+        let b = CircuitBreaker::new(policy(None));
+        fail(&b);
+        fail(&b);
+        succeed(&b); // resets the run
+        fail(&b);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        let rejected = b.admit().unwrap_err();
+        assert_eq!(
+            rejected.reason,
+            TripReason::ConsecutiveFailures {
+                failures: 3,
+                last: Code::Unavailable
+            }
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let p1 = b.admit().unwrap();
+        let p2 = b.admit().unwrap();
+        assert!(b.admit().is_err(), "only two probes");
+        b.record(p1, Outcome::Success);
+        assert!(matches!(b.state(), BreakerState::HalfOpen { probes_succeeded: 1, .. }));
+        b.record(p2, Outcome::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_doubles_open_time_up_to_the_cap() {
+        let b = CircuitBreaker::new(policy(None));
+        for _ in 0..3 {
+            fail(&b);
+        }
+        for expected in [20, 25, 25] {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            fail(&b); // the probe fails
+            match b.state() {
+                BreakerState::Open { remaining, reason } => {
+                    assert_eq!(remaining, Duration::from_secs(expected));
+                    assert_eq!(reason, TripReason::ProbeFailed { code: Code::Unavailable });
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_outcomes_are_ignored() {
+        let b = CircuitBreaker::new(policy(None));
+        let slow = b.admit().unwrap();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = b.admit().unwrap();
+        b.record(slow, Outcome::Failure(Code::Unavailable));
+        assert!(matches!(b.state(), BreakerState::HalfOpen { .. }), "old call must not reopen");
+        b.record(probe, Outcome::Success);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_rule_needs_min_calls() {
+        let rule = RateRule {
+            threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 10,
+        };
+        let mut p = policy(Some(rule));
+        p.failure_threshold = 100;
+        let b = CircuitBreaker::new(p);
+        // 4 failures of 8 calls: 50%, but below min_calls.
+        for _ in 0..4 {
+            fail(&b);
+            succeed(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b); // 9 calls, 4 failures
+        fail(&b); // 10 calls, 5 failures: trips
+        match b.state() {
+            BreakerState::Open { reason, .. } => assert_eq!(
+                reason,
+                TripReason::FailureRate {
+                    failures: 5,
+                    calls: 10,
+                    window: Duration::from_secs(10)
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_window_forgets_old_calls() {
+        let rule = RateRule {
+            threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 4,
+        };
+        let mut p = policy(Some(rule));
+        p.failure_threshold = 100;
+        let b = CircuitBreaker::new(p);
+        fail(&b);
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        succeed(&b);
+        fail(&b);
+        succeed(&b);
+        assert_eq!(b.state(), BreakerState::Closed, "old failures slid out of the window");
+    }
+
+    #[test]
+    fn classify_uses_the_policy_codes() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _g = rt.enter();
+        let b = CircuitBreaker::new(policy(None));
+        assert_eq!(b.classify(Code::Unavailable), Outcome::Failure(Code::Unavailable));
+        assert_eq!(b.classify(Code::InvalidArgument), Outcome::Success);
+        assert_eq!(b.classify(Code::Ok), Outcome::Success);
+    }
+}

@@ -1,0 +1,600 @@
+//! The call engine: what a generated client method runs on every call.
+//!
+//! ```text
+//! deadline (whole call) ─► [retry | hedge] loop ─► attempt:
+//!     breaker gate ─► grpc-timeout + attempts header ─► tonic ─► classify ─► breaker/throttle
+//! ```
+//!
+//! The breaker gates every attempt, not just the call: a retry loop must not keep
+//! hammering a method whose breaker has just opened (resilience4j and Polly order
+//! them the same way). Attempts are sent with tonic's `server_streaming` even for
+//! unary calls, because that returns as soon as response headers arrive — the
+//! moment gRFC A6 says a call is committed and must no longer be retried.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::uri::PathAndQuery;
+use tokio::time::Instant;
+use tonic::client::{Grpc, GrpcService};
+use tonic::codec::{Codec, Streaming};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+use crate::breaker::{CircuitBreaker, Rejected};
+use crate::codec::SharedCodec;
+use crate::policy::{HedgingPolicy, MethodPolicy, RetryPolicy};
+use crate::pushback::Pushback;
+use crate::state::ClientState;
+use crate::stream::{RequestStream, ResponseStream};
+use crate::{backoff, deadline};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// gRFC A6 caps attempts at 5, whatever the policy asks for.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Anything a tai client can send calls over: a tonic `Channel`, or any tower
+/// service speaking gRPC over HTTP/2 (with layers of your own around it).
+pub trait Transport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<BoxError>,
+        ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<BoxError>,
+            ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A message a tai client can send. Every prost message qualifies; the check exists
+/// so that a type that does not gets an error at the user's type, not deep inside
+/// an expansion.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent by a tai client",
+    label = "this request type must be a prost message that is Send + Sync + 'static",
+    note = "derive it with `#[derive(Clone, PartialEq, prost::Message)]`, or generate it with tai-build"
+)]
+pub trait RequestMessage: prost::Message + Send + Sync + 'static {}
+
+impl<T: prost::Message + Send + Sync + 'static> RequestMessage for T {}
+
+/// A response message a tai client can receive.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be received by a tai client",
+    label = "this response type must be a prost message that is Default + Send + Sync + 'static",
+    note = "derive it with `#[derive(Clone, PartialEq, prost::Message)]`, or generate it with tai-build"
+)]
+pub trait ResponseMessage: prost::Message + Default + Send + Sync + 'static {}
+
+impl<T: prost::Message + Default + Send + Sync + 'static> ResponseMessage for T {}
+
+/// Why an attempt did not produce a result.
+struct Failure {
+    status: Status,
+    /// The server sent response headers (or a message): A6 forbids retrying now.
+    committed: bool,
+    /// The breaker refused the attempt; nothing was sent.
+    rejected: bool,
+}
+
+impl Failure {
+    fn uncommitted(status: Status) -> Self {
+        Self {
+            status,
+            committed: false,
+            rejected: false,
+        }
+    }
+}
+
+/// The engine behind one generated client: the transport and the shared state.
+#[derive(Debug)]
+pub struct ClientCore<T> {
+    transport: T,
+    state: Arc<ClientState>,
+}
+
+impl<T: Clone> Clone for ClientCore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            transport: self.transport.clone(),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<T: Transport> ClientCore<T> {
+    /// A client core over `transport` running `policy`.
+    pub fn new(transport: T, policy: &'static crate::policy::ServicePolicy) -> Self {
+        Self {
+            transport,
+            state: Arc::new(ClientState::new(policy)),
+        }
+    }
+
+    /// The shared run-time state.
+    pub fn state(&self) -> &ClientState {
+        &self.state
+    }
+
+    fn method(&self, index: usize) -> &'static MethodPolicy {
+        &self.state.policy().methods[index]
+    }
+
+    /// A unary call without retry or hedging.
+    pub fn unary<Req, Resp>(
+        &self,
+        method: usize,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let deadline = deadline::for_call(m);
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            self.attempt(method, deadline, 0, Request::new(request), codec, send_one, read_unary)
+                .await
+                .map_err(|f| f.status)
+        }
+    }
+
+    /// A unary call under its retry or hedging policy. The request is shared by
+    /// all attempts, never cloned.
+    pub fn unary_retry<Req, Resp>(
+        &self,
+        method: usize,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let shared = Arc::new(request);
+            let deadline = deadline::for_call(m);
+            let attempt = |previous: u32| {
+                let codec = SharedCodec::<Req, Resp>::default();
+                let request = Request::new(Arc::clone(&shared));
+                self.attempt(method, deadline, previous, request, codec, send_one, read_unary)
+            };
+            self.resilient(m, deadline, attempt).await
+        }
+    }
+
+    /// A server-streaming call without retry or hedging.
+    pub fn server_streaming<Req, Resp>(
+        &self,
+        method: usize,
+        request: Req,
+    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let deadline = deadline::for_call(m);
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
+            self.attempt(method, deadline, 0, Request::new(request), codec, send_one, open)
+                .await
+                .map_err(|f| f.status)
+        }
+    }
+
+    /// A server-streaming call under its retry or hedging policy: attempts repeat
+    /// until the stream is established (response headers arrive); after that the
+    /// call is committed.
+    pub fn server_streaming_retry<Req, Resp>(
+        &self,
+        method: usize,
+        request: Req,
+    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let shared = Arc::new(request);
+            let deadline = deadline::for_call(m);
+            let attempt = |previous: u32| {
+                let codec = SharedCodec::<Req, Resp>::default();
+                let request = Request::new(Arc::clone(&shared));
+                let open = move |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
+                self.attempt(method, deadline, previous, request, codec, send_one, open)
+            };
+            self.resilient(m, deadline, attempt).await
+        }
+    }
+
+    /// A client-streaming call (deadline and breaker; a request stream cannot be
+    /// re-sent, so no retry).
+    pub fn client_streaming<Req, Resp>(
+        &self,
+        method: usize,
+        requests: RequestStream<Req>,
+    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let deadline = deadline::for_call(m);
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            self.attempt(method, deadline, 0, Request::new(requests), codec, send_stream, read_unary)
+                .await
+                .map_err(|f| f.status)
+        }
+    }
+
+    /// A bidi-streaming call (deadline and breaker, no retry).
+    pub fn bidi_streaming<Req, Resp>(
+        &self,
+        method: usize,
+        requests: RequestStream<Req>,
+    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+    {
+        let m = self.method(method);
+        async move {
+            let deadline = deadline::for_call(m);
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
+            self.attempt(method, deadline, 0, Request::new(requests), codec, send_stream, open)
+                .await
+                .map_err(|f| f.status)
+        }
+    }
+
+    /// Runs `attempt` under the method's retry or hedging policy.
+    async fn resilient<Out, F, Fut>(
+        &self,
+        m: &'static MethodPolicy,
+        deadline: Option<Instant>,
+        attempt: F,
+    ) -> Result<Out, Status>
+    where
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = Result<Out, Failure>>,
+    {
+        if let Some(retry) = &m.retry {
+            self.retry(m, retry, deadline, attempt).await
+        } else if let Some(hedging) = &m.hedging {
+            self.hedge(m, hedging, deadline, attempt).await
+        } else {
+            attempt(0).await.map_err(|f| f.status)
+        }
+    }
+
+    /// gRFC A6 retry, decision for decision as grpc-go makes it.
+    async fn retry<Out, F, Fut>(
+        &self,
+        m: &'static MethodPolicy,
+        retry: &RetryPolicy,
+        deadline: Option<Instant>,
+        attempt: F,
+    ) -> Result<Out, Status>
+    where
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = Result<Out, Failure>>,
+    {
+        let max_attempts = retry.max_attempts.min(MAX_ATTEMPTS);
+        let throttle = self.state.throttle();
+        let mut previous = 0;
+        let mut since_pushback = 0;
+        loop {
+            let failure = match attempt(previous).await {
+                Ok(out) => return Ok(out),
+                Err(f) => f,
+            };
+            if failure.committed || failure.rejected {
+                return Err(failure.status);
+            }
+            let pushback = Pushback::from_metadata(failure.status.metadata());
+            if pushback == Pushback::Stop {
+                // The server said not to retry; A6 counts it as a failure for throttling.
+                if let Some(t) = throttle {
+                    t.record_failure();
+                }
+                return Err(failure.status);
+            }
+            if !retry.retryable.contains_code(failure.status.code()) {
+                return Err(failure.status);
+            }
+            // Counted only for retryable codes, and before the attempt limit, as A6 says.
+            if throttle.is_some_and(|t| t.record_failure()) {
+                return Err(failure.status);
+            }
+            if previous + 1 >= max_attempts {
+                return Err(failure.status);
+            }
+            let delay = match pushback {
+                Pushback::After(d) => {
+                    since_pushback = 0;
+                    d
+                }
+                _ => {
+                    since_pushback += 1;
+                    self.state
+                        .with_rng(|rng| backoff::delay(retry, since_pushback, rng))
+                }
+            };
+            if let Some(d) = deadline {
+                if Instant::now() + delay >= d {
+                    return Err(deadline::exceeded_before_retry(m.path, &failure.status));
+                }
+            }
+            tracing::debug!(method = m.path, attempt = previous + 2, ?delay, code = ?failure.status.code(), "retrying");
+            tokio::time::sleep(delay).await;
+            previous += 1;
+        }
+    }
+
+    /// gRFC A6 hedging: start attempt n+1 `delay` after attempt n unless one has
+    /// already succeeded; a non-fatal failure starts the next attempt at once; the
+    /// first success or fatal failure ends the call and cancels the rest.
+    async fn hedge<Out, F, Fut>(
+        &self,
+        m: &'static MethodPolicy,
+        hedging: &HedgingPolicy,
+        deadline: Option<Instant>,
+        attempt: F,
+    ) -> Result<Out, Status>
+    where
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = Result<Out, Failure>>,
+    {
+        let max_attempts = hedging.max_attempts.min(MAX_ATTEMPTS);
+        let throttle = self.state.throttle();
+        let mut in_flight = FuturesUnordered::new();
+        in_flight.push(attempt(0));
+        let mut started = 1;
+        let mut next_at = Some(Instant::now() + hedging.delay);
+        let mut last: Option<Status> = None;
+        loop {
+            let can_start = started < max_attempts && !throttle.is_some_and(|t| t.is_throttled());
+            let timer = async {
+                match next_at {
+                    Some(at) if can_start => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                done = in_flight.next(), if !in_flight.is_empty() => {
+                    let failure = match done {
+                        Some(Ok(out)) => return Ok(out),
+                        Some(Err(f)) => f,
+                        None => unreachable!("guarded by is_empty"),
+                    };
+                    let fatal = failure.committed
+                        || failure.rejected
+                        || !hedging.non_fatal.contains_code(failure.status.code());
+                    if fatal {
+                        return Err(failure.status);
+                    }
+                    if let Some(t) = throttle {
+                        t.record_failure();
+                    }
+                    match Pushback::from_metadata(failure.status.metadata()) {
+                        Pushback::Stop => next_at = None,
+                        Pushback::After(d) => next_at = Some(Instant::now() + d),
+                        Pushback::None => next_at = Some(Instant::now()),
+                    }
+                    last = Some(failure.status);
+                    if in_flight.is_empty() && !(started < max_attempts && next_at.is_some()) {
+                        break;
+                    }
+                }
+                () = timer => {
+                    in_flight.push(attempt(started));
+                    started += 1;
+                    next_at = Some(Instant::now() + hedging.delay);
+                }
+            }
+            if in_flight.is_empty() && (started >= max_attempts || next_at.is_none()) {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| deadline.map_or_else(|| Status::unavailable(format!("{}: no hedged attempt could be made", m.path)), |_| deadline::exceeded(m.path))))
+    }
+
+    /// One attempt: breaker gate, headers, send, classify, record.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<M, C, S, SFut, Out, R, RFut>(
+        &self,
+        index: usize,
+        deadline: Option<Instant>,
+        previous: u32,
+        mut request: Request<M>,
+        codec: C,
+        send: S,
+        read: R,
+    ) -> Result<Out, Failure>
+    where
+        C: Codec,
+        S: FnOnce(Grpc<T>, Request<M>, &'static str, C) -> SFut,
+        SFut: Future<Output = Result<Response<Streaming<C::Decode>>, Status>>,
+        R: FnOnce(Response<Streaming<C::Decode>>) -> RFut,
+        RFut: Future<Output = Result<Out, Status>>,
+    {
+        let m = self.method(index);
+        let breaker = self.state.breaker_at(index);
+        let permit = match breaker.map(CircuitBreaker::admit).transpose() {
+            Ok(permit) => permit,
+            Err(rejected) => return Err(breaker_open(m, rejected)),
+        };
+        if let Some(d) = deadline {
+            match deadline::remaining(d) {
+                Some(left) => request.set_timeout(left),
+                None => {
+                    let status = deadline::exceeded(m.path);
+                    if let (Some(b), Some(p)) = (breaker, permit) {
+                        b.record(p, b.classify(Code::DeadlineExceeded));
+                    }
+                    return Err(Failure::uncommitted(status));
+                }
+            }
+        }
+        if previous > 0 {
+            request
+                .metadata_mut()
+                .insert("grpc-previous-rpc-attempts", MetadataValue::from(previous));
+        }
+        let grpc = Grpc::new(self.transport.clone());
+        let exchange = async {
+            let response = send(grpc, request, m.path, codec)
+                .await
+                .map_err(Failure::uncommitted)?;
+            read(response).await.map_err(|status| Failure {
+                status,
+                committed: true,
+                rejected: false,
+            })
+        };
+        let result = match deadline {
+            Some(d) => tokio::time::timeout_at(d, exchange)
+                .await
+                .unwrap_or_else(|_| Err(Failure::uncommitted(deadline::exceeded(m.path)))),
+            None => exchange.await,
+        };
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(f) => f.status.code(),
+        };
+        if let (Some(b), Some(p)) = (breaker, permit) {
+            b.record(p, b.classify(code));
+        }
+        if code == Code::Ok {
+            if let Some(t) = self.state.throttle() {
+                t.record_success();
+            }
+        }
+        result
+    }
+}
+
+fn breaker_open(m: &MethodPolicy, rejected: Rejected) -> Failure {
+    let wait = if rejected.retry_in.is_zero() {
+        "half-open probes are in flight".to_owned()
+    } else {
+        format!("next probe in {:.1?}", rejected.retry_in)
+    };
+    Failure {
+        status: Status::unavailable(format!(
+            "circuit breaker for {} is open: {}; {wait}",
+            m.path, rejected.reason
+        )),
+        committed: false,
+        rejected: true,
+    }
+}
+
+/// Sends one request message; returns at response headers.
+async fn send_one<T, M, C>(
+    mut grpc: Grpc<T>,
+    request: Request<M>,
+    path: &'static str,
+    codec: C,
+) -> Result<Response<Streaming<C::Decode>>, Status>
+where
+    T: Transport,
+    C: Codec<Encode = M>,
+    M: Send + Sync + 'static,
+    C::Decode: Send + Sync + 'static,
+{
+    ready(&mut grpc, path).await?;
+    grpc.server_streaming(request, PathAndQuery::from_static(path), codec)
+        .await
+}
+
+/// Sends a stream of request messages; returns at response headers.
+async fn send_stream<T, M, C>(
+    mut grpc: Grpc<T>,
+    request: Request<RequestStream<M>>,
+    path: &'static str,
+    codec: C,
+) -> Result<Response<Streaming<C::Decode>>, Status>
+where
+    T: Transport,
+    C: Codec<Encode = M>,
+    M: Send + Sync + 'static,
+    C::Decode: Send + Sync + 'static,
+{
+    ready(&mut grpc, path).await?;
+    grpc.streaming(request, PathAndQuery::from_static(path), codec)
+        .await
+}
+
+async fn ready<T: Transport>(grpc: &mut Grpc<T>, path: &str) -> Result<(), Status> {
+    grpc.ready().await.map_err(|e| {
+        let e: BoxError = e.into();
+        Status::unavailable(format!("{path}: transport not ready: {e}"))
+    })
+}
+
+/// Reads the single message and the trailers of a unary response.
+async fn read_unary<Resp>(response: Response<Streaming<Resp>>) -> Result<Resp, Status> {
+    let mut body = response.into_inner();
+    let message = body
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("the server ended the call without a response message"))?;
+    // Trailers carry the final status: an error there fails the call even after a message.
+    body.trailers().await?;
+    Ok(message)
+}
+
+async fn open_stream<Resp>(
+    response: Response<Streaming<Resp>>,
+    deadline: Option<Instant>,
+    path: &'static str,
+) -> Result<ResponseStream<Resp>, Status> {
+    Ok(ResponseStream::new(response.into_inner(), deadline, path))
+}
+
+/// Connects a channel to `dst` (for the generated `connect`).
+pub async fn connect(dst: String) -> Result<tonic::transport::Channel, crate::ConnectError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(dst.clone())
+        .map_err(|e| crate::ConnectError::new(&dst, e))?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| crate::ConnectError::new(&dst, e))
+}
+
+trait CodeSetExt {
+    fn contains_code(self, code: Code) -> bool;
+}
+
+impl CodeSetExt for crate::policy::CodeSet {
+    fn contains_code(self, code: Code) -> bool {
+        self.0 & (1u32 << (code as u32 & 31)) != 0
+    }
+}

@@ -1,0 +1,89 @@
+//! # tai-runtime
+//!
+//! The runtime of **tai**, resilient gRPC for Rust. Service owners declare each RPC's
+//! policy once — retry, hedging, circuit breaker, timeout, idempotency — in their
+//! `.proto` files (compiled by `tai-build`) or with the [`resilient`] attribute on a
+//! Rust trait, and get a typed client that runs that policy on every call.
+//!
+//! ```ignore
+//! use tai_runtime::resilient;
+//!
+//! #[resilient(service = "tai.v1.Governor", timeout = "30s", breaker = default)]
+//! pub trait Governor {
+//!     #[resilient(idempotent, timeout = "2s", retry(max_attempts = 4, codes = [UNAVAILABLE]))]
+//!     fn propose_policy(&self, request: Policy)
+//!         -> impl Future<Output = Result<Receipt, tai_runtime::Status>> + Send;
+//! }
+//!
+//! let client = GovernorClient::connect("http://127.0.0.1:50051").await?;
+//! let receipt = client.propose_policy(policy).await?;
+//! ```
+//!
+//! What runs on a call (see `call` for the order and why):
+//! - a deadline over the whole call, sent to the server as `grpc-timeout` with the
+//!   time that is left, failing with DEADLINE_EXCEEDED;
+//! - a circuit breaker per method ([`breaker`]), gating every attempt;
+//! - gRFC A6 retry (backoff with jitter, pushback, attempts header, commit rules)
+//!   or hedging, with retry throttling ([`throttle`]) shared by the client.
+//!
+//! Policies are `const` data ([`policy`]) written by the macro expansion.
+
+#![forbid(unsafe_code)]
+
+mod backoff;
+pub mod breaker;
+mod call;
+mod codec;
+mod deadline;
+mod error;
+pub mod policy;
+mod pushback;
+mod state;
+mod stream;
+pub mod throttle;
+
+pub use breaker::{BreakerState, TripReason};
+pub use error::ConnectError;
+pub use state::{ClientState, Resilient};
+pub use stream::{RequestStream, ResponseStream};
+// TEMP-UNTIL-MACRO pub use tai_macros::resilient;
+pub use tonic::transport::Channel;
+pub use tonic::{Code, Status};
+
+/// Includes the code tai-build generated for a proto package.
+///
+/// ```ignore
+/// pub mod governance {
+///     tai_runtime::include_proto!("tai.v1");
+/// }
+/// ```
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
+
+/// The encoded `FileDescriptorSet` tai-build wrote, for server reflection.
+///
+/// ```ignore
+/// const DESCRIPTORS: &[u8] = tai_runtime::include_descriptor_set!();
+/// ```
+#[macro_export]
+macro_rules! include_descriptor_set {
+    () => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/tai_descriptor.bin"))
+    };
+}
+
+/// What the `#[resilient]` expansion and tai-build's generated code use. Not a
+/// public API: it changes with the macro.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::call::{ClientCore, RequestMessage, ResponseMessage, Transport, connect};
+    pub use crate::state::ClientState;
+    pub use prost;
+    pub use prost_types;
+    pub use tonic;
+    pub use tonic_prost;
+}

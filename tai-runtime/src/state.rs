@@ -1,0 +1,98 @@
+//! The run-time state of one client: a breaker per method, the retry throttle, and
+//! the jitter source. Shared by every clone of the client.
+
+use std::sync::Mutex;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::policy::ServicePolicy;
+use crate::throttle::RetryThrottle;
+
+/// The run-time state behind a generated client.
+#[derive(Debug)]
+pub struct ClientState {
+    policy: &'static ServicePolicy,
+    breakers: Box<[Option<CircuitBreaker>]>,
+    throttle: Option<RetryThrottle>,
+    rng: Mutex<SmallRng>,
+}
+
+impl ClientState {
+    /// Fresh state for `policy`: breakers closed, throttle bucket full.
+    pub fn new(policy: &'static ServicePolicy) -> Self {
+        Self {
+            policy,
+            breakers: policy
+                .methods
+                .iter()
+                .map(|m| m.breaker.map(CircuitBreaker::new))
+                .collect(),
+            throttle: policy.throttle.as_ref().map(RetryThrottle::new),
+            rng: Mutex::new(SmallRng::from_os_rng()),
+        }
+    }
+
+    /// The policy the client runs.
+    pub fn policy(&self) -> &'static ServicePolicy {
+        self.policy
+    }
+
+    /// The breaker of the method at `index`, if it has one.
+    pub(crate) fn breaker_at(&self, index: usize) -> Option<&CircuitBreaker> {
+        self.breakers.get(index).and_then(Option::as_ref)
+    }
+
+    /// The breaker of a method by proto name (`"ProposePolicy"`) or Rust name
+    /// (`"propose_policy"`).
+    pub fn breaker(&self, method: &str) -> Option<&CircuitBreaker> {
+        self.breaker_at(self.policy.method_index(method)?)
+    }
+
+    /// The retry throttle, if the service has one.
+    pub fn throttle(&self) -> Option<&RetryThrottle> {
+        self.throttle.as_ref()
+    }
+
+    /// Makes retry jitter deterministic, for tests and reproducible benchmarks.
+    pub fn seed_jitter(&self, seed: u64) {
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = SmallRng::seed_from_u64(seed);
+    }
+
+    pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut SmallRng) -> R) -> R {
+        f(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What every generated client offers besides its RPC methods.
+///
+/// These live on a trait, not on the client, so that no RPC name can clash with
+/// them: a service may well have a method called `BreakerState`.
+///
+/// ```ignore
+/// use tai_runtime::{BreakerState, Resilient};
+/// if let Some(BreakerState::Open { reason, .. }) = client.breaker_state("ProposePolicy") {
+///     eprintln!("ProposePolicy is failing fast: {reason}");
+/// }
+/// ```
+pub trait Resilient {
+    /// The client's run-time state.
+    fn client_state(&self) -> &ClientState;
+
+    /// The breaker state of a method by proto or Rust name; `None` if the method
+    /// has no breaker or does not exist.
+    fn breaker_state(&self, method: &str) -> Option<BreakerState> {
+        self.client_state().breaker(method).map(CircuitBreaker::state)
+    }
+
+    /// The compiled-in policy of the whole client.
+    fn service_policy(&self) -> &'static ServicePolicy {
+        self.client_state().policy()
+    }
+
+    /// Current retry-throttle tokens, if the service throttles retries.
+    fn retry_tokens(&self) -> Option<f64> {
+        self.client_state().throttle().map(RetryThrottle::tokens)
+    }
+}

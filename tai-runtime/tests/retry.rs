@@ -1,0 +1,261 @@
+//! gRFC A6 retry against a real tonic server: grpc-go's tables, caps, pushback,
+//! throttling, the attempts header and commit rules.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Echo, Script, echo, service, stream_method, unary_method};
+use tai_runtime::__private::ClientCore;
+use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ThrottlePolicy};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+fn codes(codes: &[Code]) -> CodeSet {
+    CodeSet(codes.iter().fold(0, |bits, c| bits | 1 << *c as u32))
+}
+
+fn retrying(max_attempts: u32, retryable: &[Code]) -> MethodPolicy {
+    MethodPolicy {
+        retry: Some(RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            multiplier: 1.0,
+            retryable: codes(retryable),
+        }),
+        ..unary_method()
+    }
+}
+
+fn status_with_pushback(values: &[&'static str]) -> Status {
+    let mut status = Status::unavailable("pushed back");
+    for v in values {
+        status
+            .metadata_mut()
+            .append("grpc-retry-pushback-ms", MetadataValue::from_static(v));
+    }
+    status
+}
+
+/// grpc-go `TestRetryUnary`: max_attempts 4, ALREADY_EXISTS retryable.
+#[tokio::test(start_paused = true)]
+async fn grpc_go_retry_unary_table() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 | 2 | 5 => Ok(echo("ok")),
+            6 | 8 | 11 => Err(Status::internal("non-retryable error")),
+            _ => Err(Status::already_exists("retryable error")),
+        }
+    });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(4, &[Code::AlreadyExists])], None),
+    );
+    core.state().seed_jitter(1);
+    let cases = [
+        (Code::Ok, 0),
+        (Code::Ok, 2),
+        (Code::Ok, 5),
+        (Code::Internal, 6),
+        (Code::Internal, 8),
+        (Code::Internal, 11),
+        (Code::AlreadyExists, 15),
+    ];
+    for (n, (code, last_index)) in cases.into_iter().enumerate() {
+        let got = core.unary_retry::<Echo, Echo>(0, echo("x")).await;
+        assert_eq!(got.err().map_or(Code::Ok, |s| s.code()), code, "case {n}");
+        assert_eq!(script.calls() - 1, last_index, "case {n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_capped_at_five() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(8, &[Code::Unavailable])], None),
+    );
+    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(script.calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unlisted_code_is_not_retried() {
+    let script = Script::unary(|_, _| async { Err(Status::aborted("conflict")) });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(4, &[Code::Unavailable])], None),
+    );
+    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_header_counts_previous_attempts() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(4, &[Code::Unavailable])], None),
+    );
+    core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let headers: Vec<Option<String>> = script.seen().into_iter().map(|s| s.previous_attempts).collect();
+    assert_eq!(
+        headers,
+        vec![None, Some("1".into()), Some("2".into()), Some("3".into())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_stops_or_delays_retries() {
+    for (values, expected_calls) in [
+        (&["-1"][..], 1),
+        (&["xxx"][..], 1),
+        (&["100", "10"][..], 1),
+    ] {
+        let script = Script::unary(move |_, _| async move { Err(status_with_pushback(values)) });
+        let core = ClientCore::new(
+            script.serve_in_memory(),
+            service(vec![retrying(4, &[Code::Unavailable])], None),
+        );
+        let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(script.calls(), expected_calls, "pushback {values:?}");
+    }
+
+    // "1000": the retry waits exactly one second, not the 10ms backoff.
+    let script = Script::unary(|i, _| async move {
+        if i == 0 {
+            Err(status_with_pushback(&["1000"]))
+        } else {
+            Ok(echo("late"))
+        }
+    });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(4, &[Code::Unavailable])], None),
+    );
+    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(reply.msg, "late");
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(
+        gap >= Duration::from_millis(1000) && gap < Duration::from_millis(1005),
+        "retried after {gap:?}"
+    );
+}
+
+/// grpc-go `TestRetryThrottling`: max_tokens 10, token_ratio 0.5, 12 calls.
+#[tokio::test(start_paused = true)]
+async fn grpc_go_retry_throttling_trace() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 | 3 | 6 | 10 | 11 | 12 | 13 | 14 | 16 | 18 => Ok(echo("ok")),
+            _ => Err(Status::unavailable("retryable error")),
+        }
+    });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(
+            vec![retrying(4, &[Code::Unavailable])],
+            Some(ThrottlePolicy {
+                max_tokens: 10,
+                token_ratio: 0.5,
+            }),
+        ),
+    );
+    let cases = [
+        (Code::Ok, 0, 10.0),
+        (Code::Ok, 3, 8.5),
+        (Code::Ok, 6, 7.0),
+        (Code::Unavailable, 8, 5.0),
+        (Code::Unavailable, 9, 4.0),
+        (Code::Ok, 10, 4.5),
+        (Code::Ok, 11, 5.0),
+        (Code::Ok, 12, 5.5),
+        (Code::Ok, 13, 6.0),
+        (Code::Ok, 14, 6.5),
+        (Code::Ok, 16, 6.0),
+        (Code::Unavailable, 17, 5.0),
+    ];
+    for (n, (code, last_index, tokens)) in cases.into_iter().enumerate() {
+        let got = core.unary_retry::<Echo, Echo>(0, echo("x")).await;
+        assert_eq!(got.err().map_or(Code::Ok, |s| s.code()), code, "case {n}");
+        assert_eq!(script.calls() - 1, last_index, "case {n}");
+        let now = core.state().throttle().unwrap().tokens();
+        assert!((now - tokens).abs() < 1e-9, "case {n}: {now} tokens, want {tokens}");
+    }
+}
+
+/// A stream whose headers arrived is committed: an error after them is final.
+#[tokio::test(start_paused = true)]
+async fn stream_is_committed_once_headers_arrive() {
+    let script = Script::streaming(|i| async move {
+        match i {
+            // Fails before headers: a trailers-only response, retried.
+            0 => Err(Status::unavailable("not yet")),
+            // Headers and one message, then UNAVAILABLE: committed, not retried.
+            _ => Ok(vec![Ok(echo("first")), Err(Status::unavailable("mid-stream"))]),
+        }
+    });
+    let policy = MethodPolicy {
+        retry: retrying(4, &[Code::Unavailable]).retry,
+        ..stream_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let mut stream = core.server_streaming_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(script.calls(), 2, "one retry before headers, none after");
+}
+
+/// The retried request is the same message on every attempt.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_sends_the_same_request() {
+    let script = Script::unary(|i, req: Echo| async move {
+        assert_eq!(req.msg, "payload");
+        if i < 2 {
+            Err(Status::unavailable("again"))
+        } else {
+            Ok(Echo { n: i as u32, ..req })
+        }
+    });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(4, &[Code::Unavailable])], None),
+    );
+    let reply = core.unary_retry::<Echo, Echo>(0, echo("payload")).await.unwrap();
+    assert_eq!((reply.msg.as_str(), reply.n), ("payload", 2));
+}
+
+/// Over real loopback TCP (wall clock, no paused time): the same engine works on
+/// a network socket, and a refused connection is UNAVAILABLE, which retries.
+#[tokio::test]
+async fn retries_over_loopback_tcp() {
+    let script = Script::unary(|i, _| async move {
+        if i == 0 {
+            Err(Status::unavailable("warming up"))
+        } else {
+            Ok(echo("tcp"))
+        }
+    });
+    let addr = script.serve_tcp().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let core = ClientCore::new(channel, service(vec![retrying(3, &[Code::Unavailable])], None));
+    assert_eq!(core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap().msg, "tcp");
+    assert_eq!(script.calls(), 2);
+
+    // Nothing listens on port 1: connecting fails, which is UNAVAILABLE.
+    let dead = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+    let core = ClientCore::new(dead, service(vec![retrying(2, &[Code::Unavailable])], None));
+    let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}

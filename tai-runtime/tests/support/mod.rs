@@ -1,0 +1,266 @@
+//! A real tonic server for engine tests, reachable in memory (HTTP/2 over a tokio
+//! duplex pipe) so that paused tokio time stays deterministic, or over loopback TCP.
+//!
+//! The service `test.Echo` has a unary method and a server-streaming method whose
+//! behaviour each test scripts with a closure of the call's index and metadata.
+
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use hyper_util::rt::TokioIo;
+use tai_runtime::policy::{MethodKind, MethodPolicy, ServicePolicy};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Echo {
+    #[prost(string, tag = "1")]
+    pub msg: String,
+    #[prost(uint32, tag = "2")]
+    pub n: u32,
+}
+
+pub fn echo(msg: &str) -> Echo {
+    Echo {
+        msg: msg.to_owned(),
+        n: 0,
+    }
+}
+
+/// What the server saw of one call.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub index: usize,
+    pub at: Instant,
+    pub previous_attempts: Option<String>,
+    pub grpc_timeout: Option<Duration>,
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type UnaryFn = dyn Fn(usize, Echo) -> BoxFut<Result<Echo, Status>> + Send + Sync;
+type StreamFn = dyn Fn(usize) -> BoxFut<Result<Vec<Result<Echo, Status>>, Status>> + Send + Sync;
+
+/// The scripted server and what it has seen.
+#[derive(Clone)]
+pub struct Script {
+    unary: Arc<UnaryFn>,
+    stream: Arc<StreamFn>,
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Script {
+    pub fn unary<F, Fut>(f: F) -> Self
+    where
+        F: Fn(usize, Echo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Echo, Status>> + Send + 'static,
+    {
+        Self {
+            unary: Arc::new(move |i, e| Box::pin(f(i, e))),
+            stream: Arc::new(|_| Box::pin(async { Err(Status::unimplemented("no stream")) })),
+            calls: Arc::default(),
+            seen: Arc::default(),
+        }
+    }
+
+    pub fn streaming<F, Fut>(f: F) -> Self
+    where
+        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<Echo, Status>>, Status>> + Send + 'static,
+    {
+        let mut s = Script::unary(|_, _| async { Err(Status::unimplemented("no unary")) });
+        s.stream = Arc::new(move |i| Box::pin(f(i)));
+        s
+    }
+
+    /// How many calls reached the server.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn record(&self, metadata: &MetadataMap) -> usize {
+        let index = self.calls.fetch_add(1, Ordering::SeqCst);
+        let text = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.seen.lock().unwrap().push(Seen {
+            index,
+            at: Instant::now(),
+            previous_attempts: text("grpc-previous-rpc-attempts"),
+            grpc_timeout: text("grpc-timeout").map(|t| parse_grpc_timeout(&t)),
+        });
+        index
+    }
+
+    /// Serves on an in-memory pipe; the channel connects lazily through it.
+    pub fn serve_in_memory(&self) -> Channel {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map_ok();
+        let server = Server::builder().add_service(self.clone());
+        tokio::spawn(async move {
+            server.serve_with_incoming(incoming).await.expect("server");
+        });
+        Endpoint::from_static("http://in-memory.test")
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let (client, server) = tokio::io::duplex(1 << 20);
+                let sent = tx.send(server);
+                async move {
+                    sent.map_err(|_| std::io::Error::other("server gone"))?;
+                    Ok::<_, std::io::Error>(TokioIo::new(client))
+                }
+            }))
+    }
+
+    /// Serves on loopback TCP; returns the address.
+    pub async fn serve_tcp(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = Server::builder().add_service(self.clone());
+        tokio::spawn(async move {
+            server.serve_with_incoming(incoming).await.expect("server");
+        });
+        addr
+    }
+}
+
+trait MapOk: Sized {
+    fn map_ok(self) -> MapOkStream<Self>;
+}
+
+impl<S: Stream> MapOk for S {
+    fn map_ok(self) -> MapOkStream<Self> {
+        MapOkStream(self)
+    }
+}
+
+pub struct MapOkStream<S>(S);
+
+impl<S: Stream + Unpin> Stream for MapOkStream<S> {
+    type Item = Result<S::Item, Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx).map(|o| o.map(Ok))
+    }
+}
+
+fn parse_grpc_timeout(t: &str) -> Duration {
+    let (n, unit) = t.split_at(t.len() - 1);
+    let n: u64 = n.parse().unwrap();
+    match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => panic!("bad grpc-timeout {t}"),
+    }
+}
+
+impl NamedService for Script {
+    const NAME: &'static str = "test.Echo";
+}
+
+struct UnaryCall(Script);
+
+impl UnaryService<Echo> for UnaryCall {
+    type Response = Echo;
+    type Future = BoxFut<Result<Response<Echo>, Status>>;
+    fn call(&mut self, request: Request<Echo>) -> Self::Future {
+        let index = self.0.record(request.metadata());
+        let fut = (self.0.unary)(index, request.into_inner());
+        Box::pin(async move { fut.await.map(Response::new) })
+    }
+}
+
+struct StreamCall(Script);
+
+type EchoStream = Pin<Box<dyn Stream<Item = Result<Echo, Status>> + Send>>;
+
+impl ServerStreamingService<Echo> for StreamCall {
+    type Response = Echo;
+    type ResponseStream = EchoStream;
+    type Future = BoxFut<Result<Response<EchoStream>, Status>>;
+    fn call(&mut self, request: Request<Echo>) -> Self::Future {
+        let index = self.0.record(request.metadata());
+        let fut = (self.0.stream)(index);
+        Box::pin(async move {
+            let items = fut.await?;
+            let s: EchoStream = Box::pin(futures_util::stream::iter(items));
+            Ok(Response::new(s))
+        })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Script {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFut<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let script = self.clone();
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<Echo, Echo>::default();
+            let mut grpc = Grpc::new(codec);
+            Ok(match req.uri().path() {
+                "/test.Echo/Unary" => grpc.unary(UnaryCall(script), req).await,
+                "/test.Echo/Stream" => grpc.server_streaming(StreamCall(script), req).await,
+                _ => Status::unimplemented("no such method").into_http(),
+            })
+        })
+    }
+}
+
+/// A method policy for `/test.Echo/Unary` with nothing on; tests fill in fields.
+pub const fn unary_method() -> MethodPolicy {
+    MethodPolicy {
+        name: "Unary",
+        rust_name: "unary",
+        path: "/test.Echo/Unary",
+        kind: MethodKind::Unary,
+        idempotent: true,
+        timeout: None,
+        max_timeout: None,
+        retry: None,
+        hedging: None,
+        breaker: None,
+    }
+}
+
+/// The same for `/test.Echo/Stream`.
+pub const fn stream_method() -> MethodPolicy {
+    MethodPolicy {
+        name: "Stream",
+        rust_name: "stream",
+        path: "/test.Echo/Stream",
+        kind: MethodKind::ServerStreaming,
+        ..unary_method()
+    }
+}
+
+/// Leaks a service policy for one test (tests are short-lived processes).
+pub fn service(methods: Vec<MethodPolicy>, throttle: Option<tai_runtime::policy::ThrottlePolicy>) -> &'static ServicePolicy {
+    Box::leak(Box::new(ServicePolicy {
+        name: "test.Echo",
+        methods: Box::leak(methods.into_boxed_slice()),
+        throttle,
+    }))
+}
