@@ -484,6 +484,14 @@ impl<T: Transport> ClientCore<T> {
                 .unwrap_or_else(|_| Err(Failure::uncommitted(deadline::exceeded(m.path)))),
             None => exchange.await,
         };
+        // tonic's channel enforces `grpc-timeout` itself and reports it as CANCELLED
+        // ("Timeout expired"); gRPC calls that DEADLINE_EXCEEDED, and so do we.
+        let result = match (result, deadline) {
+            (Err(f), Some(d)) if f.status.code() == Code::Cancelled && Instant::now() >= d => {
+                Err(Failure::uncommitted(deadline::exceeded(m.path)))
+            }
+            (result, _) => result,
+        };
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(f) => f.status.code(),

@@ -1,0 +1,156 @@
+//! The circuit breaker in the call path, against a real tonic server.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::{Echo, Script, echo, service, unary_method};
+use tai_runtime::__private::ClientCore;
+use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RateRule};
+use tai_runtime::{BreakerState, TripReason};
+use tokio::sync::Semaphore;
+use tonic::{Code, Status};
+
+fn with_breaker(rate: Option<RateRule>, failure_threshold: u32) -> MethodPolicy {
+    MethodPolicy {
+        breaker: Some(BreakerPolicy {
+            failure_threshold,
+            open_timeout: Duration::from_secs(10),
+            max_open_timeout: Duration::from_secs(60),
+            half_open_max_calls: 2,
+            rate,
+            failure_codes: CodeSet(1 << Code::Unavailable as u32),
+        }),
+        ..unary_method()
+    }
+}
+
+/// A server that fails while `down` and holds every call until `gate` has a permit.
+fn flaky(down: Arc<AtomicBool>, gate: Arc<Semaphore>) -> Script {
+    Script::unary(move |_, _| {
+        let (down, gate) = (down.clone(), gate.clone());
+        async move {
+            gate.acquire().await.unwrap().forget();
+            if down.load(Ordering::SeqCst) {
+                Err(Status::unavailable("backend down"))
+            } else {
+                Ok(echo("ok"))
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_fails_fast_probes_and_closes() {
+    let down = Arc::new(AtomicBool::new(true));
+    let gate = Arc::new(Semaphore::new(1000));
+    let script = flaky(down.clone(), gate.clone());
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 3)], None));
+    let state = || core.state().breaker("Unary").unwrap().state();
+
+    for _ in 0..3 {
+        core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    }
+    assert_eq!(script.calls(), 3);
+
+    // Open: nothing reaches the server, and the error says which method and why.
+    for _ in 0..5 {
+        let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(
+            err.message().contains("circuit breaker for /test.Echo/Unary is open: 3 consecutive failures (last: Unavailable)"),
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(script.calls(), 3, "an open breaker sends nothing");
+    assert!(matches!(state(), BreakerState::Open { .. }));
+
+    // After open_timeout: exactly half_open_max_calls (2) probes pass.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    down.store(false, Ordering::SeqCst);
+    gate.forget_permits(1000);
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let core = core.clone();
+            tokio::spawn(async move { core.unary::<Echo, Echo>(0, echo("probe")).await })
+        })
+        .collect();
+    while script.calls() < 5 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(script.calls(), 5, "3 before + 2 probes");
+    assert!(matches!(state(), BreakerState::HalfOpen { probes_admitted: 2, .. }));
+    gate.add_permits(1000);
+    let results: Vec<_> = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    assert_eq!(ok, 2, "the two probes succeed, the other three fail fast");
+    assert_eq!(state(), BreakerState::Closed);
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_probe_reopens_for_longer() {
+    let down = Arc::new(AtomicBool::new(true));
+    let script = flaky(down, Arc::new(Semaphore::new(1000)));
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 3)], None));
+    for _ in 0..3 {
+        core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    core.unary::<Echo, Echo>(0, echo("probe")).await.unwrap_err();
+    assert_eq!(script.calls(), 4);
+    match core.state().breaker("unary").unwrap().state() {
+        BreakerState::Open { reason, remaining } => {
+            assert_eq!(reason, TripReason::ProbeFailed { code: Code::Unavailable });
+            assert_eq!(remaining, Duration::from_secs(20), "open time doubled");
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(script.calls(), 4, "still open after the first 10s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_rule_waits_for_min_calls() {
+    let down = Arc::new(AtomicBool::new(true));
+    let script = flaky(down, Arc::new(Semaphore::new(1000)));
+    let rule = RateRule {
+        threshold: 0.5,
+        window: Duration::from_secs(10),
+        min_calls: 10,
+    };
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![with_breaker(Some(rule), 100)], None),
+    );
+    for _ in 0..9 {
+        core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    }
+    assert_eq!(core.state().breaker("Unary").unwrap().state(), BreakerState::Closed, "9 calls < min_calls");
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(script.calls(), 10);
+    match core.state().breaker("Unary").unwrap().state() {
+        BreakerState::Open { reason, .. } => assert_eq!(
+            reason,
+            TripReason::FailureRate { failures: 10, calls: 10, window: Duration::from_secs(10) }
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Errors that are not failure codes (the backend answered) do not trip it.
+#[tokio::test(start_paused = true)]
+async fn non_failure_codes_keep_it_closed() {
+    let script = Script::unary(|_, _| async { Err(Status::invalid_argument("bad input")) });
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 2)], None));
+    for _ in 0..10 {
+        let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    assert_eq!(script.calls(), 10);
+}

@@ -1,0 +1,96 @@
+//! Whole-call deadlines, against a real tonic server.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Echo, Script, echo, service, unary_method};
+use tai_runtime::__private::ClientCore;
+use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+#[tokio::test(start_paused = true)]
+async fn slow_server_gets_deadline_exceeded_not_cancelled() {
+    let script = Script::unary(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(echo("too late"))
+    });
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_secs(2)),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let start = Instant::now();
+    let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(script.seen()[0].grpc_timeout, Some(Duration::from_secs(2)));
+}
+
+/// Retries share one deadline: no attempt starts after it, and each attempt tells
+/// the server only the time that is left.
+#[tokio::test(start_paused = true)]
+async fn retries_share_the_deadline() {
+    let script = Script::unary(|_, _| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Err(Status::unavailable("still down"))
+    });
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_millis(1500)),
+        retry: Some(RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(400),
+            max_backoff: Duration::from_millis(400),
+            multiplier: 1.0,
+            retryable: CodeSet(1 << Code::Unavailable as u32),
+        }),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    core.state().seed_jitter(3);
+    let start = Instant::now();
+    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    let deadline = start + Duration::from_millis(1500);
+    let seen = script.seen();
+    assert!(seen.len() >= 2, "at least one retry fits: {seen:?}");
+    for s in &seen {
+        assert!(s.at < deadline, "attempt {} started after the deadline", s.index);
+        let left = deadline - s.at;
+        let told = s.grpc_timeout.expect("grpc-timeout sent");
+        assert!(told <= left, "attempt {} told {told:?} with {left:?} left", s.index);
+        assert!(told + Duration::from_millis(1) >= left, "attempt {} told {told:?}, {left:?} left", s.index);
+    }
+    assert!(start.elapsed() <= Duration::from_millis(1500));
+}
+
+/// A deadline that passes while an attempt is in flight ends the call then.
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_an_attempt_short() {
+    let script = Script::unary(|i, _| async move {
+        if i == 0 {
+            Err(Status::unavailable("once"))
+        } else {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(echo("never"))
+        }
+    });
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_secs(1)),
+        retry: Some(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(100),
+            multiplier: 1.0,
+            retryable: CodeSet(1 << Code::Unavailable as u32),
+        }),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let start = Instant::now();
+    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(script.calls(), 2);
+}
