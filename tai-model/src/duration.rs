@@ -57,7 +57,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let frac = parse(&fraction[..digits as usize])?;
         nanos += frac.saturating_mul(scale) / 10u128.pow(digits);
     }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| format!("`{text}` is too large"))?;
+    let secs =
+        u64::try_from(nanos / 1_000_000_000).map_err(|_| format!("`{text}` is too large"))?;
     Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
@@ -101,7 +102,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms() {
-        for bad in ["", "s", "10", "1.2.3s", "5 parsecs", "-1s", "1x", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.2.3s",
+            "5 parsecs",
+            "-1s",
+            "1x",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -320,24 +320,27 @@ pub fn resolve(levels: &[&PolicySpec]) -> ResolvedPolicy {
         delay: s.delay.unwrap_or(Defaults::HEDGING_DELAY),
         non_fatal_codes: CodeSet::of(s.non_fatal_codes.as_deref().unwrap_or(&[])),
     });
-    let breaker = fold_toggle(levels.iter().map(|l| &l.breaker), |acc: &mut BreakerSpec, s| {
-        over(&mut acc.failure_threshold, &s.failure_threshold);
-        over(&mut acc.open_timeout, &s.open_timeout);
-        over(&mut acc.max_open_timeout, &s.max_open_timeout);
-        over(&mut acc.half_open_max_calls, &s.half_open_max_calls);
-        over(&mut acc.failure_codes, &s.failure_codes);
-        acc.rate = match (acc.rate.take(), &s.rate) {
-            (inherited, None) => inherited,
-            (_, Some(Toggle::Off)) => Some(Toggle::Off),
-            (Some(Toggle::On(mut base)), Some(Toggle::On(top))) => {
-                over(&mut base.threshold, &top.threshold);
-                over(&mut base.window, &top.window);
-                over(&mut base.min_calls, &top.min_calls);
-                Some(Toggle::On(base))
-            }
-            (_, Some(on)) => Some(on.clone()),
-        };
-    })
+    let breaker = fold_toggle(
+        levels.iter().map(|l| &l.breaker),
+        |acc: &mut BreakerSpec, s| {
+            over(&mut acc.failure_threshold, &s.failure_threshold);
+            over(&mut acc.open_timeout, &s.open_timeout);
+            over(&mut acc.max_open_timeout, &s.max_open_timeout);
+            over(&mut acc.half_open_max_calls, &s.half_open_max_calls);
+            over(&mut acc.failure_codes, &s.failure_codes);
+            acc.rate = match (acc.rate.take(), &s.rate) {
+                (inherited, None) => inherited,
+                (_, Some(Toggle::Off)) => Some(Toggle::Off),
+                (Some(Toggle::On(mut base)), Some(Toggle::On(top))) => {
+                    over(&mut base.threshold, &top.threshold);
+                    over(&mut base.window, &top.window);
+                    over(&mut base.min_calls, &top.min_calls);
+                    Some(Toggle::On(base))
+                }
+                (_, Some(on)) => Some(on.clone()),
+            };
+        },
+    )
     .map(|s| ResolvedBreaker {
         failure_threshold: s
             .failure_threshold
@@ -361,10 +364,13 @@ pub fn resolve(levels: &[&PolicySpec]) -> ResolvedPolicy {
                 .unwrap_or(Defaults::BREAKER_FAILURE_CODES),
         ),
     });
-    let throttle = fold_toggle(levels.iter().map(|l| &l.throttle), |acc: &mut ThrottleSpec, s| {
-        over(&mut acc.max_tokens, &s.max_tokens);
-        over(&mut acc.token_ratio, &s.token_ratio);
-    })
+    let throttle = fold_toggle(
+        levels.iter().map(|l| &l.throttle),
+        |acc: &mut ThrottleSpec, s| {
+            over(&mut acc.max_tokens, &s.max_tokens);
+            over(&mut acc.token_ratio, &s.token_ratio);
+        },
+    )
     .map(|s| ResolvedThrottle {
         max_tokens: s.max_tokens.unwrap_or(Defaults::THROTTLE_MAX_TOKENS),
         token_ratio: s.token_ratio.unwrap_or(Defaults::THROTTLE_TOKEN_RATIO),
@@ -458,7 +464,10 @@ mod tests {
         };
         let p = resolve(&[&service, &method]);
         assert!(p.retry.is_none());
-        assert_eq!(p.hedging.unwrap().max_attempts, Defaults::HEDGING_MAX_ATTEMPTS);
+        assert_eq!(
+            p.hedging.unwrap().max_attempts,
+            Defaults::HEDGING_MAX_ATTEMPTS
+        );
     }
 
     #[test]

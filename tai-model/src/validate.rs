@@ -208,10 +208,18 @@ pub fn validate(
             check.positive_duration(Field::RetryInitialBackoff, i, r.initial_backoff);
             check.positive_duration(Field::RetryMaxBackoff, i, r.max_backoff);
             if let Some(m) = r.multiplier.filter(|m| !(*m > 0.0 && m.is_finite())) {
-                check.fail(Field::RetryMultiplier, i, format!("is {m}, but must be greater than 0"));
+                check.fail(
+                    Field::RetryMultiplier,
+                    i,
+                    format!("is {m}, but must be greater than 0"),
+                );
             }
             if r.codes.as_ref().is_some_and(Vec::is_empty) {
-                check.fail(Field::RetryCodes, i, "is empty: list at least one code to retry, or turn retry off");
+                check.fail(
+                    Field::RetryCodes,
+                    i,
+                    "is empty: list at least one code to retry, or turn retry off",
+                );
             }
             check.no_ok(Field::RetryCodes, i, &r.codes);
         }
@@ -234,7 +242,11 @@ pub fn validate(
             check.no_ok(Field::BreakerFailureCodes, i, &b.failure_codes);
             if let Some(Toggle::On(r)) = &b.rate {
                 if let Some(t) = r.threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
-                    check.fail(Field::BreakerFailureRate, i, format!("is {t}, but must be in (0, 1]"));
+                    check.fail(
+                        Field::BreakerFailureRate,
+                        i,
+                        format!("is {t}, but must be in (0, 1]"),
+                    );
                 }
                 check.positive_duration(Field::BreakerWindow, i, r.window);
                 check.count_at_least(Field::BreakerMinCalls, i, r.min_calls, 1);
@@ -249,10 +261,18 @@ pub fn validate(
                 );
             }
             if let Some(n) = t.max_tokens.filter(|n| !(1..=1000).contains(n)) {
-                check.fail(Field::ThrottleMaxTokens, i, format!("is {n}, but must be in 1..=1000"));
+                check.fail(
+                    Field::ThrottleMaxTokens,
+                    i,
+                    format!("is {n}, but must be in 1..=1000"),
+                );
             }
             if let Some(r) = t.token_ratio.filter(|r| !(*r > 0.0 && r.is_finite())) {
-                check.fail(Field::ThrottleTokenRatio, i, format!("is {r}, but must be greater than 0"));
+                check.fail(
+                    Field::ThrottleTokenRatio,
+                    i,
+                    format!("is {r}, but must be greater than 0"),
+                );
             }
         }
     }
@@ -300,10 +320,8 @@ pub fn validate(
                 .filter(|c| !SAFE_FOR_ANY_METHOD.contains(c))
                 .collect();
             if !unsafe_codes.is_empty() {
-                let level = origin(levels, |l| {
-                    retry_of(l).is_some_and(|r| r.codes.is_some())
-                })
-                .unwrap_or(innermost);
+                let level = origin(levels, |l| retry_of(l).is_some_and(|r| r.codes.is_some()))
+                    .unwrap_or(innermost);
                 let names: Vec<&str> = unsafe_codes.iter().map(|c| c.name()).collect();
                 check.fail(
                     Field::RetryCodes,
@@ -337,7 +355,11 @@ pub fn validate(
                 breaker_of(l).is_some_and(|b| b.failure_codes.is_some())
             })
             .unwrap_or(innermost);
-            check.fail(Field::BreakerFailureCodes, level, "is empty: the breaker could never trip; turn it off instead");
+            check.fail(
+                Field::BreakerFailureCodes,
+                level,
+                "is empty: the breaker could never trip; turn it off instead",
+            );
         }
     }
     if check.problems.is_empty() {
@@ -421,7 +443,11 @@ mod tests {
         let plain = PolicySpec::default();
         let p = validate(&[&service, &plain], MethodKind::Bidi, Some(1)).unwrap();
         assert!(p.retry.is_none());
-        let own = validate(&[&PolicySpec::default(), &service], MethodKind::ClientStreaming, Some(1));
+        let own = validate(
+            &[&PolicySpec::default(), &service],
+            MethodKind::ClientStreaming,
+            Some(1),
+        );
         assert_eq!(fields(own), vec![Field::Retry]);
     }
 

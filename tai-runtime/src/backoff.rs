@@ -37,10 +37,20 @@ mod tests {
     #[test]
     fn grows_then_caps_within_jitter_bounds() {
         let mut rng = SmallRng::seed_from_u64(7);
-        for (n, base_ms) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 800.0), (5, 1000.0), (9, 1000.0)] {
+        for (n, base_ms) in [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 400.0),
+            (4, 800.0),
+            (5, 1000.0),
+            (9, 1000.0),
+        ] {
             for _ in 0..200 {
                 let d = delay(&POLICY, n, &mut rng).as_secs_f64() * 1000.0;
-                assert!(d >= base_ms * 0.8 - 1e-9 && d <= base_ms * 1.2 + 1e-9, "retry {n}: {d}ms");
+                assert!(
+                    d >= base_ms * 0.8 - 1e-9 && d <= base_ms * 1.2 + 1e-9,
+                    "retry {n}: {d}ms"
+                );
             }
         }
     }

@@ -61,7 +61,10 @@ impl fmt::Display for TripReason {
                 failures,
                 calls,
                 window,
-            } => write!(f, "{failures} of {calls} calls failed in the last {window:?}"),
+            } => write!(
+                f,
+                "{failures} of {calls} calls failed in the last {window:?}"
+            ),
             TripReason::ProbeFailed { code } => {
                 write!(f, "a half-open probe failed with {code:?}")
             }
@@ -130,8 +133,15 @@ pub struct Rejected {
 #[derive(Debug)]
 enum State {
     Closed,
-    Open { until: Instant, reason: TripReason },
-    HalfOpen { admitted: u32, succeeded: u32, reason: TripReason },
+    Open {
+        until: Instant,
+        reason: TripReason,
+    },
+    HalfOpen {
+        admitted: u32,
+        succeeded: u32,
+        reason: TripReason,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -287,7 +297,14 @@ impl CircuitBreaker {
                 self.streak.store(inner.consecutive, Ordering::Relaxed);
                 if inner.consecutive >= self.policy.failure_threshold {
                     let failures = inner.consecutive;
-                    self.trip(&mut inner, now, TripReason::ConsecutiveFailures { failures, last: code });
+                    self.trip(
+                        &mut inner,
+                        now,
+                        TripReason::ConsecutiveFailures {
+                            failures,
+                            last: code,
+                        },
+                    );
                 } else if let Some(reason) = self.rate_tripped(&inner, slot) {
                     self.trip(&mut inner, now, reason);
                 }
@@ -400,7 +417,9 @@ impl CircuitBreaker {
                 }
             }
             State::HalfOpen {
-                admitted, succeeded, ..
+                admitted,
+                succeeded,
+                ..
             } => BreakerState::HalfOpen {
                 probes_admitted: *admitted,
                 probes_succeeded: *succeeded,
@@ -458,7 +477,13 @@ mod tests {
         let p2 = b.admit().unwrap();
         assert!(b.admit().is_err(), "only two probes");
         b.record(p1, Outcome::Success);
-        assert!(matches!(b.state(), BreakerState::HalfOpen { probes_succeeded: 1, .. }));
+        assert!(matches!(
+            b.state(),
+            BreakerState::HalfOpen {
+                probes_succeeded: 1,
+                ..
+            }
+        ));
         b.record(p2, Outcome::Success);
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -475,7 +500,12 @@ mod tests {
             match b.state() {
                 BreakerState::Open { remaining, reason } => {
                     assert_eq!(remaining, Duration::from_secs(expected));
-                    assert_eq!(reason, TripReason::ProbeFailed { code: Code::Unavailable });
+                    assert_eq!(
+                        reason,
+                        TripReason::ProbeFailed {
+                            code: Code::Unavailable
+                        }
+                    );
                 }
                 other => panic!("{other:?}"),
             }
@@ -492,7 +522,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         let probe = b.admit().unwrap();
         b.record(slow, Outcome::Failure(Code::Unavailable));
-        assert!(matches!(b.state(), BreakerState::HalfOpen { .. }), "old call must not reopen");
+        assert!(
+            matches!(b.state(), BreakerState::HalfOpen { .. }),
+            "old call must not reopen"
+        );
         b.record(probe, Outcome::Success);
     }
 
@@ -544,15 +577,25 @@ mod tests {
         succeed(&b);
         fail(&b);
         succeed(&b);
-        assert_eq!(b.state(), BreakerState::Closed, "old failures slid out of the window");
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "old failures slid out of the window"
+        );
     }
 
     #[test]
     fn classify_uses_the_policy_codes() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let _g = rt.enter();
         let b = CircuitBreaker::new(policy(None));
-        assert_eq!(b.classify(Code::Unavailable), Outcome::Failure(Code::Unavailable));
+        assert_eq!(
+            b.classify(Code::Unavailable),
+            Outcome::Failure(Code::Unavailable)
+        );
         assert_eq!(b.classify(Code::InvalidArgument), Outcome::Success);
         assert_eq!(b.classify(Code::Ok), Outcome::Success);
     }

@@ -105,11 +105,43 @@ impl Failure {
     }
 }
 
+/// Largest messages sent and accepted: explicit, never unlimited (tonic's own
+/// default sends messages of any size).
+#[derive(Clone, Copy, Debug)]
+struct MessageLimits {
+    send: usize,
+    receive: usize,
+}
+
+impl MessageLimits {
+    const DEFAULT: MessageLimits = MessageLimits {
+        send: 4 << 20,
+        receive: 4 << 20,
+    };
+}
+
+impl MessageLimits {
+    /// Refuses a request larger than the send limit before anything is sent, with
+    /// RESOURCE_EXHAUSTED as gRPC specifies (a body error mid-send would reach the
+    /// caller as an opaque HTTP/2 reset).
+    fn check_send<M: prost::Message>(&self, message: &M, path: &str) -> Result<(), Status> {
+        let size = message.encoded_len();
+        if size > self.send {
+            return Err(Status::resource_exhausted(format!(
+                "{path}: request of {size} bytes is larger than the {} byte send limit",
+                self.send
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The engine behind one generated client: the transport and the shared state.
 #[derive(Debug)]
 pub struct ClientCore<T> {
     transport: T,
     state: Arc<ClientState>,
+    limits: MessageLimits,
 }
 
 impl<T: Clone> Clone for ClientCore<T> {
@@ -117,16 +149,26 @@ impl<T: Clone> Clone for ClientCore<T> {
         Self {
             transport: self.transport.clone(),
             state: Arc::clone(&self.state),
+            limits: self.limits,
         }
     }
 }
 
 impl<T: Transport> ClientCore<T> {
-    /// A client core over `transport` running `policy`.
+    /// A client core over `transport` running `policy`. Over a tai
+    /// [`Channel`](crate::Channel) the message size limits come from its
+    /// configuration; over any other transport they are 4 MiB each way.
     pub fn new(transport: T, policy: &'static crate::policy::ServicePolicy) -> Self {
+        let limits = (&transport as &dyn std::any::Any)
+            .downcast_ref::<crate::Channel>()
+            .map_or(MessageLimits::DEFAULT, |c| MessageLimits {
+                send: c.config().connection.max_send_message_size,
+                receive: c.config().connection.max_receive_message_size,
+            });
         Self {
             transport,
             state: Arc::new(ClientState::new(policy)),
+            limits,
         }
     }
 
@@ -151,11 +193,20 @@ impl<T: Transport> ClientCore<T> {
     {
         let m = self.method(method);
         async move {
+            self.limits.check_send(&request, m.path)?;
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.attempt(method, deadline, 0, Request::new(request), codec, send_one, read_unary)
-                .await
-                .map_err(|f| f.status)
+            self.attempt(
+                method,
+                deadline,
+                0,
+                Request::new(request),
+                codec,
+                send_one,
+                read_unary,
+            )
+            .await
+            .map_err(|f| f.status)
         }
     }
 
@@ -172,12 +223,15 @@ impl<T: Transport> ClientCore<T> {
     {
         let m = self.method(method);
         async move {
+            self.limits.check_send(&request, m.path)?;
             let shared = Arc::new(request);
             let deadline = deadline::for_call(m);
             let attempt = |previous: u32| {
                 let codec = SharedCodec::<Req, Resp>::default();
                 let request = Request::new(Arc::clone(&shared));
-                self.attempt(method, deadline, previous, request, codec, send_one, read_unary)
+                self.attempt(
+                    method, deadline, previous, request, codec, send_one, read_unary,
+                )
             };
             self.resilient(m, deadline, attempt).await
         }
@@ -195,12 +249,21 @@ impl<T: Transport> ClientCore<T> {
     {
         let m = self.method(method);
         async move {
+            self.limits.check_send(&request, m.path)?;
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
-            self.attempt(method, deadline, 0, Request::new(request), codec, send_one, open)
-                .await
-                .map_err(|f| f.status)
+            self.attempt(
+                method,
+                deadline,
+                0,
+                Request::new(request),
+                codec,
+                send_one,
+                open,
+            )
+            .await
+            .map_err(|f| f.status)
         }
     }
 
@@ -218,6 +281,7 @@ impl<T: Transport> ClientCore<T> {
     {
         let m = self.method(method);
         async move {
+            self.limits.check_send(&request, m.path)?;
             let shared = Arc::new(request);
             let deadline = deadline::for_call(m);
             let attempt = |previous: u32| {
@@ -245,9 +309,17 @@ impl<T: Transport> ClientCore<T> {
         async move {
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.attempt(method, deadline, 0, Request::new(requests), codec, send_stream, read_unary)
-                .await
-                .map_err(|f| f.status)
+            self.attempt(
+                method,
+                deadline,
+                0,
+                Request::new(requests),
+                codec,
+                send_stream,
+                read_unary,
+            )
+            .await
+            .map_err(|f| f.status)
         }
     }
 
@@ -266,9 +338,17 @@ impl<T: Transport> ClientCore<T> {
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
-            self.attempt(method, deadline, 0, Request::new(requests), codec, send_stream, open)
-                .await
-                .map_err(|f| f.status)
+            self.attempt(
+                method,
+                deadline,
+                0,
+                Request::new(requests),
+                codec,
+                send_stream,
+                open,
+            )
+            .await
+            .map_err(|f| f.status)
         }
     }
 
@@ -422,7 +502,12 @@ impl<T: Transport> ClientCore<T> {
                 break;
             }
         }
-        Err(last.unwrap_or_else(|| deadline.map_or_else(|| Status::unavailable(format!("{}: no hedged attempt could be made", m.path)), |_| deadline::exceeded(m.path))))
+        Err(last.unwrap_or_else(|| {
+            deadline.map_or_else(
+                || Status::unavailable(format!("{}: no hedged attempt could be made", m.path)),
+                |_| deadline::exceeded(m.path),
+            )
+        }))
     }
 
     /// One attempt: breaker gate, headers, send, classify, record.
@@ -467,7 +552,9 @@ impl<T: Transport> ClientCore<T> {
                 .metadata_mut()
                 .insert("grpc-previous-rpc-attempts", MetadataValue::from(previous));
         }
-        let grpc = Grpc::new(self.transport.clone());
+        let grpc = Grpc::new(self.transport.clone())
+            .max_encoding_message_size(self.limits.send)
+            .max_decoding_message_size(self.limits.receive);
         let exchange = async {
             let response = send(grpc, request, m.path, codec)
                 .await
@@ -587,14 +674,10 @@ async fn open_stream<Resp>(
     Ok(ResponseStream::new(response.into_inner(), deadline, path))
 }
 
-/// Connects a channel to `dst` (for the generated `connect`).
-pub async fn connect(dst: String) -> Result<tonic::transport::Channel, crate::ConnectError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(dst.clone())
-        .map_err(|e| crate::ConnectError::new(&dst, e))?;
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| crate::ConnectError::new(&dst, e))
+/// Builds a channel to `dst` (for the generated `connect`): non-blocking, the
+/// first call waits for the connection.
+pub async fn connect(dst: String) -> Result<crate::Channel, crate::ConnectError> {
+    crate::Channel::to(dst)
 }
 
 trait CodeSetExt {

@@ -52,4 +52,3 @@ impl<T: prost::Message> Encoder for SharedEncoder<T> {
             .map_err(|e| Status::internal(format!("request does not fit its buffer: {e}")))
     }
 }
-

@@ -33,7 +33,9 @@
 mod backoff;
 pub mod breaker;
 mod call;
+pub mod channel;
 mod codec;
+pub mod config;
 mod deadline;
 mod error;
 pub mod policy;
@@ -47,7 +49,7 @@ pub use error::ConnectError;
 pub use state::{ClientState, Resilient};
 pub use stream::{RequestStream, ResponseStream};
 // TEMP-UNTIL-MACRO pub use tai_macros::resilient;
-pub use tonic::transport::Channel;
+pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use tonic::{Code, Status};
 
 /// Includes the code tai-build generated for a proto package.

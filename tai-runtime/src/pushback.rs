@@ -26,7 +26,11 @@ impl Pushback {
         if values.next().is_some() {
             return Pushback::Stop;
         }
-        match first.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+        match first
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+        {
             Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms as u64)),
             _ => Pushback::Stop,
         }

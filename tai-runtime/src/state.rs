@@ -83,7 +83,9 @@ pub trait Resilient {
     /// The breaker state of a method by proto or Rust name; `None` if the method
     /// has no breaker or does not exist.
     fn breaker_state(&self, method: &str) -> Option<BreakerState> {
-        self.client_state().breaker(method).map(CircuitBreaker::state)
+        self.client_state()
+            .breaker(method)
+            .map(CircuitBreaker::state)
     }
 
     /// The compiled-in policy of the whole client.

@@ -29,7 +29,11 @@ pub struct ResponseStream<T> {
 }
 
 impl<T> ResponseStream<T> {
-    pub(crate) fn new(inner: Streaming<T>, deadline: Option<Instant>, method: &'static str) -> Self {
+    pub(crate) fn new(
+        inner: Streaming<T>,
+        deadline: Option<Instant>,
+        method: &'static str,
+    ) -> Self {
         Self {
             inner,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),

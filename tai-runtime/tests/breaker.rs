@@ -47,7 +47,10 @@ async fn trips_fails_fast_probes_and_closes() {
     let down = Arc::new(AtomicBool::new(true));
     let gate = Arc::new(Semaphore::new(1000));
     let script = flaky(down.clone(), gate.clone());
-    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 3)], None));
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![with_breaker(None, 3)], None),
+    );
     let state = || core.state().breaker("Unary").unwrap().state();
 
     for _ in 0..3 {
@@ -83,10 +86,19 @@ async fn trips_fails_fast_probes_and_closes() {
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(script.calls(), 5, "3 before + 2 probes");
-    assert!(matches!(state(), BreakerState::HalfOpen { probes_admitted: 2, .. }));
+    assert!(matches!(
+        state(),
+        BreakerState::HalfOpen {
+            probes_admitted: 2,
+            ..
+        }
+    ));
     gate.add_permits(1000);
     let results: Vec<_> = futures_util::future::join_all(calls).await;
-    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let ok = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
     assert_eq!(ok, 2, "the two probes succeed, the other three fail fast");
     assert_eq!(state(), BreakerState::Closed);
     core.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
@@ -96,16 +108,26 @@ async fn trips_fails_fast_probes_and_closes() {
 async fn failed_probe_reopens_for_longer() {
     let down = Arc::new(AtomicBool::new(true));
     let script = flaky(down, Arc::new(Semaphore::new(1000)));
-    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 3)], None));
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![with_breaker(None, 3)], None),
+    );
     for _ in 0..3 {
         core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     }
     tokio::time::advance(Duration::from_secs(10)).await;
-    core.unary::<Echo, Echo>(0, echo("probe")).await.unwrap_err();
+    core.unary::<Echo, Echo>(0, echo("probe"))
+        .await
+        .unwrap_err();
     assert_eq!(script.calls(), 4);
     match core.state().breaker("unary").unwrap().state() {
         BreakerState::Open { reason, remaining } => {
-            assert_eq!(reason, TripReason::ProbeFailed { code: Code::Unavailable });
+            assert_eq!(
+                reason,
+                TripReason::ProbeFailed {
+                    code: Code::Unavailable
+                }
+            );
             assert_eq!(remaining, Duration::from_secs(20), "open time doubled");
         }
         other => panic!("{other:?}"),
@@ -131,13 +153,21 @@ async fn rate_rule_waits_for_min_calls() {
     for _ in 0..9 {
         core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     }
-    assert_eq!(core.state().breaker("Unary").unwrap().state(), BreakerState::Closed, "9 calls < min_calls");
+    assert_eq!(
+        core.state().breaker("Unary").unwrap().state(),
+        BreakerState::Closed,
+        "9 calls < min_calls"
+    );
     core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert_eq!(script.calls(), 10);
     match core.state().breaker("Unary").unwrap().state() {
         BreakerState::Open { reason, .. } => assert_eq!(
             reason,
-            TripReason::FailureRate { failures: 10, calls: 10, window: Duration::from_secs(10) }
+            TripReason::FailureRate {
+                failures: 10,
+                calls: 10,
+                window: Duration::from_secs(10)
+            }
         ),
         other => panic!("{other:?}"),
     }
@@ -147,7 +177,10 @@ async fn rate_rule_waits_for_min_calls() {
 #[tokio::test(start_paused = true)]
 async fn non_failure_codes_keep_it_closed() {
     let script = Script::unary(|_, _| async { Err(Status::invalid_argument("bad input")) });
-    let core = ClientCore::new(script.serve_in_memory(), service(vec![with_breaker(None, 2)], None));
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![with_breaker(None, 2)], None),
+    );
     for _ in 0..10 {
         let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

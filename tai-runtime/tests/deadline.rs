@@ -50,17 +50,32 @@ async fn retries_share_the_deadline() {
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     core.state().seed_jitter(3);
     let start = Instant::now();
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     let deadline = start + Duration::from_millis(1500);
     let seen = script.seen();
     assert!(seen.len() >= 2, "at least one retry fits: {seen:?}");
     for s in &seen {
-        assert!(s.at < deadline, "attempt {} started after the deadline", s.index);
+        assert!(
+            s.at < deadline,
+            "attempt {} started after the deadline",
+            s.index
+        );
         let left = deadline - s.at;
         let told = s.grpc_timeout.expect("grpc-timeout sent");
-        assert!(told <= left, "attempt {} told {told:?} with {left:?} left", s.index);
-        assert!(told + Duration::from_millis(1) >= left, "attempt {} told {told:?}, {left:?} left", s.index);
+        assert!(
+            told <= left,
+            "attempt {} told {told:?} with {left:?} left",
+            s.index
+        );
+        assert!(
+            told + Duration::from_millis(1) >= left,
+            "attempt {} told {told:?}, {left:?} left",
+            s.index
+        );
     }
     assert!(start.elapsed() <= Duration::from_millis(1500));
 }
@@ -89,7 +104,10 @@ async fn deadline_cuts_an_attempt_short() {
     };
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let start = Instant::now();
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(script.calls(), 2);

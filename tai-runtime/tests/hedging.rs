@@ -60,7 +60,10 @@ async fn a_non_fatal_failure_starts_the_next_attempt_at_once() {
 async fn a_fatal_failure_ends_the_call() {
     let script = Script::unary(|_, _| async { Err(Status::internal("broken")) });
     let core = ClientCore::new(script.serve_in_memory(), service(vec![hedged()], None));
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Internal);
     assert_eq!(script.calls(), 1);
 }
@@ -69,7 +72,10 @@ async fn a_fatal_failure_ends_the_call() {
 async fn all_attempts_failing_returns_the_last_error() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
     let core = ClientCore::new(script.serve_in_memory(), service(vec![hedged()], None));
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(script.calls(), 3);
 }

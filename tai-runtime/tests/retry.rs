@@ -76,7 +76,10 @@ async fn attempts_are_capped_at_five() {
         script.serve_in_memory(),
         service(vec![retrying(8, &[Code::Unavailable])], None),
     );
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(script.calls(), 5);
 }
@@ -88,7 +91,10 @@ async fn unlisted_code_is_not_retried() {
         script.serve_in_memory(),
         service(vec![retrying(4, &[Code::Unavailable])], None),
     );
-    let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     assert_eq!(script.calls(), 1);
 }
@@ -100,8 +106,14 @@ async fn attempts_header_counts_previous_attempts() {
         script.serve_in_memory(),
         service(vec![retrying(4, &[Code::Unavailable])], None),
     );
-    core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
-    let headers: Vec<Option<String>> = script.seen().into_iter().map(|s| s.previous_attempts).collect();
+    core.unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    let headers: Vec<Option<String>> = script
+        .seen()
+        .into_iter()
+        .map(|s| s.previous_attempts)
+        .collect();
     assert_eq!(
         headers,
         vec![None, Some("1".into()), Some("2".into()), Some("3".into())]
@@ -110,17 +122,16 @@ async fn attempts_header_counts_previous_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn pushback_stops_or_delays_retries() {
-    for (values, expected_calls) in [
-        (&["-1"][..], 1),
-        (&["xxx"][..], 1),
-        (&["100", "10"][..], 1),
-    ] {
+    for (values, expected_calls) in [(&["-1"][..], 1), (&["xxx"][..], 1), (&["100", "10"][..], 1)] {
         let script = Script::unary(move |_, _| async move { Err(status_with_pushback(values)) });
         let core = ClientCore::new(
             script.serve_in_memory(),
             service(vec![retrying(4, &[Code::Unavailable])], None),
         );
-        let err = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+        let err = core
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert_eq!(script.calls(), expected_calls, "pushback {values:?}");
     }
@@ -186,7 +197,10 @@ async fn grpc_go_retry_throttling_trace() {
         assert_eq!(got.err().map_or(Code::Ok, |s| s.code()), code, "case {n}");
         assert_eq!(script.calls() - 1, last_index, "case {n}");
         let now = core.state().throttle().unwrap().tokens();
-        assert!((now - tokens).abs() < 1e-9, "case {n}: {now} tokens, want {tokens}");
+        assert!(
+            (now - tokens).abs() < 1e-9,
+            "case {n}: {now} tokens, want {tokens}"
+        );
     }
 }
 
@@ -198,7 +212,10 @@ async fn stream_is_committed_once_headers_arrive() {
             // Fails before headers: a trailers-only response, retried.
             0 => Err(Status::unavailable("not yet")),
             // Headers and one message, then UNAVAILABLE: committed, not retried.
-            _ => Ok(vec![Ok(echo("first")), Err(Status::unavailable("mid-stream"))]),
+            _ => Ok(vec![
+                Ok(echo("first")),
+                Err(Status::unavailable("mid-stream")),
+            ]),
         }
     });
     let policy = MethodPolicy {
@@ -206,7 +223,10 @@ async fn stream_is_committed_once_headers_arrive() {
         ..stream_method()
     };
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
-    let mut stream = core.server_streaming_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let mut stream = core
+        .server_streaming_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
     let err = stream.message().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -228,7 +248,10 @@ async fn every_attempt_sends_the_same_request() {
         script.serve_in_memory(),
         service(vec![retrying(4, &[Code::Unavailable])], None),
     );
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("payload")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("payload"))
+        .await
+        .unwrap();
     assert_eq!((reply.msg.as_str(), reply.n), ("payload", 2));
 }
 
@@ -249,8 +272,17 @@ async fn retries_over_loopback_tcp() {
         .connect()
         .await
         .unwrap();
-    let core = ClientCore::new(channel, service(vec![retrying(3, &[Code::Unavailable])], None));
-    assert_eq!(core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap().msg, "tcp");
+    let core = ClientCore::new(
+        channel,
+        service(vec![retrying(3, &[Code::Unavailable])], None),
+    );
+    assert_eq!(
+        core.unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap()
+            .msg,
+        "tcp"
+    );
     assert_eq!(script.calls(), 2);
 
     // Nothing listens on port 1: connecting fails, which is UNAVAILABLE.

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub mod net;
+
 use futures_util::Stream;
 use hyper_util::rt::TokioIo;
 use tai_runtime::policy::{MethodKind, MethodPolicy, ServicePolicy};
@@ -95,7 +97,12 @@ impl Script {
 
     fn record(&self, metadata: &MetadataMap) -> usize {
         let index = self.calls.fetch_add(1, Ordering::SeqCst);
-        let text = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = |k: &str| {
+            metadata
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         self.seen.lock().unwrap().push(Seen {
             index,
             at: Instant::now(),
@@ -108,21 +115,21 @@ impl Script {
     /// Serves on an in-memory pipe; the channel connects lazily through it.
     pub fn serve_in_memory(&self) -> Channel {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
-        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .map_ok();
+        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map_ok();
         let server = Server::builder().add_service(self.clone());
         tokio::spawn(async move {
             server.serve_with_incoming(incoming).await.expect("server");
         });
-        Endpoint::from_static("http://in-memory.test")
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
+        Endpoint::from_static("http://in-memory.test").connect_with_connector_lazy(
+            tower::service_fn(move |_| {
                 let (client, server) = tokio::io::duplex(1 << 20);
                 let sent = tx.send(server);
                 async move {
                     sent.map_err(|_| std::io::Error::other("server gone"))?;
                     Ok::<_, std::io::Error>(TokioIo::new(client))
                 }
-            }))
+            }),
+        )
     }
 
     /// Serves on loopback TCP; returns the address.
@@ -257,7 +264,10 @@ pub const fn stream_method() -> MethodPolicy {
 }
 
 /// Leaks a service policy for one test (tests are short-lived processes).
-pub fn service(methods: Vec<MethodPolicy>, throttle: Option<tai_runtime::policy::ThrottlePolicy>) -> &'static ServicePolicy {
+pub fn service(
+    methods: Vec<MethodPolicy>,
+    throttle: Option<tai_runtime::policy::ThrottlePolicy>,
+) -> &'static ServicePolicy {
     Box::leak(Box::new(ServicePolicy {
         name: "test.Echo",
         methods: Box::leak(methods.into_boxed_slice()),

@@ -1,0 +1,441 @@
+//! Client configuration and its presets.
+//!
+//! Every value has a documented default and can be overridden one field at a time:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tai_runtime::config::{BalancerKind, ClientConfig};
+//!
+//! let mut config = ClientConfig::high_throughput();
+//! config.connection.connect_timeout = Duration::from_secs(3);
+//! config.balancer = BalancerKind::LeastLoaded;
+//! assert_eq!(config.connection.pool_size, 10);
+//! ```
+//!
+//! The presets are connection-level settings (`connection`, `balancer`,
+//! `outlier`, `health_check`) plus a suggested `retry`/`breaker`/`timeout` for
+//! clients without compiled-in policies; a generated client's own per-method
+//! policies always win over these suggestions.
+
+use std::time::Duration;
+
+use tai_model::{Code, CodeSet};
+
+use crate::policy::{BreakerPolicy, RateRule, RetryPolicy};
+
+/// How a client picks an endpoint for each call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BalancerKind {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on real in-flight request counts.
+    LeastLoaded,
+    /// Power of two choices on peak-EWMA latency × (in-flight + 1).
+    PeakEwma,
+    /// Uniformly at random.
+    Random,
+}
+
+impl BalancerKind {
+    /// Parses `round_robin`, `least_loaded`, `peak_ewma` or `random` (also with `-`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.replace('-', "_").as_str() {
+            "round_robin" => Some(Self::RoundRobin),
+            "least_loaded" => Some(Self::LeastLoaded),
+            "peak_ewma" => Some(Self::PeakEwma),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+
+    /// The name [`BalancerKind::from_name`] accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastLoaded => "least_loaded",
+            Self::PeakEwma => "peak_ewma",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// Exponential reconnect backoff (the gRPC connection-backoff algorithm).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub base: Duration,
+    /// Growth per failed attempt.
+    pub multiplier: f64,
+    /// Random spread, as a fraction: 0.2 means ±20%.
+    pub jitter: f64,
+    /// Cap on the delay (before jitter).
+    pub max: Duration,
+}
+
+impl BackoffConfig {
+    /// The delay before reconnect attempt `n` (0-based), with `unit` in [0, 1) as the
+    /// random draw: `min(base * multiplier^n, max) * (1 + jitter * (2 * unit - 1))`.
+    pub fn delay(&self, n: u32, unit: f64) -> Duration {
+        let raw = self.base.as_secs_f64() * self.multiplier.powi(n.min(64) as i32);
+        let capped = raw.min(self.max.as_secs_f64());
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        Duration::try_from_secs_f64(capped * spread).unwrap_or(self.max)
+    }
+}
+
+/// HTTP/2 keepalive pings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeepaliveConfig {
+    /// Ping after this long without frames.
+    pub time: Duration,
+    /// Close the connection if the ping is not answered within this.
+    pub timeout: Duration,
+    /// Ping even when no call is in flight.
+    pub while_idle: bool,
+}
+
+/// One endpoint's connections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionConfig {
+    /// Time allowed for TCP (and TLS) connection set-up.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// HTTP/2 keepalive; `None` sends no pings.
+    pub keepalive: Option<KeepaliveConfig>,
+    /// Close a connection after this long with no call; `None` keeps it open.
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 connections per endpoint; calls spread by in-flight count.
+    pub pool_size: usize,
+    /// HTTP/2 initial stream window, bytes.
+    pub initial_stream_window: u32,
+    /// HTTP/2 initial connection window, bytes.
+    pub initial_connection_window: u32,
+    /// Disable Nagle's algorithm (lower latency for small messages).
+    pub tcp_nodelay: bool,
+    /// Largest message this client sends, bytes.
+    pub max_send_message_size: usize,
+    /// Largest message this client accepts, bytes.
+    pub max_receive_message_size: usize,
+    /// Whether a call waits for an endpoint that is reconnecting instead of failing
+    /// with UNAVAILABLE at once (bounded by the call's deadline).
+    pub wait_for_ready: bool,
+}
+
+/// Passive outlier ejection: endpoints that keep failing leave the rotation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Ejection time after the first ejection; the n-th is n times this.
+    pub base_ejection_time: Duration,
+    /// Cap on the ejection time.
+    pub max_ejection_time: Duration,
+    /// At most this percentage of endpoints is ejected at once (rounded down), so a
+    /// cluster-wide failure never empties the rotation.
+    pub max_ejection_percent: u32,
+    /// Codes that count as endpoint failures (connection failures always do).
+    pub failure_codes: CodeSet,
+}
+
+/// Active `grpc.health.v1` health checking.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheckConfig {
+    /// The service name to check (`""` is the whole server).
+    pub service: String,
+}
+
+/// Everything about how a client connects and balances.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// Connections.
+    pub connection: ConnectionConfig,
+    /// Endpoint choice.
+    pub balancer: BalancerKind,
+    /// Outlier ejection; `None` disables it.
+    pub outlier: Option<OutlierConfig>,
+    /// Active health checks; `None` disables them.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Suggested retry for calls without a compiled-in policy.
+    pub retry: Option<RetryPolicy>,
+    /// Suggested breaker for calls without a compiled-in policy.
+    pub breaker: Option<BreakerPolicy>,
+    /// Suggested whole-call timeout.
+    pub timeout: Option<Duration>,
+    /// Upper bound on any timeout.
+    pub max_timeout: Option<Duration>,
+}
+
+const MIB: usize = 1 << 20;
+
+fn unavailable() -> CodeSet {
+    CodeSet::of(&[Code::Unavailable])
+}
+
+fn retry(
+    max_attempts: u32,
+    initial: Duration,
+    max: Duration,
+    multiplier: f64,
+) -> Option<RetryPolicy> {
+    Some(RetryPolicy {
+        max_attempts,
+        initial_backoff: initial,
+        max_backoff: max,
+        multiplier,
+        retryable: unavailable(),
+    })
+}
+
+impl Default for OutlierConfig {
+    /// 5 consecutive failures, 30s base ejection (growing, max 5 min), at most 50%.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            failure_codes: unavailable(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The connection-factory defaults: 100ms/1.6x/±0.2/2s reconnect backoff, 20s
+    /// connect timeout, 10s/5s keepalive, 4 MiB messages, one connection per
+    /// endpoint, round-robin, outlier ejection on.
+    pub fn factory() -> Self {
+        Self {
+            connection: ConnectionConfig {
+                connect_timeout: Duration::from_secs(20),
+                backoff: BackoffConfig {
+                    base: Duration::from_millis(100),
+                    multiplier: 1.6,
+                    jitter: 0.2,
+                    max: Duration::from_secs(2),
+                },
+                keepalive: Some(KeepaliveConfig {
+                    time: Duration::from_secs(10),
+                    timeout: Duration::from_secs(5),
+                    while_idle: true,
+                }),
+                idle_timeout: Some(Duration::from_secs(30 * 60)),
+                pool_size: 1,
+                initial_stream_window: 1 << 20,
+                initial_connection_window: 2 << 20,
+                tcp_nodelay: true,
+                max_send_message_size: 4 * MIB,
+                max_receive_message_size: 4 * MIB,
+                wait_for_ready: false,
+            },
+            balancer: BalancerKind::RoundRobin,
+            outlier: Some(OutlierConfig::default()),
+            health_check: None,
+            retry: None,
+            breaker: None,
+            timeout: None,
+            max_timeout: None,
+        }
+    }
+
+    /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, 10s/5s
+    /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling, 5-attempt retry.
+    pub fn production() -> Self {
+        let mut c = Self::factory();
+        c.connection.connect_timeout = Duration::from_secs(30);
+        c.connection.backoff = BackoffConfig {
+            base: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(120),
+        };
+        c.retry = retry(5, Duration::from_secs(1), Duration::from_secs(30), 2.0);
+        c
+    }
+
+    /// Development: 5s connect timeout, 500ms..10s reconnect backoff, 5 min idle
+    /// timeout, 3-attempt retry — fast feedback.
+    pub fn development() -> Self {
+        let mut c = Self::production();
+        c.connection.connect_timeout = Duration::from_secs(5);
+        c.connection.backoff.base = Duration::from_millis(500);
+        c.connection.backoff.max = Duration::from_secs(10);
+        c.connection.idle_timeout = Some(Duration::from_secs(5 * 60));
+        c.retry = retry(3, Duration::from_millis(500), Duration::from_secs(10), 2.0);
+        c
+    }
+
+    /// High throughput: 10s connect timeout, 30s keepalive, no idle timeout, 16 MiB
+    /// messages, a pool of 10 connections per endpoint.
+    pub fn high_throughput() -> Self {
+        let mut c = Self::production();
+        c.connection.connect_timeout = Duration::from_secs(10);
+        c.connection.keepalive = Some(KeepaliveConfig {
+            time: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            while_idle: false,
+        });
+        c.connection.idle_timeout = None;
+        c.connection.max_send_message_size = 16 * MIB;
+        c.connection.max_receive_message_size = 16 * MIB;
+        c.connection.pool_size = 10;
+        c
+    }
+
+    /// High reliability: least-loaded, 5 attempts from 50ms to 5s at 1.5x, breaker
+    /// at 3 failures / 60s open / 5 probes.
+    pub fn high_reliability() -> Self {
+        let mut c = Self::production();
+        c.balancer = BalancerKind::LeastLoaded;
+        c.retry = retry(5, Duration::from_millis(50), Duration::from_secs(5), 1.5);
+        c.breaker = Some(BreakerPolicy {
+            failure_threshold: 3,
+            open_timeout: Duration::from_secs(60),
+            max_open_timeout: Duration::from_secs(300),
+            half_open_max_calls: 5,
+            rate: Some(RateRule {
+                threshold: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 20,
+            }),
+            failure_codes: CodeSet::of(&[
+                Code::Unavailable,
+                Code::DeadlineExceeded,
+                Code::Internal,
+                Code::Unknown,
+                Code::ResourceExhausted,
+            ]),
+        });
+        c
+    }
+
+    /// Low latency: 100ms default and 500ms max timeout, random pick.
+    pub fn low_latency() -> Self {
+        let mut c = Self::production();
+        c.balancer = BalancerKind::Random;
+        c.timeout = Some(Duration::from_millis(100));
+        c.max_timeout = Some(Duration::from_millis(500));
+        c
+    }
+
+    /// A preset by name: `default`/`production`, `development`, `high-throughput`,
+    /// `high-reliability`, `low-latency`, `factory`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name.replace('_', "-").as_str() {
+            "default" | "production" => Some(Self::production()),
+            "development" => Some(Self::development()),
+            "high-throughput" => Some(Self::high_throughput()),
+            "high-reliability" => Some(Self::high_reliability()),
+            "low-latency" => Some(Self::low_latency()),
+            "factory" => Some(Self::factory()),
+            _ => None,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    /// The production preset.
+    fn default() -> Self {
+        Self::production()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_hold_their_documented_values() {
+        let p = ClientConfig::default();
+        assert_eq!(p.connection.connect_timeout, Duration::from_secs(30));
+        assert_eq!(p.connection.backoff.base, Duration::from_secs(1));
+        assert_eq!(p.connection.backoff.max, Duration::from_secs(120));
+        assert_eq!(
+            p.connection.keepalive.unwrap().time,
+            Duration::from_secs(10)
+        );
+        assert_eq!(p.connection.idle_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(p.connection.max_receive_message_size, 4 << 20);
+        assert_eq!(p.retry.unwrap().max_attempts, 5);
+
+        let d = ClientConfig::development();
+        assert_eq!(d.connection.connect_timeout, Duration::from_secs(5));
+        assert_eq!(d.connection.backoff.base, Duration::from_millis(500));
+        assert_eq!(d.connection.backoff.max, Duration::from_secs(10));
+        assert_eq!(d.retry.unwrap().max_attempts, 3);
+
+        let h = ClientConfig::high_throughput();
+        assert_eq!(h.connection.pool_size, 10);
+        assert_eq!(h.connection.idle_timeout, None);
+        assert_eq!(h.connection.max_send_message_size, 16 << 20);
+        assert_eq!(
+            h.connection.keepalive.unwrap().time,
+            Duration::from_secs(30)
+        );
+
+        let r = ClientConfig::high_reliability();
+        assert_eq!(r.balancer, BalancerKind::LeastLoaded);
+        let b = r.breaker.unwrap();
+        assert_eq!(
+            (b.failure_threshold, b.open_timeout, b.half_open_max_calls),
+            (3, Duration::from_secs(60), 5)
+        );
+        let rr = r.retry.unwrap();
+        assert_eq!(
+            (
+                rr.max_attempts,
+                rr.initial_backoff,
+                rr.max_backoff,
+                rr.multiplier
+            ),
+            (5, Duration::from_millis(50), Duration::from_secs(5), 1.5)
+        );
+
+        let l = ClientConfig::low_latency();
+        assert_eq!(l.balancer, BalancerKind::Random);
+        assert_eq!(
+            (l.timeout, l.max_timeout),
+            (
+                Some(Duration::from_millis(100)),
+                Some(Duration::from_millis(500))
+            )
+        );
+
+        let f = ClientConfig::factory();
+        assert_eq!(
+            f.connection.backoff,
+            BackoffConfig {
+                base: Duration::from_millis(100),
+                multiplier: 1.6,
+                jitter: 0.2,
+                max: Duration::from_secs(2)
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_schedule() {
+        let b = ClientConfig::factory().connection.backoff;
+        let ms = |n| b.delay(n, 0.5).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(4), ms(9)],
+            [100, 160, 256, 409, 655, 2000]
+        );
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(80));
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(120));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            BalancerKind::from_name("least-loaded"),
+            Some(BalancerKind::LeastLoaded)
+        );
+        assert_eq!(
+            ClientConfig::preset("high_throughput"),
+            Some(ClientConfig::high_throughput())
+        );
+        assert_eq!(ClientConfig::preset("nope"), None);
+    }
+}

@@ -1,0 +1,642 @@
+//! The balanced channel against real tonic servers: failover, ejection, balancers,
+//! discovery, health checks, reconnect backoff, pooling and the state API.
+//!
+//! Most tests run on an in-process network (support::net) under paused tokio time,
+//! so time-based policies are exact; one runs over loopback TCP and real DNS.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use support::net::Net;
+use support::{Echo, Script, echo, service, unary_method};
+use tai_runtime::__private::ClientCore;
+use tai_runtime::channel::{
+    BoxIo, Channel, ConnectFuture, ConnectivityState, Connector, Endpoints, Resolve, ResolveFuture,
+};
+use tai_runtime::config::{
+    BackoffConfig, BalancerKind, ClientConfig, HealthCheckConfig, OutlierConfig,
+};
+use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ServicePolicy, ThrottlePolicy};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tower::discover::Change;
+
+fn retrying() -> MethodPolicy {
+    MethodPolicy {
+        retry: Some(RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            multiplier: 2.0,
+            retryable: CodeSet(1 << Code::Unavailable as u32),
+        }),
+        ..unary_method()
+    }
+}
+
+fn test_config(balancer: BalancerKind) -> ClientConfig {
+    let mut c = ClientConfig::factory();
+    c.balancer = balancer;
+    c.outlier = Some(OutlierConfig {
+        consecutive_failures: 3,
+        base_ejection_time: Duration::from_secs(10),
+        max_ejection_time: Duration::from_secs(60),
+        max_ejection_percent: 50,
+        failure_codes: CodeSet(1 << Code::Unavailable as u32),
+    });
+    c
+}
+
+fn channel(net: &Net, addresses: &[&str], config: ClientConfig) -> Channel {
+    Channel::builder(Endpoints::list(addresses.iter().copied()))
+        .config(config)
+        .connector(net.connector())
+        .seed(7)
+        .build()
+        .unwrap()
+}
+
+fn ok_server() -> Script {
+    Script::unary(|_, _| async { Ok(echo("ok")) })
+}
+
+fn slow_server(delay: Duration) -> Script {
+    Script::unary(move |_, _| async move {
+        tokio::time::sleep(delay).await;
+        Ok(echo("ok"))
+    })
+}
+
+fn core(channel: Channel, policy: &'static ServicePolicy) -> ClientCore<Channel> {
+    ClientCore::new(channel, policy)
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_an_endpoint_mid_load_fails_no_idempotent_call() {
+    let net = Net::default();
+    let servers: Vec<Script> = (0..3)
+        .map(|_| slow_server(Duration::from_millis(5)))
+        .collect();
+    let addrs = ["a:1", "b:1", "c:1"];
+    for (a, s) in addrs.iter().zip(&servers) {
+        net.start(a, s);
+    }
+    let ch = channel(&net, &addrs, test_config(BalancerKind::RoundRobin));
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![retrying()], None));
+
+    let mut failures = 0;
+    for round in 0..20 {
+        if round == 5 {
+            net.kill("b:1");
+        }
+        if round == 12 {
+            let b = ok_server();
+            net.start("b:1", &b);
+        }
+        let calls = (0..30).map(|_| client.unary_retry::<Echo, Echo>(0, echo("x")));
+        failures += join_all(calls)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        failures, 0,
+        "every idempotent call succeeded while a healthy endpoint existed"
+    );
+    assert!(servers[1].calls() > 0);
+
+    // b was killed mid-load; once restarted it reconnects and takes calls again.
+    let b = ok_server();
+    net.kill("b:1");
+    net.start("b:1", &b);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    for _ in 0..30 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    assert!(b.calls() >= 5, "b is back in rotation: {} calls", b.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_and_returns() {
+    let net = Net::default();
+    let good = [ok_server(), ok_server()];
+    let bad = Script::unary(|_, _| async { Err(Status::unavailable("sick")) });
+    net.start("good1:1", &good[0]);
+    net.start("good2:1", &good[1]);
+    net.start("bad:1", &bad);
+    let ch = channel(
+        &net,
+        &["good1:1", "good2:1", "bad:1"],
+        test_config(BalancerKind::RoundRobin),
+    );
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![retrying()], None));
+    for _ in 0..30 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    let bad_calls = bad.calls();
+    assert_eq!(bad_calls, 3, "ejected after 3 consecutive failures");
+    let stats = ch.endpoint_stats();
+    let bad_stats = stats.iter().find(|s| s.address == "bad:1").unwrap();
+    let left = bad_stats.ejected_for.unwrap();
+    assert!(
+        left > Duration::from_millis(9900) && left <= Duration::from_secs(10),
+        "{left:?}"
+    );
+    assert_eq!(bad_stats.failures, 3);
+
+    for _ in 0..30 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bad.calls(), bad_calls, "no calls while ejected");
+
+    // After the ejection time it returns, fails again, and is ejected for longer.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for _ in 0..30 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bad.calls(), 6);
+    let stats = ch.endpoint_stats();
+    let bad_stats = stats.iter().find(|s| s.address == "bad:1").unwrap();
+    let left = bad_stats.ejected_for.unwrap();
+    assert!(
+        left > Duration::from_millis(19900) && left <= Duration::from_secs(20),
+        "second ejection is twice as long: {left:?}"
+    );
+}
+
+async fn ejected_after_failures(hosts: usize) -> usize {
+    let net = Net::default();
+    let bad = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let addrs: Vec<String> = (0..hosts).map(|i| format!("h{i}:1")).collect();
+    for a in &addrs {
+        net.start(a, &bad);
+    }
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let ch = channel(&net, &refs, test_config(BalancerKind::RoundRobin));
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    for _ in 0..60 {
+        let _ = client.unary::<Echo, Echo>(0, echo("x")).await;
+    }
+    ch.endpoint_stats()
+        .iter()
+        .filter(|s| s.ejected_for.is_some())
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_never_exceeds_the_percentage_cap() {
+    assert_eq!(
+        ejected_after_failures(3).await,
+        1,
+        "3 hosts at 50%: at most 1"
+    );
+    assert_eq!(ejected_after_failures(1).await, 0, "1 host at 50%: none");
+    assert_eq!(
+        ejected_after_failures(4).await,
+        2,
+        "4 hosts at 50%: at most 2"
+    );
+}
+
+/// Closed-loop load over a fast and a slow endpoint; returns the fast one's share.
+async fn fast_share(balancer: BalancerKind) -> f64 {
+    let net = Net::default();
+    let fast = slow_server(Duration::from_millis(10));
+    let slow = slow_server(Duration::from_millis(100));
+    net.start("fast:1", &fast);
+    net.start("slow:1", &slow);
+    let ch = channel(&net, &["fast:1", "slow:1"], test_config(balancer));
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = Arc::new(core(ch, service(vec![unary_method()], None)));
+    let until = Instant::now() + Duration::from_secs(5);
+    let workers = (0..16).map(|_| {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move {
+            while Instant::now() < until {
+                client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+            }
+        })
+    });
+    join_all(workers).await;
+    fast.calls() as f64 / (fast.calls() + slow.calls()) as f64
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_loaded_sends_less_to_a_slow_endpoint() {
+    let round_robin = fast_share(BalancerKind::RoundRobin).await;
+    let least_loaded = fast_share(BalancerKind::LeastLoaded).await;
+    let peak_ewma = fast_share(BalancerKind::PeakEwma).await;
+    assert!(
+        (0.45..=0.55).contains(&round_robin),
+        "round-robin splits evenly: {round_robin}"
+    );
+    assert!(
+        least_loaded > 0.8,
+        "least-loaded favours the fast endpoint: {least_loaded}"
+    );
+    assert!(
+        peak_ewma > 0.8,
+        "peak-EWMA favours the fast endpoint: {peak_ewma}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_balancer_spreads_calls() {
+    let net = Net::default();
+    let servers = [ok_server(), ok_server(), ok_server()];
+    for (i, s) in servers.iter().enumerate() {
+        net.start(&format!("r{i}:1"), s);
+    }
+    let ch = channel(
+        &net,
+        &["r0:1", "r1:1", "r2:1"],
+        test_config(BalancerKind::Random),
+    );
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch, service(vec![unary_method()], None));
+    for _ in 0..300 {
+        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    }
+    for s in &servers {
+        assert!((60..=140).contains(&s.calls()), "{}", s.calls());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn discover_stream_changes_keep_calls_in_flight() {
+    let net = Net::default();
+    let a = slow_server(Duration::from_secs(1));
+    let b = ok_server();
+    net.start("a:1", &a);
+    net.start("b:1", &b);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Change::Insert("a".to_owned(), "a:1".to_owned()))
+        .unwrap();
+    let ch = Channel::builder(Endpoints::stream(
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+    ))
+    .config(test_config(BalancerKind::RoundRobin))
+    .connector(net.connector())
+    .build()
+    .unwrap();
+    let client = Arc::new(core(ch.clone(), service(vec![unary_method()], None)));
+    let in_flight = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.unary::<Echo, Echo>(0, echo("slow")).await })
+    };
+    while a.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tx.send(Change::Insert("b".to_owned(), "b:1".to_owned()))
+        .unwrap();
+    tx.send(Change::Remove("a".to_owned())).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(ch.endpoint_stats().len(), 1);
+    for _ in 0..5 {
+        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    }
+    assert_eq!(b.calls(), 5, "new calls go to the new endpoint");
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight on the removed endpoint finished");
+    assert_eq!(a.calls(), 1);
+}
+
+/// A resolver whose answer the test changes.
+#[derive(Clone, Default)]
+struct FakeDns(Arc<Mutex<Vec<std::net::SocketAddr>>>);
+
+impl Resolve for FakeDns {
+    fn resolve(&self, _target: &str) -> ResolveFuture {
+        let answer = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dns_re_resolution_adds_and_removes_endpoints() {
+    let net = Net::default();
+    let one = slow_server(Duration::from_secs(2));
+    let two = ok_server();
+    net.start("10.0.0.1:7000", &one);
+    net.start("10.0.0.2:7000", &two);
+    let dns = FakeDns::default();
+    *dns.0.lock().unwrap() = vec!["10.0.0.1:7000".parse().unwrap()];
+    let ch = Channel::builder(Endpoints::resolver(
+        "scheduler.svc:7000",
+        dns.clone(),
+        Duration::from_secs(30),
+    ))
+    .config(test_config(BalancerKind::RoundRobin))
+    .connector(net.connector())
+    .build()
+    .unwrap();
+    let client = Arc::new(core(ch.clone(), service(vec![unary_method()], None)));
+    let in_flight = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.unary::<Echo, Echo>(0, echo("x")).await })
+    };
+    while one.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    *dns.0.lock().unwrap() = vec!["10.0.0.2:7000".parse().unwrap()];
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let addresses: Vec<String> = ch.endpoint_stats().into_iter().map(|s| s.address).collect();
+    assert_eq!(addresses, ["10.0.0.2:7000"]);
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(two.calls(), 1);
+    in_flight
+        .await
+        .unwrap()
+        .expect("call on the removed address finished");
+}
+
+/// Real DNS and real TCP: `localhost` resolves to every loopback address; the ones
+/// with a server take calls.
+#[tokio::test]
+async fn real_dns_name_over_loopback_tcp() {
+    let server = ok_server();
+    let addr = server.serve_tcp().await;
+    let ch = Channel::builder(Endpoints::dns(
+        format!("localhost:{}", addr.port()),
+        Duration::from_secs(60),
+    ))
+    .config(test_config(BalancerKind::RoundRobin))
+    .build()
+    .unwrap();
+    let client = core(ch.clone(), service(vec![retrying()], None));
+    for _ in 0..3 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.calls(), 3);
+    assert!(
+        ch.endpoint_stats()
+            .iter()
+            .any(|s| s.address == format!("127.0.0.1:{}", addr.port()))
+    );
+}
+
+/// A connector that always fails and records when it was asked.
+#[derive(Clone, Default)]
+struct Refusing(Arc<Mutex<Vec<Instant>>>);
+
+impl Connector for Refusing {
+    fn connect(&self, _address: &str) -> ConnectFuture {
+        self.0.lock().unwrap().push(Instant::now());
+        Box::pin(async {
+            Err::<BoxIo, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_backoff_follows_its_schedule() {
+    let refusing = Refusing::default();
+    let mut config = ClientConfig::factory();
+    config.connection.backoff = BackoffConfig {
+        base: Duration::from_millis(100),
+        multiplier: 1.6,
+        jitter: 0.2,
+        max: Duration::from_secs(2),
+    };
+    let ch = Channel::builder(Endpoints::one("down:1"))
+        .config(config.clone())
+        .connector(refusing.clone())
+        .seed(11)
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let times = refusing.0.lock().unwrap().clone();
+    assert!(times.len() >= 12, "{} attempts", times.len());
+    for (n, pair) in times.windows(2).enumerate() {
+        let gap = (pair[1] - pair[0]).as_secs_f64();
+        let nominal = (0.1 * 1.6f64.powi(n as i32)).min(2.0);
+        assert!(
+            gap >= nominal * 0.8 - 1e-6 && gap <= nominal * 1.2 + 1e-6,
+            "gap {n}: {gap}s, nominal {nominal}s"
+        );
+    }
+    assert_eq!(ch.state(), ConnectivityState::TransientFailure);
+    let err = core(ch, service(vec![unary_method()], None))
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("down:1"), "{}", err.message());
+}
+
+/// An endpoint that cannot be connected to is never picked, so it costs no retry
+/// attempt and no throttle token while a healthy endpoint exists.
+#[tokio::test(start_paused = true)]
+async fn connect_errors_burn_no_attempts_or_tokens() {
+    let net = Net::default();
+    let up = ok_server();
+    net.start("up:1", &up);
+    let ch = channel(
+        &net,
+        &["up:1", "down:1", "gone:1"],
+        test_config(BalancerKind::RoundRobin),
+    );
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let policy = service(
+        vec![retrying()],
+        Some(ThrottlePolicy {
+            max_tokens: 10,
+            token_ratio: 0.1,
+        }),
+    );
+    let client = core(ch, policy);
+    for _ in 0..50 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(up.calls(), 50);
+    assert!(
+        up.seen().iter().all(|s| s.previous_attempts.is_none()),
+        "no call was a retry"
+    );
+    assert_eq!(client.state().throttle().unwrap().tokens(), 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_serving_endpoints_leave_rotation_on_the_next_update() {
+    let net = Net::default();
+    let (a, b) = (ok_server(), ok_server());
+    let (reporter_a, health_a) = tonic_health::server::health_reporter();
+    let (_reporter_b, health_b) = tonic_health::server::health_reporter();
+    net.start_with(
+        "a:1",
+        tonic::transport::Server::builder()
+            .add_service(health_a)
+            .add_service(a.clone()),
+    );
+    net.start_with(
+        "b:1",
+        tonic::transport::Server::builder()
+            .add_service(health_b)
+            .add_service(b.clone()),
+    );
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.health_check = Some(HealthCheckConfig {
+        service: String::new(),
+    });
+    let ch = channel(&net, &["a:1", "b:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+
+    reporter_a
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    while !ch.endpoint_stats().iter().any(|s| s.not_serving) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = a.calls();
+    for _ in 0..20 {
+        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    }
+    assert_eq!(a.calls(), before, "no calls to a NOT_SERVING endpoint");
+
+    reporter_a
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    while ch.endpoint_stats().iter().any(|s| s.not_serving) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..20 {
+        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    }
+    assert_eq!(a.calls(), before + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_api_and_non_blocking_build() {
+    let net = Net::default();
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.wait_for_ready = true;
+    config.connection.backoff.max = Duration::from_millis(200);
+    let ch = channel(&net, &["late:1"], config);
+    assert!(!ch.is_healthy());
+    assert_ne!(ch.state(), ConnectivityState::Ready);
+
+    // The first call waits for the server that starts later (wait_for_ready).
+    let client = Arc::new(core(ch.clone(), service(vec![unary_method()], None)));
+    let call = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.unary::<Echo, Echo>(0, echo("x")).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server = ok_server();
+    net.start("late:1", &server);
+    call.await.unwrap().expect("waited for the connection");
+    assert_eq!(ch.state(), ConnectivityState::Ready);
+    assert!(ch.is_healthy());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    net.kill("late:1");
+    assert!(
+        ch.wait_for_state_change(ConnectivityState::Ready, deadline)
+            .await
+    );
+    assert_ne!(ch.state(), ConnectivityState::Ready);
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let from = ch.state();
+    let changed = ch.wait_for_state_change(from, deadline).await;
+    assert!(Instant::now() <= deadline || changed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_opens_n_connections_and_spreads_calls() {
+    let net = Net::default();
+    let server = slow_server(Duration::from_millis(50));
+    net.start("p:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.pool_size = 3;
+    let ch = channel(&net, &["p:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(net.accepted("p:1"), 3);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    let calls = (0..30).map(|_| client.unary::<Echo, Echo>(0, echo("x")));
+    assert!(join_all(calls).await.iter().all(Result::is_ok));
+    assert_eq!(ch.endpoint_stats()[0].connections, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_close_and_reopen_on_demand() {
+    let net = Net::default();
+    let server = ok_server();
+    net.start("i:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.idle_timeout = Some(Duration::from_secs(1));
+    let ch = channel(&net, &["i:1"], config);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(ch.connect_attempts("i:1"), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ch.state(), ConnectivityState::Idle);
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(ch.connect_attempts("i:1"), 2);
+    assert_eq!(net.accepted("i:1"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn message_size_limits_apply_both_ways() {
+    let net = Net::default();
+    let server = Script::unary(|_, req: Echo| async move {
+        Ok(Echo {
+            msg: req.msg.repeat(4),
+            n: 0,
+        })
+    });
+    net.start("m:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.max_send_message_size = 1000;
+    config.connection.max_receive_message_size = 2000;
+    let client = core(
+        channel(&net, &["m:1"], config),
+        service(vec![unary_method()], None),
+    );
+    let err = client
+        .unary::<Echo, Echo>(0, echo(&"x".repeat(1200)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("1000 byte send limit"), "{err}");
+    assert_eq!(server.calls(), 0);
+    let err = client
+        .unary::<Echo, Echo>(0, echo(&"x".repeat(600)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    client
+        .unary::<Echo, Echo>(0, echo(&"x".repeat(400)))
+        .await
+        .unwrap();
+}
