@@ -174,6 +174,8 @@ pub struct CircuitBreaker {
     streak: AtomicU32,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// Mirrors "not closed" into a metric, if the owner exports one.
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl CircuitBreaker {
@@ -191,7 +193,15 @@ impl CircuitBreaker {
                 open_for: policy.open_timeout,
                 buckets: [Bucket::default(); WINDOW_BUCKETS],
             }),
+            gauge: None,
         }
+    }
+
+    /// Exports the open/closed state as a gauge (1 while not closed).
+    pub(crate) fn with_gauge(mut self, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.set(0);
+        self.gauge = Some(gauge);
+        self
     }
 
     /// The policy this breaker runs.
@@ -356,6 +366,9 @@ impl CircuitBreaker {
         let closed = matches!(inner.state, State::Closed);
         let tag = inner.generation << 1 | if closed { 0 } else { NOT_CLOSED };
         self.tag.store(tag, Ordering::Release);
+        if let Some(g) = &self.gauge {
+            g.set(i64::from(!closed));
+        }
     }
 
     /// Adds the outcome to the current window bucket; returns the current slot.

@@ -181,6 +181,21 @@ impl<T: Transport> ClientCore<T> {
         &self.state.policy().methods[index]
     }
 
+    /// Runs a whole call inside a tracing span and records its metrics.
+    async fn observed<Out>(
+        &self,
+        index: usize,
+        call: impl Future<Output = Result<Out, Status>>,
+    ) -> Result<Out, Status> {
+        let m = self.method(index);
+        let start = Instant::now();
+        let span = tracing::debug_span!("grpc.client", method = m.path);
+        let result = tracing::Instrument::instrument(call, span).await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.state.metrics_at(index).record(code, start.elapsed());
+        result
+    }
+
     /// A unary call without retry or hedging.
     pub fn unary<Req, Resp>(
         &self,
@@ -192,7 +207,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             self.limits.check_send(&request, m.path)?;
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
@@ -207,7 +222,7 @@ impl<T: Transport> ClientCore<T> {
             )
             .await
             .map_err(|f| f.status)
-        }
+        })
     }
 
     /// A unary call under its retry or hedging policy. The request is shared by
@@ -222,7 +237,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             self.limits.check_send(&request, m.path)?;
             let shared = Arc::new(request);
             let deadline = deadline::for_call(m);
@@ -233,8 +248,8 @@ impl<T: Transport> ClientCore<T> {
                     method, deadline, previous, request, codec, send_one, read_unary,
                 )
             };
-            self.resilient(m, deadline, attempt).await
-        }
+            self.resilient(method, deadline, attempt).await
+        })
     }
 
     /// A server-streaming call without retry or hedging.
@@ -248,7 +263,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             self.limits.check_send(&request, m.path)?;
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
@@ -264,7 +279,7 @@ impl<T: Transport> ClientCore<T> {
             )
             .await
             .map_err(|f| f.status)
-        }
+        })
     }
 
     /// A server-streaming call under its retry or hedging policy: attempts repeat
@@ -280,7 +295,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             self.limits.check_send(&request, m.path)?;
             let shared = Arc::new(request);
             let deadline = deadline::for_call(m);
@@ -290,8 +305,8 @@ impl<T: Transport> ClientCore<T> {
                 let open = move |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
                 self.attempt(method, deadline, previous, request, codec, send_one, open)
             };
-            self.resilient(m, deadline, attempt).await
-        }
+            self.resilient(method, deadline, attempt).await
+        })
     }
 
     /// A client-streaming call (deadline and breaker; a request stream cannot be
@@ -306,7 +321,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             self.attempt(
@@ -320,7 +335,7 @@ impl<T: Transport> ClientCore<T> {
             )
             .await
             .map_err(|f| f.status)
-        }
+        })
     }
 
     /// A bidi-streaming call (deadline and breaker, no retry).
@@ -334,7 +349,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let m = self.method(method);
-        async move {
+        self.observed(method, async move {
             let deadline = deadline::for_call(m);
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
@@ -349,13 +364,13 @@ impl<T: Transport> ClientCore<T> {
             )
             .await
             .map_err(|f| f.status)
-        }
+        })
     }
 
     /// Runs `attempt` under the method's retry or hedging policy.
     async fn resilient<Out, F, Fut>(
         &self,
-        m: &'static MethodPolicy,
+        index: usize,
         deadline: Option<Instant>,
         attempt: F,
     ) -> Result<Out, Status>
@@ -363,10 +378,11 @@ impl<T: Transport> ClientCore<T> {
         F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<Out, Failure>>,
     {
+        let m = self.method(index);
         if let Some(retry) = &m.retry {
-            self.retry(m, retry, deadline, attempt).await
+            self.retry(index, retry, deadline, attempt).await
         } else if let Some(hedging) = &m.hedging {
-            self.hedge(m, hedging, deadline, attempt).await
+            self.hedge(index, hedging, deadline, attempt).await
         } else {
             attempt(0).await.map_err(|f| f.status)
         }
@@ -375,7 +391,7 @@ impl<T: Transport> ClientCore<T> {
     /// gRFC A6 retry, decision for decision as grpc-go makes it.
     async fn retry<Out, F, Fut>(
         &self,
-        m: &'static MethodPolicy,
+        index: usize,
         retry: &RetryPolicy,
         deadline: Option<Instant>,
         attempt: F,
@@ -384,6 +400,7 @@ impl<T: Transport> ClientCore<T> {
         F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<Out, Failure>>,
     {
+        let m = self.method(index);
         let max_attempts = retry.max_attempts.min(MAX_ATTEMPTS);
         let throttle = self.state.throttle();
         let mut previous = 0;
@@ -431,6 +448,7 @@ impl<T: Transport> ClientCore<T> {
                 }
             }
             tracing::debug!(method = m.path, attempt = previous + 2, ?delay, code = ?failure.status.code(), "retrying");
+            self.state.metrics_at(index).retries.inc();
             tokio::time::sleep(delay).await;
             previous += 1;
         }
@@ -441,7 +459,7 @@ impl<T: Transport> ClientCore<T> {
     /// first success or fatal failure ends the call and cancels the rest.
     async fn hedge<Out, F, Fut>(
         &self,
-        m: &'static MethodPolicy,
+        index: usize,
         hedging: &HedgingPolicy,
         deadline: Option<Instant>,
         attempt: F,
@@ -450,6 +468,7 @@ impl<T: Transport> ClientCore<T> {
         F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<Out, Failure>>,
     {
+        let m = self.method(index);
         let max_attempts = hedging.max_attempts.min(MAX_ATTEMPTS);
         let throttle = self.state.throttle();
         let mut in_flight = FuturesUnordered::new();
@@ -493,6 +512,7 @@ impl<T: Transport> ClientCore<T> {
                     }
                 }
                 () = timer => {
+                    self.state.metrics_at(index).hedges.inc();
                     in_flight.push(attempt(started));
                     started += 1;
                     next_at = Some(Instant::now() + hedging.delay);
@@ -533,7 +553,10 @@ impl<T: Transport> ClientCore<T> {
         let breaker = self.state.breaker_at(index);
         let permit = match breaker.map(CircuitBreaker::admit).transpose() {
             Ok(permit) => permit,
-            Err(rejected) => return Err(breaker_open(m, rejected)),
+            Err(rejected) => {
+                self.state.metrics_at(index).rejections.inc();
+                return Err(breaker_open(m, rejected));
+            }
         };
         if let Some(d) = deadline {
             match deadline::remaining(d) {

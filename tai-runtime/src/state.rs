@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::metrics::{MethodMetrics, Metrics};
 use crate::policy::ServicePolicy;
 use crate::throttle::RetryThrottle;
 
@@ -15,6 +16,7 @@ use crate::throttle::RetryThrottle;
 pub struct ClientState {
     policy: &'static ServicePolicy,
     breakers: Box<[Option<CircuitBreaker>]>,
+    metrics: Box<[MethodMetrics]>,
     throttle: Option<RetryThrottle>,
     rng: Mutex<SmallRng>,
 }
@@ -22,13 +24,23 @@ pub struct ClientState {
 impl ClientState {
     /// Fresh state for `policy`: breakers closed, throttle bucket full.
     pub fn new(policy: &'static ServicePolicy) -> Self {
+        let metrics: Box<[MethodMetrics]> = policy
+            .methods
+            .iter()
+            .map(|m| Metrics::global().client_method(policy.name, m.name))
+            .collect();
         Self {
             policy,
             breakers: policy
                 .methods
                 .iter()
-                .map(|m| m.breaker.map(CircuitBreaker::new))
+                .zip(metrics.iter())
+                .map(|(m, metrics)| {
+                    m.breaker
+                        .map(|b| CircuitBreaker::new(b).with_gauge(metrics.open.clone()))
+                })
                 .collect(),
+            metrics,
             throttle: policy.throttle.as_ref().map(RetryThrottle::new),
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -42,6 +54,10 @@ impl ClientState {
     /// The breaker of the method at `index`, if it has one.
     pub(crate) fn breaker_at(&self, index: usize) -> Option<&CircuitBreaker> {
         self.breakers.get(index).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn metrics_at(&self, index: usize) -> &MethodMetrics {
+        &self.metrics[index]
     }
 
     /// The breaker of a method by proto name (`"ProposePolicy"`) or Rust name

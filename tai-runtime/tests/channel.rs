@@ -491,18 +491,18 @@ async fn not_serving_endpoints_leave_rotation_on_the_next_update() {
     let (a, b) = (ok_server(), ok_server());
     let (reporter_a, health_a) = tonic_health::server::health_reporter();
     let (_reporter_b, health_b) = tonic_health::server::health_reporter();
-    net.start_with(
-        "a:1",
-        tonic::transport::Server::builder()
-            .add_service(health_a)
-            .add_service(a.clone()),
-    );
-    net.start_with(
-        "b:1",
-        tonic::transport::Server::builder()
-            .add_service(health_b)
-            .add_service(b.clone()),
-    );
+    let router_a = tonic::transport::Server::builder()
+        .add_service(health_a)
+        .add_service(a.clone());
+    let router_b = tonic::transport::Server::builder()
+        .add_service(health_b)
+        .add_service(b.clone());
+    net.serve("a:1", |incoming| async move {
+        let _ = router_a.serve_with_incoming(incoming).await;
+    });
+    net.serve("b:1", |incoming| async move {
+        let _ = router_b.serve_with_incoming(incoming).await;
+    });
     let mut config = test_config(BalancerKind::RoundRobin);
     config.health_check = Some(HealthCheckConfig {
         service: String::new(),

@@ -112,3 +112,62 @@ async fn deadline_cuts_an_attempt_short() {
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(script.calls(), 2);
 }
+
+/// With tai's server layer the server itself ends an overdue call with
+/// DEADLINE_EXCEEDED (tonic alone would say CANCELLED) and drops the handler.
+#[tokio::test(start_paused = true)]
+async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tai_runtime::channel::{Channel, Endpoints};
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&finished);
+    let script = Script::unary(move |_, _| {
+        let flag = Arc::clone(&flag);
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            flag.store(true, Ordering::SeqCst);
+            Ok(echo("too late"))
+        }
+    });
+    let net = support::net::Net::default();
+    let router = tonic::transport::Server::builder()
+        .layer(tai_runtime::server::ServerLayer::new())
+        .add_service(script.clone());
+    net.serve("s:1", |incoming| async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    });
+    let channel = Channel::builder(Endpoints::one("s:1"))
+        .connector(net.connector())
+        .build()
+        .unwrap();
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_secs(1)),
+        ..unary_method()
+    };
+    let core = ClientCore::new(channel, service(vec![policy], None));
+    let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("passed before the server answered"),
+        "{}",
+        err.message()
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the handler was dropped at the deadline"
+    );
+    let metrics = tai_runtime::metrics::Metrics::global().encode();
+    assert!(
+        metrics.contains(r#"tai_server_calls_total{service="test.Echo",method="Unary",code="DeadlineExceeded"} 1"#),
+        "{metrics}"
+    );
+    // Other tests in this binary share the process-wide client counters.
+    let client_line = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"tai_client_calls_total{service="test.Echo",method="Unary",code="DeadlineExceeded"}"#))
+        .expect("client metric present");
+    assert!(!client_line.ends_with(" 0"), "{client_line}");
+}

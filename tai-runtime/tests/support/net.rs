@@ -15,6 +15,12 @@ use tonic::transport::Server;
 
 use super::Script;
 
+/// Accepted in-memory connections, for `serve_with_incoming`.
+pub type Incoming = futures_util::stream::Map<
+    tokio_stream::wrappers::UnboundedReceiverStream<tokio::io::DuplexStream>,
+    fn(tokio::io::DuplexStream) -> Result<tokio::io::DuplexStream, io::Error>,
+>;
+
 struct Host {
     incoming: mpsc::UnboundedSender<tokio::io::DuplexStream>,
     kill: watch::Sender<bool>,
@@ -30,17 +36,25 @@ pub struct Net {
 impl Net {
     /// Starts `script`'s server at `address` (replacing a killed one).
     pub fn start(&self, address: &str, script: &Script) {
-        self.start_with(address, Server::builder().add_service(script.clone()));
-    }
-
-    /// Starts any tonic router at `address`.
-    pub fn start_with(&self, address: &str, router: tonic::transport::server::Router) {
-        let (tx, rx) = mpsc::unbounded_channel::<tokio::io::DuplexStream>();
-        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-        let incoming = futures_util::StreamExt::map(incoming, Ok::<_, io::Error>);
-        tokio::spawn(async move {
+        let router = Server::builder().add_service(script.clone());
+        self.serve(address, |incoming| async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
+    }
+
+    /// Starts any server at `address`: `serve` gets the stream of accepted
+    /// connections (pass it to `serve_with_incoming`).
+    pub fn serve<F, Fut>(&self, address: &str, serve: F)
+    where
+        F: FnOnce(Incoming) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+        let incoming = futures_util::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            Ok::<_, io::Error> as fn(_) -> _,
+        );
+        tokio::spawn(serve(incoming));
         self.hosts.lock().unwrap().insert(
             address.to_owned(),
             Host {
