@@ -31,6 +31,8 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod breaker;
 mod call;
 pub mod channel;

@@ -14,21 +14,43 @@ use super::endpoint::{EjectionBudget, Endpoint};
 use super::rng::Rng;
 use crate::config::BalancerKind;
 
+/// What the balancer needs to know of an endpoint.
+pub(crate) trait Candidate {
+    /// May take a call now.
+    fn eligible(&self, budget: &EjectionBudget) -> bool;
+    /// Calls in flight.
+    fn load(&self) -> usize;
+    /// Peak-EWMA cost.
+    fn cost(&self) -> f64;
+}
+
+impl Candidate for Arc<Endpoint> {
+    fn eligible(&self, budget: &EjectionBudget) -> bool {
+        self.is_eligible(budget)
+    }
+    fn load(&self) -> usize {
+        Endpoint::load(self)
+    }
+    fn cost(&self) -> f64 {
+        Endpoint::cost(self)
+    }
+}
+
 /// Picks an eligible endpoint, or `None` if none is eligible.
-pub(crate) fn pick<'a>(
+pub(crate) fn pick<'a, E: Candidate>(
     kind: BalancerKind,
-    endpoints: &'a [Arc<Endpoint>],
+    endpoints: &'a [E],
     budget: &EjectionBudget,
     rng: &Rng,
     cursor: &AtomicUsize,
-) -> Option<&'a Arc<Endpoint>> {
+) -> Option<&'a E> {
     // Eligibility is read once per endpoint per pick; the endpoints of a channel are
     // few, and this keeps every balancer honest about ejected or down endpoints.
     let mut eligible = [0u16; 64];
     let mut count = 0;
     let mut overflow = false;
     for (i, e) in endpoints.iter().enumerate() {
-        if e.is_eligible(budget) {
+        if e.eligible(budget) {
             if count < eligible.len() {
                 eligible[count] = i as u16;
             } else {
@@ -69,13 +91,13 @@ pub(crate) fn pick<'a>(
     })
 }
 
-fn pick_large<'a>(
+fn pick_large<'a, E: Candidate>(
     kind: BalancerKind,
-    endpoints: &'a [Arc<Endpoint>],
+    endpoints: &'a [E],
     budget: &EjectionBudget,
     rng: &Rng,
     cursor: &AtomicUsize,
-) -> Option<&'a Arc<Endpoint>> {
+) -> Option<&'a E> {
     let n = endpoints.len();
     let start = match kind {
         BalancerKind::RoundRobin => cursor.fetch_add(1, Ordering::Relaxed),
@@ -83,11 +105,11 @@ fn pick_large<'a>(
     };
     let first = (0..n)
         .map(|k| &endpoints[(start + k) % n])
-        .find(|e| e.is_eligible(budget))?;
+        .find(|e| e.eligible(budget))?;
     if matches!(kind, BalancerKind::LeastLoaded | BalancerKind::PeakEwma) {
         let other = (0..n)
             .map(|k| &endpoints[(rng.below(n) + k) % n])
-            .find(|e| e.is_eligible(budget) && !Arc::ptr_eq(e, first));
+            .find(|e| e.eligible(budget) && !std::ptr::eq(*e, first));
         if let Some(o) = other {
             let better = if kind == BalancerKind::LeastLoaded {
                 o.load() < first.load()
@@ -100,4 +122,115 @@ fn pick_large<'a>(
         }
     }
     Some(first)
+}
+
+/// Balancer internals for benchmarks and property tests, on synthetic endpoints.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// A synthetic endpoint.
+    #[derive(Debug, Default)]
+    pub struct Fake {
+        /// Calls in flight.
+        pub load: AtomicUsize,
+        /// Whether it may be picked.
+        pub eligible: bool,
+    }
+
+    impl Candidate for Fake {
+        fn eligible(&self, _: &EjectionBudget) -> bool {
+            self.eligible
+        }
+        fn load(&self) -> usize {
+            self.load.load(Ordering::Relaxed)
+        }
+        fn cost(&self) -> f64 {
+            self.load.load(Ordering::Relaxed) as f64
+        }
+    }
+
+    /// A balancer over fake endpoints.
+    #[derive(Debug)]
+    pub struct Picker {
+        kind: BalancerKind,
+        budget: EjectionBudget,
+        rng: Rng,
+        cursor: AtomicUsize,
+    }
+
+    impl Picker {
+        /// A picker of `kind` with a seeded random source.
+        pub fn new(kind: BalancerKind, seed: u64) -> Self {
+            Self {
+                kind,
+                budget: EjectionBudget::default(),
+                rng: Rng::seeded(seed),
+                cursor: AtomicUsize::new(0),
+            }
+        }
+
+        /// The index of the endpoint picked, if any.
+        pub fn pick(&self, endpoints: &[Fake]) -> Option<usize> {
+            pick(self.kind, endpoints, &self.budget, &self.rng, &self.cursor)
+                .map(|e| (e as *const Fake as usize - endpoints.as_ptr() as usize) / std::mem::size_of::<Fake>())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench::{Fake, Picker};
+    use super::*;
+
+    fn fakes(loads: &[usize], eligible: &[bool]) -> Vec<Fake> {
+        loads
+            .iter()
+            .zip(eligible)
+            .map(|(l, e)| Fake { load: AtomicUsize::new(*l), eligible: *e })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_skips_ineligible() {
+        let e = fakes(&[0, 0, 0], &[true, false, true]);
+        let p = Picker::new(BalancerKind::RoundRobin, 1);
+        let picks: Vec<_> = (0..4).map(|_| p.pick(&e).unwrap()).collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+        assert_eq!(p.pick(&fakes(&[0], &[false])), None);
+    }
+
+    #[test]
+    fn least_loaded_never_picks_the_most_loaded_of_two() {
+        let e = fakes(&[5, 1], &[true, true]);
+        let p = Picker::new(BalancerKind::LeastLoaded, 3);
+        for _ in 0..100 {
+            assert_eq!(p.pick(&e), Some(1));
+        }
+    }
+
+    #[test]
+    fn least_loaded_prefers_lighter_endpoints_overall() {
+        let e = fakes(&[9, 0, 4, 9], &[true; 4]);
+        let p = Picker::new(BalancerKind::LeastLoaded, 5);
+        let mut counts = [0; 4];
+        for _ in 0..10_000 {
+            counts[p.pick(&e).unwrap()] += 1;
+        }
+        // P2C: the lightest wins every pair it is in (half of all pairs), the
+        // heaviest never wins against a lighter one.
+        assert!(counts[1] > 4_500 && counts[1] < 5_500, "{counts:?}");
+        assert!(counts[1] > counts[2] && counts[2] > counts[0], "{counts:?}");
+    }
+
+    #[test]
+    fn more_than_64_endpoints_still_balance() {
+        let mut e = fakes(&[3; 100], &[true; 100]);
+        e[42] = Fake { load: AtomicUsize::new(0), eligible: true };
+        e[7].eligible = false;
+        let p = Picker::new(BalancerKind::RoundRobin, 1);
+        for _ in 0..200 {
+            assert_ne!(p.pick(&e), Some(7));
+        }
+    }
 }

@@ -33,6 +33,8 @@
 //! ```
 
 mod balance;
+#[doc(hidden)]
+pub use balance::bench as balance_bench;
 mod connection;
 mod connectivity;
 mod connector;
