@@ -52,7 +52,7 @@ pub use breaker::{BreakerState, TripReason};
 pub use error::ConnectError;
 pub use state::{ClientState, Resilient};
 pub use stream::{RequestStream, ResponseStream};
-// TEMP-UNTIL-MACRO pub use tai_macros::resilient;
+pub use tai_macros::resilient;
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use tonic::{Code, Status};
 

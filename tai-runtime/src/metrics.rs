@@ -41,11 +41,6 @@ struct CodeLabels {
     code: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
-}
-
 fn new_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -61,7 +56,6 @@ pub struct Metrics {
     breaker_open: Family<MethodLabels, Gauge>,
     server_calls: Family<CodeLabels, Counter>,
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    endpoint_in_flight: Family<EndpointLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,7 +76,6 @@ impl Metrics {
             breaker_open: Family::default(),
             server_calls: Family::default(),
             server_latency: Family::new_with_constructor(new_histogram),
-            endpoint_in_flight: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,11 +118,6 @@ impl Metrics {
                 "server_call_duration_seconds",
                 "Server handling time to response headers",
                 m.server_latency.clone(),
-            );
-            r.register(
-                "endpoint_in_flight",
-                "Calls in flight per endpoint, as the least-loaded balancer sees them",
-                m.endpoint_in_flight.clone(),
             );
         }
         m
@@ -176,15 +164,6 @@ impl Metrics {
             calls: codes(&self.server_calls, service, method),
             latency: self.server_latency.get_or_create(&labels).clone(),
         }
-    }
-
-    /// The in-flight gauge of an endpoint (bounded by the endpoints a client has).
-    pub(crate) fn endpoint_in_flight(&self, endpoint: &str) -> Gauge {
-        self.endpoint_in_flight
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
-            .clone()
     }
 }
 
