@@ -334,33 +334,29 @@ pub fn validate(
             }
         }
     }
-    if resolved.hedging.is_some() {
-        if !resolved.idempotent {
-            let level = origin(levels, |l| hedging_of(l).is_some()).unwrap_or(innermost);
-            check.fail(
-                Field::Hedging,
-                level,
-                "sends the same call more than once by design, so the method must be marked idempotent",
-            );
-        }
+    if resolved.hedging.is_some() && !resolved.idempotent {
+        let level = origin(levels, |l| hedging_of(l).is_some()).unwrap_or(innermost);
+        check.fail(
+            Field::Hedging,
+            level,
+            "sends the same call more than once by design, so the method must be marked idempotent",
+        );
     }
     if let (Some(t), Some(max)) = (resolved.timeout, resolved.max_timeout) {
         // Not an error: the clamp is the point of max_timeout. Apply it now so the
         // runtime never has to.
         resolved.timeout = Some(t.min(max));
     }
-    if let Some(b) = &resolved.breaker {
-        if b.failure_codes.is_empty() {
-            let level = origin(levels, |l| {
-                breaker_of(l).is_some_and(|b| b.failure_codes.is_some())
-            })
-            .unwrap_or(innermost);
-            check.fail(
-                Field::BreakerFailureCodes,
-                level,
-                "is empty: the breaker could never trip; turn it off instead",
-            );
-        }
+    if resolved.breaker.as_ref().is_some_and(|b| b.failure_codes.is_empty()) {
+        let level = origin(levels, |l| {
+            breaker_of(l).is_some_and(|b| b.failure_codes.is_some())
+        })
+        .unwrap_or(innermost);
+        check.fail(
+            Field::BreakerFailureCodes,
+            level,
+            "is empty: the breaker could never trip; turn it off instead",
+        );
     }
     if check.problems.is_empty() {
         Ok(resolved)

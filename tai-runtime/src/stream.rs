@@ -67,11 +67,11 @@ impl<T> Stream for ResponseStream<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                return Poll::Ready(Some(Err(crate::deadline::exceeded(this.method))));
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.done = true;
+            return Poll::Ready(Some(Err(crate::deadline::exceeded(this.method))));
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(None) => {

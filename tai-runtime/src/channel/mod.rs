@@ -415,12 +415,13 @@ impl Body for ResponseBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(mut guard) = this.guard.take() {
-                        guard.finish(CallResult::Status(
-                            grpc_status(trailers).unwrap_or(Code::Unknown),
-                        ));
-                    }
+                // Only the trailers frame ends the call; data frames leave the guard.
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut guard) = this.guard.take()
+                {
+                    guard.finish(CallResult::Status(
+                        grpc_status(trailers).unwrap_or(Code::Unknown),
+                    ));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

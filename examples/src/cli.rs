@@ -1,0 +1,275 @@
+//! The `mesh` command line.
+//!
+//! Subcommands share option groups — [`ClientOptions`] for everything that
+//! connects, [`ServerOptions`] for everything that listens — so that TLS,
+//! authentication and metrics flags can be added to a group once and reach every
+//! subcommand that needs them.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tai_runtime::config::ClientConfig;
+
+use crate::call::{self, CallSpec};
+use crate::fault::{FaultInjector, FaultPlan};
+use crate::server::{self, MeshServer};
+use crate::tour::{self, Live, TourOptions};
+
+/// The tai mesh: three resilient gRPC services, their generated clients, and a
+/// tour of what resilience does when things break.
+///
+/// With no command, runs the tour.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; the tour if left out.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The tour's options, when no command is given.
+    #[command(flatten)]
+    pub tour: TourArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the Governor, Coordinator and three Scheduler replicas on loopback,
+    /// run a workload through the generated clients while faults are injected,
+    /// and check that every idempotent call succeeded (exit 0) or not (exit 1).
+    Tour(TourArgs),
+    /// Serve all three services, with grpc.health.v1 and server reflection, on
+    /// one address until Ctrl-C; then drain in-flight calls and exit 0.
+    Serve(ServeArgs),
+    /// Make one call through the generated client and print the reply as JSON.
+    ///
+    /// Example: mesh call governor ProposePolicy --json '{"requestId": "r1", "policy": {"id": "p1", "policyType": "security"}}'
+    Call(CallArgs),
+}
+
+/// Options of every command that connects to a server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
+    /// Connection preset of the clients.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+}
+
+/// The connection presets of tai-runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Production settings: 30s connect timeout, reconnect backoff up to 2 minutes.
+    Default,
+    /// Fast feedback: 5s connect timeout, reconnect backoff up to 10s.
+    Development,
+    /// A pool of 10 connections per endpoint, 16 MiB messages, no idle timeout.
+    HighThroughput,
+    /// Least-loaded balancing.
+    HighReliability,
+    /// Random balancing.
+    LowLatency,
+}
+
+impl Preset {
+    /// The configuration.
+    pub fn config(self) -> ClientConfig {
+        match self {
+            Preset::Default => ClientConfig::production(),
+            Preset::Development => ClientConfig::development(),
+            Preset::HighThroughput => ClientConfig::high_throughput(),
+            Preset::HighReliability => ClientConfig::high_reliability(),
+            Preset::LowLatency => ClientConfig::low_latency(),
+        }
+    }
+}
+
+/// Options of every command that listens.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// How long in-flight calls get to finish after Ctrl-C, e.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Delay every call by this much, e.g. `200ms`: to try deadlines, retries
+    /// and draining from `mesh call`.
+    #[arg(long, value_parser = parse_duration)]
+    pub latency: Option<Duration>,
+}
+
+/// `mesh tour`.
+#[derive(Debug, Clone, Args)]
+pub struct TourArgs {
+    /// Run the schedule compressed (about 5s instead of 34s), for tests.
+    #[arg(long)]
+    pub fast: bool,
+    /// How to show progress: a refreshing table, plain lines, or `auto` (the
+    /// table on a terminal).
+    #[arg(long, value_enum, default_value_t = LiveArg::Auto)]
+    pub live: LiveArg,
+    /// Seed of the workload and of the retry jitter.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// `--live`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LiveArg {
+    /// The table on a terminal, lines otherwise.
+    Auto,
+    /// The refreshing table.
+    Table,
+    /// Plain progress lines.
+    Lines,
+}
+
+/// `mesh serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Server options.
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+/// `mesh call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// The service: governor, coordinator or scheduler.
+    pub service: String,
+    /// The method, e.g. ProposePolicy (or propose_policy).
+    pub method: String,
+    /// The request, in the proto3 JSON mapping.
+    #[arg(long, default_value = "{}")]
+    pub json: String,
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// For streaming methods: stop after this many messages (else at the end of
+    /// the stream or Ctrl-C).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// How long to wait for the connection.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// Parses `250ms`, `2s`, `1.5m`, ...
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    tai_model::parse_duration(text)
+}
+
+/// Runs the command line: the body of `main`.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        None => run_tour(cli.tour).await,
+        Some(Command::Tour(args)) => run_tour(args).await,
+        Some(Command::Serve(args)) => run_serve(args).await,
+        Some(Command::Call(args)) => run_call(args).await,
+    }
+}
+
+async fn run_tour(args: TourArgs) -> ExitCode {
+    let options = TourOptions {
+        fast: args.fast,
+        live: match args.live {
+            LiveArg::Auto => Live::Auto,
+            LiveArg::Table => Live::Table,
+            LiveArg::Lines => Live::Lines,
+        },
+        config: args.client.preset.config(),
+        seed: args.seed,
+    };
+    let mut out = std::io::stdout();
+    match tour::run(options, &mut out).await {
+        Ok(outcome) if outcome.passed => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("mesh: the tour could not run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> ExitCode {
+    let options = args.server;
+    let listener = match server::bind(options.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| options.addr.to_string(), |a| a.to_string());
+    let faults = FaultInjector::new("this server");
+    if let Some(latency) = options.latency {
+        faults.set(FaultPlan::latency(latency));
+    }
+    let server = MeshServer::all()
+        .faults(faults)
+        .drain_timeout(options.drain_timeout);
+    let in_flight = server.in_flight();
+    println!(
+        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection); Ctrl-C stops"
+    );
+    let shutdown = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        println!(
+            "mesh: shutting down: draining {} in-flight call(s), for up to {:?}",
+            in_flight.load(std::sync::atomic::Ordering::SeqCst),
+            options.drain_timeout
+        );
+    };
+    match server.serve(listener, shutdown).await {
+        Ok(drained) if drained.complete => {
+            println!("mesh: drained {} in-flight call(s); bye", drained.in_flight);
+            ExitCode::SUCCESS
+        }
+        Ok(drained) => {
+            println!(
+                "mesh: stopped after {:?} with calls still in flight ({} were in flight at shutdown)",
+                options.drain_timeout, drained.in_flight
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_call(args: CallArgs) -> ExitCode {
+    let spec = CallSpec {
+        addr: args.addr,
+        service: args.service,
+        method: args.method,
+        json: args.json,
+        limit: args.limit,
+        connect_timeout: args.connect_timeout,
+        config: args.client.preset.config(),
+    };
+    let mut out = std::io::stdout();
+    match call::run(&spec, &mut out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            match e {
+                call::CallError::UnknownService(_)
+                | call::CallError::UnknownMethod { .. }
+                | call::CallError::BadJson { .. }
+                | call::CallError::Address(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The `mesh` binary: `serve`, `call`, `--help` and the errors a person sees.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use tai_examples::proto::SubmitTaskRequest;
+use tai_examples::proto::scheduler_client::SchedulerClient;
+use tai_examples::server::MeshServer;
+
+const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+
+fn mesh(args: &[&str]) -> std::process::Output {
+    Command::new(MESH).args(args).output().expect("run mesh")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands_and_each_has_its_own() {
+    let out = mesh(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for command in ["tour", "serve", "call"] {
+        assert!(help.contains(command), "{help}");
+    }
+    for (command, flag) in [
+        ("tour", "--fast"),
+        ("serve", "--drain-timeout"),
+        ("call", "--json"),
+    ] {
+        let out = mesh(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help");
+        assert!(
+            text(&out.stdout).contains(flag),
+            "{command} --help lacks {flag}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn call_prints_the_reply_as_json() {
+    let server = TestServer::start(MeshServer::all()).await;
+    let addr = server.addr.to_string();
+    let json = r#"{"requestId": "r1", "policy": {"id": "p1", "policyType": "security", "rules": {"min_tls": "1.3"}}}"#;
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            mesh(&[
+                "call",
+                "governor",
+                "ProposePolicy",
+                "--addr",
+                &addr,
+                "--json",
+                json,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(reply["id"], "r1");
+    assert_eq!(reply["accepted"], true);
+    assert_eq!(reply["duplicate"], false, "defaults are printed too");
+    assert_eq!(reply["version"], "1", "uint64 is a string in proto3 JSON");
+
+    let out = tokio::task::spawn_blocking(move || {
+        mesh(&["call", "governor", "get_policies", "--addr", &addr])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["policies"][0]["rules"]["min_tls"], "1.3");
+    assert_eq!(reply["policies"][0]["state"], "POLICY_STATE_PROPOSED");
+}
+
+#[tokio::test]
+async fn call_errors_say_what_is_wrong() {
+    let server = TestServer::start(MeshServer::all()).await;
+    let addr = server.addr.to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(MESH).args(&args).output().expect("run mesh")
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let out = run(args(&[
+        "call",
+        "governor",
+        "ProposePolicy",
+        "--addr",
+        &addr,
+        "--json",
+        "{\"requestId\": ",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad JSON for tai.v1.mesh.ProposePolicyRequest") && err.contains("column"),
+        "{err}"
+    );
+
+    let out = run(args(&[
+        "call",
+        "governor",
+        "ProposePolicy",
+        "--addr",
+        &addr,
+        "--json",
+        "{\"nope\": 1}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+
+    let out = run(args(&["call", "governor", "Frobnicate", "--addr", &addr]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "unknown method `Frobnicate` of Governor; its methods are: ProposePolicy, EnforcePolicy"
+        ),
+        "{err}"
+    );
+
+    let out = run(args(&["call", "janitor", "Sweep", "--addr", &addr]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown service `janitor`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The server answers with an error status: shown with its code.
+    let out = run(args(&[
+        "call",
+        "scheduler",
+        "GetTaskStatus",
+        "--addr",
+        &addr,
+        "--json",
+        "{\"taskId\": \"ghost\"}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("NotFound: no task `ghost`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_on_an_address_in_use_says_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = mesh(&["serve", "--addr", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("address {addr} is already in use")),
+        "{err}"
+    );
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// `mesh serve` until Ctrl-C (SIGINT), then drain: a call in flight when the
+/// signal comes is answered, and the process exits 0.
+#[tokio::test]
+async fn serve_drains_an_in_flight_call_on_ctrl_c() {
+    let mut child = Server(
+        Command::new(MESH)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--latency",
+                "1500ms",
+                "--drain-timeout",
+                "10s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mesh serve"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split(" on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+
+    let client = SchedulerClient::new(tai_runtime::Channel::to(addr).unwrap());
+    let started = Instant::now();
+    let submit = SubmitTaskRequest {
+        request_id: "r1".to_owned(),
+        task_type: "echo".to_owned(),
+        ..SubmitTaskRequest::default()
+    };
+    // SubmitTask's deadline (4s) is well past the server's 1.5s delay.
+    let call = tokio::spawn(async move { client.submit_task(submit).await });
+    // The call is held 1.5s by the server; signal well inside that window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let receipt = call.await.unwrap().expect("the in-flight call is answered");
+    assert!(receipt.accepted, "{receipt:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = rest.join("\n");
+    assert!(rest.contains("draining 1 in-flight call(s)"), "{rest}");
+    assert!(rest.contains("drained 1 in-flight call(s); bye"), "{rest}");
+}

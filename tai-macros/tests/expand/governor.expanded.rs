@@ -1,0 +1,226 @@
+// The expansion of governor.rs; regenerate with `BLESS=1 cargo test -p tai-macros`.
+
+pub trait Governor {
+    /// Proposes a policy.
+    fn propose_policy(
+        &self,
+        request: Policy,
+    ) -> impl Future<Output = Result<Receipt, Status>> + Send;
+    /// Streams the policies as they change.
+    fn watch_policies(
+        &self,
+        request: Receipt,
+    ) -> impl ::core::future::Future<
+        Output = Result<ResponseStream<Policy>, Status>,
+    > + ::core::marker::Send;
+    fn upload(
+        &self,
+        request: RequestStream<Policy>,
+    ) -> impl Future<Output = Result<Receipt, Status>> + Send;
+}
+#[doc(hidden)]
+static __TAI_SERVICE_GOVERNOR: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy {
+    name: "tai.v1.Governor",
+    methods: &[
+        ::tai_runtime::policy::MethodPolicy {
+            name: "ProposePolicy",
+            rust_name: "propose_policy",
+            path: "/tai.v1.Governor/ProposePolicy",
+            kind: ::tai_runtime::policy::MethodKind::Unary,
+            idempotent: true,
+            timeout: ::core::option::Option::Some(
+                ::core::time::Duration::from_nanos(2000000000),
+            ),
+            max_timeout: ::core::option::Option::None,
+            retry: ::core::option::Option::Some(::tai_runtime::policy::RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: ::core::time::Duration::from_nanos(100000000),
+                max_backoff: ::core::time::Duration::from_nanos(10000000000),
+                multiplier: 2.0,
+                retryable: ::tai_runtime::policy::CodeSet(17408),
+            }),
+            hedging: ::core::option::Option::None,
+            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
+                failure_threshold: 5,
+                open_timeout: ::core::time::Duration::from_nanos(30000000000),
+                max_open_timeout: ::core::time::Duration::from_nanos(300000000000),
+                half_open_max_calls: 3,
+                rate: ::core::option::Option::Some(::tai_runtime::policy::RateRule {
+                    threshold: 0.5,
+                    window: ::core::time::Duration::from_nanos(10000000000),
+                    min_calls: 20,
+                }),
+                failure_codes: ::tai_runtime::policy::CodeSet(24852),
+            }),
+        },
+        ::tai_runtime::policy::MethodPolicy {
+            name: "WatchPolicies",
+            rust_name: "watch_policies",
+            path: "/tai.v1.Governor/WatchPolicies",
+            kind: ::tai_runtime::policy::MethodKind::ServerStreaming,
+            idempotent: true,
+            timeout: ::core::option::Option::Some(
+                ::core::time::Duration::from_nanos(30000000000),
+            ),
+            max_timeout: ::core::option::Option::None,
+            retry: ::core::option::Option::None,
+            hedging: ::core::option::Option::Some(::tai_runtime::policy::HedgingPolicy {
+                max_attempts: 2,
+                delay: ::core::time::Duration::from_nanos(50000000),
+                non_fatal: ::tai_runtime::policy::CodeSet(0),
+            }),
+            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
+                failure_threshold: 5,
+                open_timeout: ::core::time::Duration::from_nanos(30000000000),
+                max_open_timeout: ::core::time::Duration::from_nanos(300000000000),
+                half_open_max_calls: 3,
+                rate: ::core::option::Option::None,
+                failure_codes: ::tai_runtime::policy::CodeSet(24852),
+            }),
+        },
+        ::tai_runtime::policy::MethodPolicy {
+            name: "Upload",
+            rust_name: "upload",
+            path: "/tai.v1.Governor/Upload",
+            kind: ::tai_runtime::policy::MethodKind::ClientStreaming,
+            idempotent: false,
+            timeout: ::core::option::Option::Some(
+                ::core::time::Duration::from_nanos(30000000000),
+            ),
+            max_timeout: ::core::option::Option::None,
+            retry: ::core::option::Option::None,
+            hedging: ::core::option::Option::None,
+            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
+                failure_threshold: 5,
+                open_timeout: ::core::time::Duration::from_nanos(30000000000),
+                max_open_timeout: ::core::time::Duration::from_nanos(300000000000),
+                half_open_max_calls: 3,
+                rate: ::core::option::Option::Some(::tai_runtime::policy::RateRule {
+                    threshold: 0.5,
+                    window: ::core::time::Duration::from_nanos(10000000000),
+                    min_calls: 20,
+                }),
+                failure_codes: ::tai_runtime::policy::CodeSet(24852),
+            }),
+        },
+    ],
+    throttle: ::core::option::Option::Some(::tai_runtime::policy::ThrottlePolicy {
+        max_tokens: 20,
+        token_ratio: 0.1,
+    }),
+};
+/// A resilient client of the `tai.v1.Governor` gRPC service, generated by `#[resilient]` from [`Governor`].
+///
+/// Each call runs the policy compiled in for its method:
+///
+/// - `propose_policy` → `/tai.v1.Governor/ProposePolicy` (unary): idempotent; timeout 2s; retry up to 4 attempts on ABORTED, UNAVAILABLE (backoff 100ms to 10s, ×2); breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
+/// - `watch_policies` → `/tai.v1.Governor/WatchPolicies` (server-streaming): idempotent; timeout 30s; hedging 2 attempts 50ms apart; breaker opens after 5 failures in a row (open 30s to 5m).
+/// - `upload` → `/tai.v1.Governor/Upload` (client-streaming): timeout 30s; breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
+///
+/// Retries and hedges are throttled for the whole client: 20 tokens, 0.1 returned per success.
+///
+/// Create one with `connect(address)`, or with `new(transport)` / `From` over any transport; clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state.
+#[derive(::core::clone::Clone)]
+#[allow(dead_code)]
+pub struct GovernorClient<T = ::tai_runtime::Channel> {
+    core: ::tai_runtime::__private::ClientCore<T>,
+}
+#[allow(dead_code)]
+impl<T: ::tai_runtime::__private::Transport> GovernorClient<T> {
+    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
+    /// or any tower service that speaks gRPC.
+    pub fn new(transport: T) -> Self {
+        <Self as ::core::convert::From<T>>::from(transport)
+    }
+    /// Proposes a policy.
+    ///
+    /// `/tai.v1.Governor/ProposePolicy` (unary): idempotent; timeout 2s; retry up to 4 attempts on ABORTED, UNAVAILABLE (backoff 100ms to 10s, ×2); breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
+    pub fn propose_policy(
+        &self,
+        request: Policy,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<Receipt, ::tai_runtime::Status>,
+    > + ::core::marker::Send + '_ {
+        self.core.unary_retry::<Policy, Receipt>(0, request)
+    }
+    /// Streams the policies as they change.
+    ///
+    /// `/tai.v1.Governor/WatchPolicies` (server-streaming): idempotent; timeout 30s; hedging 2 attempts 50ms apart; breaker opens after 5 failures in a row (open 30s to 5m).
+    pub fn watch_policies(
+        &self,
+        request: Receipt,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<ResponseStream<Policy>, ::tai_runtime::Status>,
+    > + ::core::marker::Send + '_ {
+        self.core.server_streaming_retry::<Receipt, Policy>(1, request)
+    }
+    /// `/tai.v1.Governor/Upload` (client-streaming): timeout 30s; breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
+    pub fn upload(
+        &self,
+        request: RequestStream<Policy>,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<Receipt, ::tai_runtime::Status>,
+    > + ::core::marker::Send + '_ {
+        self.core.client_streaming::<Policy, Receipt>(2, request)
+    }
+}
+impl<T: ::tai_runtime::__private::Transport> ::core::convert::From<T>
+for GovernorClient<T> {
+    fn from(transport: T) -> Self {
+        Self {
+            core: ::tai_runtime::__private::ClientCore::new(
+                transport,
+                &__TAI_SERVICE_GOVERNOR,
+            ),
+        }
+    }
+}
+impl<T: ::tai_runtime::__private::Transport> Governor for GovernorClient<T> {
+    fn propose_policy(
+        &self,
+        request: Policy,
+    ) -> impl Future<Output = Result<Receipt, Status>> + Send {
+        GovernorClient::propose_policy(self, request)
+    }
+    fn watch_policies(
+        &self,
+        request: Receipt,
+    ) -> impl ::core::future::Future<
+        Output = Result<ResponseStream<Policy>, Status>,
+    > + ::core::marker::Send {
+        GovernorClient::watch_policies(self, request)
+    }
+    fn upload(
+        &self,
+        request: RequestStream<Policy>,
+    ) -> impl Future<Output = Result<Receipt, Status>> + Send {
+        GovernorClient::upload(self, request)
+    }
+}
+impl<T: ::tai_runtime::__private::Transport> ::tai_runtime::Resilient
+for GovernorClient<T> {
+    fn client_state(&self) -> &::tai_runtime::__private::ClientState {
+        self.core.state()
+    }
+}
+#[allow(dead_code)]
+impl GovernorClient<::tai_runtime::Channel> {
+    /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
+    /// `tai_runtime::Channel`.
+    ///
+    /// # Errors
+    ///
+    /// If the address is invalid or the channel cannot be built.
+    pub async fn connect(
+        dst: impl ::core::convert::Into<::std::string::String>,
+    ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
+        ::tai_runtime::__private::connect(::core::convert::Into::into(dst))
+            .await
+            .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
+    }
+}
+const _: fn() = || {
+    fn retry_request<M: ::core::clone::Clone>() {}
+    retry_request::<Policy>();
+    retry_request::<Receipt>();
+};

@@ -1,0 +1,18 @@
+use tai_macros::resilient;
+use tai_runtime::Status;
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Req {
+    #[prost(uint32, tag = "1")]
+    pub n: u32,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Resp {}
+
+#[resilient()]
+pub trait Svc {
+    fn call(&self, request: Req) -> Result<Resp, Status>;
+}
+
+fn main() {}
