@@ -1,0 +1,48 @@
+//! The harness end to end at its smallest: one pair of 0.2 s, two scenarios, tai
+//! against raw, unpinned. Checks that it runs and writes the JSON it documents; the
+//! figures of so short a run mean nothing.
+
+use std::process::Command;
+
+#[test]
+fn quick_run_writes_the_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_tai-bench"))
+        .args([
+            "--quick",
+            "--pairs",
+            "1",
+            "--secs",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--scenarios",
+            "unary_c1,stream",
+            "--variants",
+            "tai,raw+deadline",
+            "--no-pin",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("| tai |"), "{stdout}");
+
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for variant in ["raw", "raw+deadline", "tai"] {
+        let v = &results["variants"][variant];
+        assert!(v["throughput_per_s"].as_f64().unwrap() > 0.0, "{variant}: {v}");
+        assert!(v["p99_us"].as_f64().is_some(), "{variant}: {v}");
+        assert_eq!(v["errors"], 0, "{variant}: {v}");
+    }
+    for ratio in ["tai/raw", "raw+deadline/raw", "tai/raw+deadline"] {
+        assert!(results["ratios"][ratio].as_f64().is_some(), "{ratio}: {results}");
+    }
+    let stream = &results["scenarios"]["stream"]["variants"]["tai"];
+    assert_eq!(stream["unit"], "msg", "{stream}");
+}
