@@ -613,7 +613,6 @@ impl Client<'_> {
                 }
             }
         });
-        let checks = self.checks();
         let doc = self.client_doc();
 
         quote! {
@@ -657,7 +656,6 @@ impl Client<'_> {
                 #connect_fn
             }
 
-            #checks
         }
     }
 
@@ -770,30 +768,6 @@ impl Client<'_> {
                 name: #name,
                 methods: &[#(#methods),*],
                 throttle: #throttle,
-            };
-        }
-    }
-
-    /// A check that every retried or hedged request type is `Clone`, spanned at the
-    /// type, so that the runtime's `on_unimplemented` message is shown there.
-    fn checks(&self) -> TokenStream {
-        let checks: Vec<TokenStream> = self
-            .methods
-            .iter()
-            .zip(self.policies)
-            .filter(|(_, p)| p.retry.is_some() || p.hedging.is_some())
-            .map(|(m, _)| {
-                let request = &m.shape.request_message;
-                quote_spanned!(request.span()=> retry_request::<#request>();)
-            })
-            .collect();
-        if checks.is_empty() {
-            return TokenStream::new();
-        }
-        quote! {
-            const _: fn() = || {
-                fn retry_request<M: ::core::clone::Clone>() {} // TEMP: RetryRequest
-                #(#checks)*
             };
         }
     }

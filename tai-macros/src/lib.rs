@@ -111,7 +111,8 @@
 //!   stream that cannot be re-sent. One it inherits is dropped; one it asks for is an
 //!   error.
 //! - `initial_backoff` may not exceed `max_backoff`.
-//! - The request type of a retried or hedged method must implement `Clone`.
+//! - A retried or hedged request is shared by its attempts (never cloned), so it
+//!   needs no `Clone`.
 //!
 //! # Method shapes
 //!
@@ -162,8 +163,8 @@
 //! duration is reported on its string, and a rule that ties two fields together on
 //! the innermost level that wrote one of them. If only policies are wrong, the client is still generated (from the policies
 //! as written), so that an IDE and the code using the client keep working while the
-//! errors are fixed. A type the runtime cannot use (not a message, or not `Clone` when
-//! retried) is reported at the type.
+//! errors are fixed. A type the runtime cannot use (not a prost message, or not
+//! `Send + Sync + 'static`) is reported at the type.
 
 #![forbid(unsafe_code)]
 

@@ -347,7 +347,11 @@ pub fn validate(
         // runtime never has to.
         resolved.timeout = Some(t.min(max));
     }
-    if resolved.breaker.as_ref().is_some_and(|b| b.failure_codes.is_empty()) {
+    if resolved
+        .breaker
+        .as_ref()
+        .is_some_and(|b| b.failure_codes.is_empty())
+    {
         let level = origin(levels, |l| {
             breaker_of(l).is_some_and(|b| b.failure_codes.is_some())
         })

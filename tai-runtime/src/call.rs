@@ -446,10 +446,10 @@ impl<T: Transport> ClientCore<T> {
                         .with_rng(|rng| backoff::delay(retry, since_pushback, rng))
                 }
             };
-            if let Some(d) = deadline {
-                if Instant::now() + delay >= d {
-                    return Err(deadline::exceeded_before_retry(m.path, &failure.status));
-                }
+            if let Some(d) = deadline
+                && Instant::now() + delay >= d
+            {
+                return Err(deadline::exceeded_before_retry(m.path, &failure.status));
             }
             tracing::debug!(method = m.path, attempt = previous + 2, ?delay, code = ?failure.status.code(), "retrying");
             self.state.metrics_at(index).retries.inc();
@@ -621,10 +621,10 @@ impl<T: Transport> ClientCore<T> {
         if let (Some(b), Some(p)) = (breaker, permit) {
             b.record(p, b.classify(code));
         }
-        if code == Code::Ok {
-            if let Some(t) = self.state.throttle() {
-                t.record_success();
-            }
+        if code == Code::Ok
+            && let Some(t) = self.state.throttle()
+        {
+            t.record_success();
         }
         result
     }
@@ -752,6 +752,16 @@ pub async fn connect(dst: String) -> Result<crate::Channel, crate::ConnectError>
     crate::Channel::to(dst)
 }
 
+trait CodeSetExt {
+    fn contains_code(self, code: Code) -> bool;
+}
+
+impl CodeSetExt for crate::policy::CodeSet {
+    fn contains_code(self, code: Code) -> bool {
+        self.0 & (1u32 << (code as u32 & 31)) != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -771,15 +781,5 @@ mod tests {
         assert_eq!(t(Duration::from_secs(200_000)), "200000S");
         assert_eq!(t(Duration::from_secs(6_000_000_000)), "1666666H");
         assert_eq!(t(Duration::MAX), "99999999H");
-    }
-}
-
-trait CodeSetExt {
-    fn contains_code(self, code: Code) -> bool;
-}
-
-impl CodeSetExt for crate::policy::CodeSet {
-    fn contains_code(self, code: Code) -> bool {
-        self.0 & (1u32 << (code as u32 & 31)) != 0
     }
 }

@@ -49,12 +49,16 @@ mod stream;
 pub mod throttle;
 
 pub use breaker::{BreakerState, TripReason};
+pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use error::ConnectError;
 pub use state::{ClientState, Resilient};
 pub use stream::{RequestStream, ResponseStream};
 pub use tai_macros::resilient;
-pub use channel::{Channel, ConnectivityState, Endpoints};
-pub use tonic::{Code, Status};
+pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+
+/// Protobuf's well-known types (`Timestamp`, `Duration`, `Empty`, ...), as generated
+/// code uses them.
+pub use prost_types as well_known;
 
 /// Includes the code tai-build generated for a proto package.
 ///

@@ -41,12 +41,20 @@ fn policy_hot_path_allocations() {
             let permit = b.admit().expect("closed");
             b.record(permit, b.classify(Code::Ok));
         });
-        assert_eq!(per_call, 0.0, "breaker admit + record (rate rule: {:?})", policy.rate.is_some());
+        assert_eq!(
+            per_call,
+            0.0,
+            "breaker admit + record (rate rule: {:?})",
+            policy.rate.is_some()
+        );
         let per_call = allocations(1000, || {
             let permit = b.admit().expect("closed");
             b.record(permit, b.classify(Code::InvalidArgument)); // not a failure code
         });
-        assert_eq!(per_call, 0.0, "breaker admit + record of a non-failure code");
+        assert_eq!(
+            per_call, 0.0,
+            "breaker admit + record of a non-failure code"
+        );
     }
 
     let t = RetryThrottle::new(&THROTTLE);
@@ -90,11 +98,15 @@ fn policy_hot_path_allocations() {
     let request = payload();
     let mut per_call = Vec::new();
     for pending in [false, true] {
-        for (name, timeout) in [("raw", None), ("raw+deadline", Some(Duration::from_secs(5)))] {
+        for (name, timeout) in [
+            ("raw", None),
+            ("raw+deadline", Some(Duration::from_secs(5))),
+        ] {
             let _guard = rt.enter();
             let mut grpc = tonic::client::Grpc::new(transport(pending));
             let n = allocations(200, || {
-                rt.block_on(raw_call(&mut grpc, request.clone(), timeout)).unwrap();
+                rt.block_on(raw_call(&mut grpc, request.clone(), timeout))
+                    .unwrap();
             });
             per_call.push((name, pending, n));
         }
@@ -112,7 +124,11 @@ fn policy_hot_path_allocations() {
         }
     }
     for (name, pending, n) in &per_call {
-        let how = if *pending { "pending once" } else { "answered at once" };
+        let how = if *pending {
+            "pending once"
+        } else {
+            "answered at once"
+        };
         eprintln!("{name:>26} ({how}): {n:.2} allocations per call");
     }
     let get = |name: &str, pending: bool| {

@@ -219,8 +219,3 @@ impl GovernorClient<::tai_runtime::Channel> {
             .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
     }
 }
-const _: fn() = || {
-    fn retry_request<M: ::core::clone::Clone>() {}
-    retry_request::<Policy>();
-    retry_request::<Receipt>();
-};

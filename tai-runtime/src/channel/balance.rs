@@ -172,8 +172,10 @@ pub mod bench {
 
         /// The index of the endpoint picked, if any.
         pub fn pick(&self, endpoints: &[Fake]) -> Option<usize> {
-            pick(self.kind, endpoints, &self.budget, &self.rng, &self.cursor)
-                .map(|e| (e as *const Fake as usize - endpoints.as_ptr() as usize) / std::mem::size_of::<Fake>())
+            pick(self.kind, endpoints, &self.budget, &self.rng, &self.cursor).map(|e| {
+                (e as *const Fake as usize - endpoints.as_ptr() as usize)
+                    / std::mem::size_of::<Fake>()
+            })
         }
     }
 }
@@ -187,7 +189,10 @@ mod tests {
         loads
             .iter()
             .zip(eligible)
-            .map(|(l, e)| Fake { load: AtomicUsize::new(*l), eligible: *e })
+            .map(|(l, e)| Fake {
+                load: AtomicUsize::new(*l),
+                eligible: *e,
+            })
             .collect()
     }
 
@@ -226,7 +231,10 @@ mod tests {
     #[test]
     fn more_than_64_endpoints_still_balance() {
         let mut e = fakes(&[3; 100], &[true; 100]);
-        e[42] = Fake { load: AtomicUsize::new(0), eligible: true };
+        e[42] = Fake {
+            load: AtomicUsize::new(0),
+            eligible: true,
+        };
         e[7].eligible = false;
         let p = Picker::new(BalancerKind::RoundRobin, 1);
         for _ in 0..200 {
