@@ -55,7 +55,8 @@ impl ReplicaPolicy {
 }
 
 /// The configuration of a channel to `replicas` replicas of `service`, from a
-/// preset: peak-EWMA balancing (a slow replica gets fewer calls), the standard
+/// preset: the service's own balancer (peak-EWMA for the Scheduler, so a slow
+/// replica gets fewer calls), the standard
 /// health service watched (a replica that reports NOT_SERVING — one shutting
 /// down — leaves the rotation at once), and outlier ejection of at most one
 /// replica in three (a replica answering UNAVAILABLE leaves it after a couple
@@ -66,7 +67,9 @@ pub fn replicated_config(
     replicas: usize,
     policy: ReplicaPolicy,
 ) -> ClientConfig {
-    base.balancer = BalancerKind::PeakEwma;
+    base.balancer = SchedulerClient::SERVICE_POLICY
+        .balancer
+        .unwrap_or(BalancerKind::PeakEwma);
     base.health_check = Some(HealthCheckConfig {
         service: service.to_owned(),
     });

@@ -12,68 +12,15 @@ use std::time::Duration;
 use heck::ToSnakeCase;
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
-use tai_model::{
-    BreakerSpec, Code, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, ThrottleSpec, Toggle,
-    format_duration,
-};
+use tai_model::{Code, PolicySpec, Toggle, format_duration};
 
 use crate::check::ServicePolicy;
 
-/// Merges two levels into one that means the same to `tai_model::resolve`: for every
-/// `inner` level below, `resolve(&[&merge(a, b), inner])` equals
-/// `resolve(&[a, b, inner])` (a test checks this on generated cases).
-///
-/// Fields override one by one (the later level wins); `Off` clears what is inherited;
-/// a level that turns retry on turns inherited hedging off, and the other way round.
+/// The file and service levels as one trait attribute: [`tai_model::merge`], written
+/// without what goes without saying (a level that turns retry on already turns
+/// hedging off, and the other way round).
 pub(crate) fn merge(outer: &PolicySpec, inner: &PolicySpec) -> PolicySpec {
-    let (outer_retry, outer_hedging) = exclusive(&outer.retry, &outer.hedging);
-    let (inner_retry, inner_hedging) = exclusive(&inner.retry, &inner.hedging);
-    let mut merged = PolicySpec {
-        idempotent: inner.idempotent.or(outer.idempotent),
-        timeout: inner.timeout.clone().or_else(|| outer.timeout.clone()),
-        max_timeout: inner.max_timeout.or(outer.max_timeout),
-        retry: toggle(outer_retry, inner_retry, |a, b| RetrySpec {
-            max_attempts: b.max_attempts.or(a.max_attempts),
-            initial_backoff: b.initial_backoff.or(a.initial_backoff),
-            max_backoff: b.max_backoff.or(a.max_backoff),
-            multiplier: b.multiplier.or(a.multiplier),
-            codes: b.codes.clone().or_else(|| a.codes.clone()),
-        }),
-        hedging: toggle(outer_hedging, inner_hedging, |a, b| HedgingSpec {
-            max_attempts: b.max_attempts.or(a.max_attempts),
-            delay: b.delay.or(a.delay),
-            non_fatal_codes: b
-                .non_fatal_codes
-                .clone()
-                .or_else(|| a.non_fatal_codes.clone()),
-        }),
-        breaker: toggle(outer.breaker.clone(), inner.breaker.clone(), |a, b| {
-            BreakerSpec {
-                failure_threshold: b.failure_threshold.or(a.failure_threshold),
-                open_timeout: b.open_timeout.or(a.open_timeout),
-                max_open_timeout: b.max_open_timeout.or(a.max_open_timeout),
-                half_open_max_calls: b.half_open_max_calls.or(a.half_open_max_calls),
-                rate: match (&a.rate, &b.rate) {
-                    (inherited, None) => inherited.clone(),
-                    (Some(Toggle::On(x)), Some(Toggle::On(y))) => Some(Toggle::On(RateRuleSpec {
-                        threshold: y.threshold.or(x.threshold),
-                        window: y.window.or(x.window),
-                        min_calls: y.min_calls.or(x.min_calls),
-                    })),
-                    (_, set) => set.clone(),
-                },
-                failure_codes: b.failure_codes.clone().or_else(|| a.failure_codes.clone()),
-            }
-        }),
-        throttle: toggle(outer.throttle.clone(), inner.throttle.clone(), |a, b| {
-            ThrottleSpec {
-                max_tokens: b.max_tokens.or(a.max_tokens),
-                token_ratio: b.token_ratio.or(a.token_ratio),
-            }
-        }),
-    };
-    // On one level, retry on already means hedging off (and the other way round):
-    // don't spell it out.
+    let mut merged = tai_model::merge(outer, inner);
     if matches!(merged.retry, Some(Toggle::On(_))) && merged.hedging == Some(Toggle::Off) {
         merged.hedging = None;
     }
@@ -81,33 +28,6 @@ pub(crate) fn merge(outer: &PolicySpec, inner: &PolicySpec) -> PolicySpec {
         merged.retry = None;
     }
     merged
-}
-
-/// Retry and hedging as one level means them: turning one on turns the other off.
-fn exclusive(
-    retry: &Option<Toggle<RetrySpec>>,
-    hedging: &Option<Toggle<HedgingSpec>>,
-) -> (Option<Toggle<RetrySpec>>, Option<Toggle<HedgingSpec>>) {
-    let (mut r, mut h) = (retry.clone(), hedging.clone());
-    if matches!(r, Some(Toggle::On(_))) && h.is_none() {
-        h = Some(Toggle::Off);
-    }
-    if matches!(h, Some(Toggle::On(_))) && r.is_none() {
-        r = Some(Toggle::Off);
-    }
-    (r, h)
-}
-
-fn toggle<T: Clone>(
-    outer: Option<Toggle<T>>,
-    inner: Option<Toggle<T>>,
-    over: impl Fn(&T, &T) -> T,
-) -> Option<Toggle<T>> {
-    match (outer, inner) {
-        (outer, None) => outer,
-        (Some(Toggle::On(a)), Some(Toggle::On(b))) => Some(Toggle::On(over(&a, &b))),
-        (_, inner) => inner,
-    }
 }
 
 /// The name of the client module of a service: `governor_client` for `Governor`.
@@ -277,6 +197,10 @@ pub(crate) fn policy_args(spec: &PolicySpec) -> Vec<TokenStream> {
             a
         }));
     }
+    if let Some(balancer) = spec.balancer {
+        let name = balancer.name();
+        args.push(quote!(balancer = #name));
+    }
     if let Some(throttle) = &spec.throttle {
         args.push(sub_policy("throttle", throttle, |t| {
             let mut a = Vec::new();
@@ -353,6 +277,7 @@ fn push_codes(args: &mut Vec<TokenStream>, key: &str, value: &Option<Vec<Code>>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tai_model::{BreakerSpec, HedgingSpec, RateRuleSpec, RetrySpec, ThrottleSpec};
     use tai_model::{Code, resolve};
 
     /// A small deterministic generator (no dependency): xorshift.
@@ -423,6 +348,7 @@ mod tests {
                     max_tokens: g.opt(|g| 1 + g.pick(100) as u32),
                     token_ratio: g.opt(|g| 0.1 * (1 + g.pick(5)) as f64),
                 }),
+                balancer: self.opt(|g| tai_model::Balancer::ALL[g.pick(4) as usize]),
             }
         }
     }

@@ -66,6 +66,7 @@
 //! | `hedging { max_attempts, delay, non_fatal_codes, disabled }` | gRFC A6 hedging; idempotent methods only; excludes retry | `2`, `"100ms"`, `[]` |
 //! | `breaker { failure_threshold, open_timeout, max_open_timeout, half_open_max_calls, failure_rate, window, min_calls, rate_disabled, failure_codes, disabled }` | circuit breaker | `5`, `"30s"`, `"5m"`, `3`, `0.5`, `"10s"`, `20`, on, `UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED` |
 //! | `throttle { max_tokens, token_ratio, disabled }` | A6 retry throttling, shared by a client; file or service level only | `10`, `0.1` |
+//! | `balancer` | the generated client's default balancer: `round_robin`, `least_loaded`, `peak_ewma`, `random`; file or service level only | `round_robin` |
 //!
 //! A present sub-message turns that policy on with the fields it sets (the rest
 //! inherited, else defaulted); `disabled: true` turns an inherited one off (and then

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, Value};
 use tai_model::{
-    BreakerSpec, Code, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, ThrottleSpec, Toggle,
-    parse_duration,
+    Balancer, BreakerSpec, Code, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, ThrottleSpec,
+    Toggle, parse_duration,
 };
 
 /// A level of policy: the file, a service or a method.
@@ -191,6 +191,22 @@ impl Reader<'_> {
         (!codes.is_empty()).then_some(codes)
     }
 
+    /// A balancer name.
+    fn balancer(&mut self, name: &str) -> Option<Balancer> {
+        let text = self.string(name)?;
+        let balancer = Balancer::from_name(&text);
+        if balancer.is_none() {
+            self.problem(
+                name,
+                format!(
+                    "unknown balancer `{text}`; valid balancers are: {}",
+                    Balancer::valid_names()
+                ),
+            );
+        }
+        balancer
+    }
+
     /// `disabled: true` turns the sub-policy off; any other field beside it would be
     /// silently ignored, so it is reported.
     fn toggle<T>(&mut self, off_field: &str, read: impl FnOnce(&mut Self) -> T) -> Toggle<T> {
@@ -276,6 +292,7 @@ fn read_policy(msg: &DynamicMessage, problems: &mut Vec<ReadProblem>) -> PolicyS
                 token_ratio: r.f64("token_ratio"),
             })
         }),
+        balancer: r.balancer("balancer"),
     }
 }
 

@@ -514,3 +514,29 @@ fn setup_errors() {
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.to_string().contains("/no/such/dir"), "{err}");
 }
+
+#[test]
+fn balancer_unknown_or_on_a_method() {
+    let f = one("service Svc {
+  option (tai.v1.service).balancer = \"fastest\";
+  rpc Get(M) returns (M) {
+    option (tai.v1.method).balancer = \"least_loaded\";
+  }
+}
+");
+    let problems = policy_problems(&f);
+    let path = f.path("svc.proto");
+    assert_eq!(
+        problems,
+        vec![
+            format!(
+                "{path}:7: demo.Svc: option (tai.v1.service).balancer: unknown balancer `fastest`; \
+                 valid balancers are: round_robin, least_loaded, peak_ewma, random"
+            ),
+            format!(
+                "{path}:9: demo.Svc/Get: option (tai.v1.method).balancer: is chosen per client: set \
+                 it on the service or the file, not on a method"
+            ),
+        ]
+    );
+}

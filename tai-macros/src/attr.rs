@@ -69,7 +69,7 @@ pub(crate) enum Scope {
 }
 
 /// The keys of every argument list, for matching and for the "valid keys are" message.
-const POLICY_KEYS: [&str; 7] = [
+const POLICY_KEYS: [&str; 8] = [
     "idempotent",
     "timeout",
     "max_timeout",
@@ -77,6 +77,7 @@ const POLICY_KEYS: [&str; 7] = [
     "hedging",
     "breaker",
     "throttle",
+    "balancer",
 ];
 const RETRY_KEYS: &[&str] = &[
     "max_attempts",
@@ -178,7 +179,7 @@ fn parent(field: Field) -> Option<Field> {
         | BreakerMinCalls
         | BreakerFailureCodes => Some(Breaker),
         ThrottleMaxTokens | ThrottleTokenRatio => Some(Throttle),
-        Idempotent | Timeout | MaxTimeout | Retry | Hedging | Breaker | Throttle => None,
+        Idempotent | Timeout | MaxTimeout | Retry | Hedging | Breaker | Throttle | Balancer => None,
     }
 }
 
@@ -536,6 +537,26 @@ impl LevelParser {
                 self.level.spec.throttle = Some(throttle);
                 self.set(Field::Throttle, key.span());
             }
+            "balancer" => {
+                eq(
+                    input,
+                    key,
+                    "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
+                )?;
+                let lit: LitStr = input.parse()?;
+                let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "unknown balancer `{}`; valid balancers are: {}",
+                            lit.value(),
+                            tai_model::Balancer::valid_names()
+                        ),
+                    ));
+                };
+                self.level.spec.balancer = Some(balancer);
+                self.set(Field::Balancer, lit.span());
+            }
             other => unreachable!("key `{other}` is listed but not handled"),
         }
         Ok(())
@@ -604,6 +625,26 @@ impl LevelParser {
                     spec.codes = Some(codes);
                     self.set(Field::RetryCodes, span);
                 }
+                "balancer" => {
+                    eq(
+                        input,
+                        key,
+                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
+                    )?;
+                    let lit: LitStr = input.parse()?;
+                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown balancer `{}`; valid balancers are: {}",
+                                lit.value(),
+                                tai_model::Balancer::valid_names()
+                            ),
+                        ));
+                    };
+                    self.level.spec.balancer = Some(balancer);
+                    self.set(Field::Balancer, lit.span());
+                }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
             Ok(())
@@ -628,6 +669,26 @@ impl LevelParser {
                     let (codes, span) = codes(input, key, Field::HedgingNonFatalCodes, errors)?;
                     spec.non_fatal_codes = Some(codes);
                     self.set(Field::HedgingNonFatalCodes, span);
+                }
+                "balancer" => {
+                    eq(
+                        input,
+                        key,
+                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
+                    )?;
+                    let lit: LitStr = input.parse()?;
+                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown balancer `{}`; valid balancers are: {}",
+                                lit.value(),
+                                tai_model::Balancer::valid_names()
+                            ),
+                        ));
+                    };
+                    self.level.spec.balancer = Some(balancer);
+                    self.set(Field::Balancer, lit.span());
                 }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
@@ -692,6 +753,26 @@ impl LevelParser {
                     spec.failure_codes = Some(codes);
                     self.set(Field::BreakerFailureCodes, span);
                 }
+                "balancer" => {
+                    eq(
+                        input,
+                        key,
+                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
+                    )?;
+                    let lit: LitStr = input.parse()?;
+                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown balancer `{}`; valid balancers are: {}",
+                                lit.value(),
+                                tai_model::Balancer::valid_names()
+                            ),
+                        ));
+                    };
+                    self.level.spec.balancer = Some(balancer);
+                    self.set(Field::Balancer, lit.span());
+                }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
             Ok(())
@@ -727,6 +808,26 @@ impl LevelParser {
                     let (r, span) = number(input, key)?;
                     spec.token_ratio = Some(r);
                     self.set(Field::ThrottleTokenRatio, span);
+                }
+                "balancer" => {
+                    eq(
+                        input,
+                        key,
+                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
+                    )?;
+                    let lit: LitStr = input.parse()?;
+                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown balancer `{}`; valid balancers are: {}",
+                                lit.value(),
+                                tai_model::Balancer::valid_names()
+                            ),
+                        ));
+                    };
+                    self.level.spec.balancer = Some(balancer);
+                    self.set(Field::Balancer, lit.span());
                 }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }

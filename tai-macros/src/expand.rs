@@ -158,13 +158,14 @@ fn expand_trait(args: TokenStream, item: &mut ItemTrait, errors: &mut Errors) ->
     }
 
     let policies = resolve_all(&service.level, &methods, errors);
-    let throttle = resolve(&[&service.level.spec]).throttle;
+    let service_policy = resolve(&[&service.level.spec]);
     let client = Client {
         item,
         service_name,
         methods: &methods,
         policies: &policies,
-        throttle,
+        throttle: service_policy.throttle,
+        balancer: service_policy.balancer,
     };
     let generated = client.generate();
     quote!(#item #generated)
@@ -541,6 +542,7 @@ struct Client<'a> {
     methods: &'a [Method],
     policies: &'a [ResolvedPolicy],
     throttle: Option<ResolvedThrottle>,
+    balancer: Option<tai_model::Balancer>,
 }
 
 impl Client<'_> {
@@ -583,7 +585,7 @@ impl Client<'_> {
         let connect_fn = (!rust_names.contains("connect")).then(|| {
             quote! {
                 /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
-                /// `tai_runtime::Channel`.
+                /// `tai_runtime::Channel` (production preset, the service's balancer).
                 ///
                 /// # Errors
                 ///
@@ -591,7 +593,7 @@ impl Client<'_> {
                 pub async fn connect(
                     dst: impl ::core::convert::Into<::std::string::String>,
                 ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
-                    ::tai_runtime::__private::connect(::core::convert::Into::into(dst))
+                    ::tai_runtime::__private::connect(::core::convert::Into::into(dst), &#statik)
                         .await
                         .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
                 }
@@ -653,6 +655,10 @@ impl Client<'_> {
 
             #[allow(dead_code)]
             impl #client<::tai_runtime::Channel> {
+                /// The policy compiled into this client, for building a channel
+                /// before the client (its `balancer`, say).
+                pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &#statik;
+
                 #connect_fn
             }
 
@@ -762,12 +768,17 @@ impl Client<'_> {
                 }
             }
         }));
+        let balancer = option(self.balancer.map(|b| {
+            let variant = format_ident!("{}", b.variant());
+            quote!(::tai_runtime::config::BalancerKind::#variant)
+        }));
         quote! {
             #[doc(hidden)]
             static #statik: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy {
                 name: #name,
                 methods: &[#(#methods),*],
                 throttle: #throttle,
+                balancer: #balancer,
             };
         }
     }

@@ -26,7 +26,8 @@ pub struct Receipt {
     service = "tai.v1.Governor",
     timeout = "30s",
     breaker = default,
-    throttle(max_tokens = 20, token_ratio = 0.5)
+    throttle(max_tokens = 20, token_ratio = 0.5),
+    balancer = "least_loaded"
 )]
 pub trait Governor {
     /// Proposes a policy.
@@ -63,6 +64,11 @@ fn service() {
     assert_eq!(throttle.token_ratio, 0.5);
     assert_eq!(service.method_index("ProposePolicy"), Some(0));
     assert_eq!(service.method_index("watch"), Some(2));
+    assert_eq!(
+        service.balancer,
+        Some(tai_runtime::config::BalancerKind::LeastLoaded)
+    );
+    assert!(std::ptr::eq(GovernorClient::SERVICE_POLICY, service));
 }
 
 #[test]

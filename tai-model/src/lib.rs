@@ -19,8 +19,8 @@ mod validate;
 pub use code::{Code, CodeSet};
 pub use duration::{format_duration, parse_duration};
 pub use spec::{
-    BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec, ResolvedBreaker,
-    ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry, ResolvedThrottle, RetrySpec,
-    ThrottleSpec, Toggle, resolve,
+    Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
+    ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry,
+    ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
 };
 pub use validate::{Field, MAX_ATTEMPTS_CAP, Problem, validate};

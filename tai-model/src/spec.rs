@@ -93,6 +93,62 @@ pub struct PolicySpec {
     pub breaker: Option<Toggle<BreakerSpec>>,
     /// Retry throttling (service or file level only).
     pub throttle: Option<Toggle<ThrottleSpec>>,
+    /// How the client picks an endpoint (service or file level only).
+    pub balancer: Option<Balancer>,
+}
+
+/// How a client spreads calls over endpoints; the generated client's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balancer {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Power of two choices on calls in flight.
+    LeastLoaded,
+    /// Power of two choices on peak-EWMA latency × calls in flight.
+    PeakEwma,
+    /// Uniformly at random.
+    Random,
+}
+
+impl Balancer {
+    /// Every balancer, in documentation order.
+    pub const ALL: [Balancer; 4] = [
+        Balancer::RoundRobin,
+        Balancer::LeastLoaded,
+        Balancer::PeakEwma,
+        Balancer::Random,
+    ];
+
+    /// The name written in policies: `round_robin`, `least_loaded`, `peak_ewma`, `random`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Balancer::RoundRobin => "round_robin",
+            Balancer::LeastLoaded => "least_loaded",
+            Balancer::PeakEwma => "peak_ewma",
+            Balancer::Random => "random",
+        }
+    }
+
+    /// The Rust variant name, as in `tai_runtime::config::BalancerKind`.
+    pub const fn variant(self) -> &'static str {
+        match self {
+            Balancer::RoundRobin => "RoundRobin",
+            Balancer::LeastLoaded => "LeastLoaded",
+            Balancer::PeakEwma => "PeakEwma",
+            Balancer::Random => "Random",
+        }
+    }
+
+    /// Parses a policy name (`least_loaded`; `-` works too).
+    pub fn from_name(name: &str) -> Option<Balancer> {
+        let name = name.trim().replace('-', "_");
+        Balancer::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// All names, comma separated, for error messages.
+    pub fn valid_names() -> String {
+        Balancer::ALL.map(Balancer::name).join(", ")
+    }
 }
 
 /// The shape of a method, which decides which policies can apply.
@@ -242,150 +298,150 @@ pub struct ResolvedPolicy {
     pub breaker: Option<ResolvedBreaker>,
     /// Throttle, if on.
     pub throttle: Option<ResolvedThrottle>,
+    /// The client's default balancer, if the policy names one.
+    pub balancer: Option<Balancer>,
 }
 
-/// Combines a field-wise override: later `Some` wins.
-fn over<T: Clone>(base: &mut Option<T>, top: &Option<T>) {
-    if top.is_some() {
-        base.clone_from(top);
+/// A level's retry and hedging as it means them: turning one on turns the other
+/// off, unless the same level sets that one too (which validation rejects).
+fn exclusive(spec: &PolicySpec) -> (Option<Toggle<RetrySpec>>, Option<Toggle<HedgingSpec>>) {
+    let (mut r, mut h) = (spec.retry.clone(), spec.hedging.clone());
+    if matches!(r, Some(Toggle::On(_))) && h.is_none() {
+        h = Some(Toggle::Off);
+    }
+    if matches!(h, Some(Toggle::On(_))) && r.is_none() {
+        r = Some(Toggle::Off);
+    }
+    (r, h)
+}
+
+/// Combines an inherited toggle with a level's: `Off` clears, `On` over `On` merges
+/// field by field, `On` over nothing or `Off` starts afresh.
+fn toggle<T: Clone>(
+    outer: Option<Toggle<T>>,
+    inner: Option<Toggle<T>>,
+    over: impl Fn(&T, &T) -> T,
+) -> Option<Toggle<T>> {
+    match (outer, inner) {
+        (outer, None) => outer,
+        (Some(Toggle::On(a)), Some(Toggle::On(b))) => Some(Toggle::On(over(&a, &b))),
+        (_, inner) => inner,
     }
 }
 
-/// Folds toggled sub-specs: `Off` clears, `On` merges its set fields over what is inherited.
-fn fold_toggle<'a, T: Clone + Default + 'a>(
-    levels: impl Iterator<Item = &'a Option<Toggle<T>>>,
-    merge: impl Fn(&mut T, &T),
-) -> Option<T> {
-    let mut acc: Option<T> = None;
-    for level in levels {
-        match level {
-            None => {}
-            Some(Toggle::Off) => acc = None,
-            Some(Toggle::On(spec)) => merge(acc.get_or_insert_with(T::default), spec),
-        }
-    }
-    acc
-}
-
-/// Combines levels, outermost first (file, service, method), into one policy.
+/// Merges two levels into one that means the same: fields override one by one (the
+/// inner level wins), `Off` clears what is inherited, and a level that turns retry
+/// on turns inherited hedging off (and the other way round).
 ///
-/// Fields override one by one, so a method can change a service's `max_attempts`
-/// and keep its backoff. Retry and hedging exclude each other: a level that turns one
-/// on turns the inherited other off.
+/// [`resolve`] is this merge folded over the levels, plus defaults; tai-build uses it
+/// to write a file's and a service's policies as one trait attribute.
+pub fn merge(outer: &PolicySpec, inner: &PolicySpec) -> PolicySpec {
+    let (outer_retry, outer_hedging) = exclusive(outer);
+    let (inner_retry, inner_hedging) = exclusive(inner);
+    PolicySpec {
+        idempotent: inner.idempotent.or(outer.idempotent),
+        timeout: inner.timeout.clone().or_else(|| outer.timeout.clone()),
+        max_timeout: inner.max_timeout.or(outer.max_timeout),
+        retry: toggle(outer_retry, inner_retry, |a, b| RetrySpec {
+            max_attempts: b.max_attempts.or(a.max_attempts),
+            initial_backoff: b.initial_backoff.or(a.initial_backoff),
+            max_backoff: b.max_backoff.or(a.max_backoff),
+            multiplier: b.multiplier.or(a.multiplier),
+            codes: b.codes.clone().or_else(|| a.codes.clone()),
+        }),
+        hedging: toggle(outer_hedging, inner_hedging, |a, b| HedgingSpec {
+            max_attempts: b.max_attempts.or(a.max_attempts),
+            delay: b.delay.or(a.delay),
+            non_fatal_codes: b
+                .non_fatal_codes
+                .clone()
+                .or_else(|| a.non_fatal_codes.clone()),
+        }),
+        breaker: toggle(outer.breaker.clone(), inner.breaker.clone(), |a, b| {
+            BreakerSpec {
+                failure_threshold: b.failure_threshold.or(a.failure_threshold),
+                open_timeout: b.open_timeout.or(a.open_timeout),
+                max_open_timeout: b.max_open_timeout.or(a.max_open_timeout),
+                half_open_max_calls: b.half_open_max_calls.or(a.half_open_max_calls),
+                rate: toggle(a.rate.clone(), b.rate.clone(), |x, y| RateRuleSpec {
+                    threshold: y.threshold.or(x.threshold),
+                    window: y.window.or(x.window),
+                    min_calls: y.min_calls.or(x.min_calls),
+                }),
+                failure_codes: b.failure_codes.clone().or_else(|| a.failure_codes.clone()),
+            }
+        }),
+        throttle: toggle(outer.throttle.clone(), inner.throttle.clone(), |a, b| {
+            ThrottleSpec {
+                max_tokens: b.max_tokens.or(a.max_tokens),
+                token_ratio: b.token_ratio.or(a.token_ratio),
+            }
+        }),
+        balancer: inner.balancer.or(outer.balancer),
+    }
+}
+
+/// Combines levels, outermost first (file, service, method), into one policy with
+/// every default filled in. See [`merge`] for how levels combine.
 pub fn resolve(levels: &[&PolicySpec]) -> ResolvedPolicy {
-    let mut idempotent = None;
-    let mut timeout = None;
-    let mut max_timeout = None;
-    for level in levels {
-        over(&mut idempotent, &level.idempotent);
-        over(&mut timeout, &level.timeout);
-        over(&mut max_timeout, &level.max_timeout);
-    }
-    // Retry and hedging: the one set last wins; the same level setting both is a
-    // validation error, reported by `validate`.
-    let mut retry_levels = Vec::with_capacity(levels.len());
-    let mut hedging_levels = Vec::with_capacity(levels.len());
-    for level in levels {
-        let (mut r, mut h) = (level.retry.clone(), level.hedging.clone());
-        if matches!(r, Some(Toggle::On(_))) && h.is_none() {
-            h = Some(Toggle::Off);
-        }
-        if matches!(h, Some(Toggle::On(_))) && r.is_none() {
-            r = Some(Toggle::Off);
-        }
-        retry_levels.push(r);
-        hedging_levels.push(h);
-    }
-    let retry = fold_toggle(retry_levels.iter(), |acc: &mut RetrySpec, s| {
-        over(&mut acc.max_attempts, &s.max_attempts);
-        over(&mut acc.initial_backoff, &s.initial_backoff);
-        over(&mut acc.max_backoff, &s.max_backoff);
-        over(&mut acc.multiplier, &s.multiplier);
-        over(&mut acc.codes, &s.codes);
-    })
-    .map(|s| ResolvedRetry {
-        max_attempts: s.max_attempts.unwrap_or(Defaults::RETRY_MAX_ATTEMPTS),
-        initial_backoff: s.initial_backoff.unwrap_or(Defaults::RETRY_INITIAL_BACKOFF),
-        max_backoff: s.max_backoff.unwrap_or(Defaults::RETRY_MAX_BACKOFF),
-        multiplier: s.multiplier.unwrap_or(Defaults::RETRY_MULTIPLIER),
-        codes: CodeSet::of(s.codes.as_deref().unwrap_or(Defaults::RETRY_CODES)),
-    });
-    let hedging = fold_toggle(hedging_levels.iter(), |acc: &mut HedgingSpec, s| {
-        over(&mut acc.max_attempts, &s.max_attempts);
-        over(&mut acc.delay, &s.delay);
-        over(&mut acc.non_fatal_codes, &s.non_fatal_codes);
-    })
-    .map(|s| ResolvedHedging {
-        max_attempts: s.max_attempts.unwrap_or(Defaults::HEDGING_MAX_ATTEMPTS),
-        delay: s.delay.unwrap_or(Defaults::HEDGING_DELAY),
-        non_fatal_codes: CodeSet::of(s.non_fatal_codes.as_deref().unwrap_or(&[])),
-    });
-    let breaker = fold_toggle(
-        levels.iter().map(|l| &l.breaker),
-        |acc: &mut BreakerSpec, s| {
-            over(&mut acc.failure_threshold, &s.failure_threshold);
-            over(&mut acc.open_timeout, &s.open_timeout);
-            over(&mut acc.max_open_timeout, &s.max_open_timeout);
-            over(&mut acc.half_open_max_calls, &s.half_open_max_calls);
-            over(&mut acc.failure_codes, &s.failure_codes);
-            acc.rate = match (acc.rate.take(), &s.rate) {
-                (inherited, None) => inherited,
-                (_, Some(Toggle::Off)) => Some(Toggle::Off),
-                (Some(Toggle::On(mut base)), Some(Toggle::On(top))) => {
-                    over(&mut base.threshold, &top.threshold);
-                    over(&mut base.window, &top.window);
-                    over(&mut base.min_calls, &top.min_calls);
-                    Some(Toggle::On(base))
-                }
-                (_, Some(on)) => Some(on.clone()),
-            };
-        },
-    )
-    .map(|s| ResolvedBreaker {
-        failure_threshold: s
-            .failure_threshold
-            .unwrap_or(Defaults::BREAKER_FAILURE_THRESHOLD),
-        open_timeout: s.open_timeout.unwrap_or(Defaults::BREAKER_OPEN_TIMEOUT),
-        max_open_timeout: s
-            .max_open_timeout
-            .unwrap_or(Defaults::BREAKER_MAX_OPEN_TIMEOUT)
-            .max(s.open_timeout.unwrap_or(Defaults::BREAKER_OPEN_TIMEOUT)),
-        half_open_max_calls: s
-            .half_open_max_calls
-            .unwrap_or(Defaults::BREAKER_HALF_OPEN_MAX_CALLS),
-        rate: match s.rate {
-            Some(Toggle::Off) => None,
-            Some(Toggle::On(r)) => Some(rate_rule(&r)),
-            None => Some(rate_rule(&RateRuleSpec::default())),
-        },
-        failure_codes: CodeSet::of(
-            s.failure_codes
-                .as_deref()
-                .unwrap_or(Defaults::BREAKER_FAILURE_CODES),
-        ),
-    });
-    let throttle = fold_toggle(
-        levels.iter().map(|l| &l.throttle),
-        |acc: &mut ThrottleSpec, s| {
-            over(&mut acc.max_tokens, &s.max_tokens);
-            over(&mut acc.token_ratio, &s.token_ratio);
-        },
-    )
-    .map(|s| ResolvedThrottle {
-        max_tokens: s.max_tokens.unwrap_or(Defaults::THROTTLE_MAX_TOKENS),
-        token_ratio: s.token_ratio.unwrap_or(Defaults::THROTTLE_TOKEN_RATIO),
-    });
+    let s = levels
+        .iter()
+        .fold(PolicySpec::default(), |acc, level| merge(&acc, level));
     ResolvedPolicy {
-        idempotent: idempotent.unwrap_or(false),
-        timeout: match timeout {
-            Some(Toggle::On(d)) => Some(d),
-            _ => None,
-        },
-        max_timeout,
-        retry,
-        hedging,
-        breaker,
-        throttle,
+        idempotent: s.idempotent.unwrap_or(false),
+        timeout: on(s.timeout),
+        max_timeout: s.max_timeout,
+        retry: on(s.retry).map(|r: RetrySpec| ResolvedRetry {
+            max_attempts: r.max_attempts.unwrap_or(Defaults::RETRY_MAX_ATTEMPTS),
+            initial_backoff: r.initial_backoff.unwrap_or(Defaults::RETRY_INITIAL_BACKOFF),
+            max_backoff: r.max_backoff.unwrap_or(Defaults::RETRY_MAX_BACKOFF),
+            multiplier: r.multiplier.unwrap_or(Defaults::RETRY_MULTIPLIER),
+            codes: CodeSet::of(r.codes.as_deref().unwrap_or(Defaults::RETRY_CODES)),
+        }),
+        hedging: on(s.hedging).map(|h: HedgingSpec| ResolvedHedging {
+            max_attempts: h.max_attempts.unwrap_or(Defaults::HEDGING_MAX_ATTEMPTS),
+            delay: h.delay.unwrap_or(Defaults::HEDGING_DELAY),
+            non_fatal_codes: CodeSet::of(h.non_fatal_codes.as_deref().unwrap_or(&[])),
+        }),
+        breaker: on(s.breaker).map(|b: BreakerSpec| {
+            let open_timeout = b.open_timeout.unwrap_or(Defaults::BREAKER_OPEN_TIMEOUT);
+            ResolvedBreaker {
+                failure_threshold: b
+                    .failure_threshold
+                    .unwrap_or(Defaults::BREAKER_FAILURE_THRESHOLD),
+                open_timeout,
+                max_open_timeout: b
+                    .max_open_timeout
+                    .unwrap_or(Defaults::BREAKER_MAX_OPEN_TIMEOUT)
+                    .max(open_timeout),
+                half_open_max_calls: b
+                    .half_open_max_calls
+                    .unwrap_or(Defaults::BREAKER_HALF_OPEN_MAX_CALLS),
+                rate: match b.rate {
+                    Some(Toggle::Off) => None,
+                    Some(Toggle::On(r)) => Some(rate_rule(&r)),
+                    None => Some(rate_rule(&RateRuleSpec::default())),
+                },
+                failure_codes: CodeSet::of(
+                    b.failure_codes
+                        .as_deref()
+                        .unwrap_or(Defaults::BREAKER_FAILURE_CODES),
+                ),
+            }
+        }),
+        throttle: on(s.throttle).map(|t: ThrottleSpec| ResolvedThrottle {
+            max_tokens: t.max_tokens.unwrap_or(Defaults::THROTTLE_MAX_TOKENS),
+            token_ratio: t.token_ratio.unwrap_or(Defaults::THROTTLE_TOKEN_RATIO),
+        }),
+        balancer: s.balancer,
+    }
+}
+
+/// The value of a toggle that is on.
+fn on<T>(t: Option<Toggle<T>>) -> Option<T> {
+    match t {
+        Some(Toggle::On(v)) => Some(v),
+        _ => None,
     }
 }
 

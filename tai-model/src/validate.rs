@@ -35,6 +35,7 @@ pub enum Field {
     Throttle,
     ThrottleMaxTokens,
     ThrottleTokenRatio,
+    Balancer,
 }
 
 impl Field {
@@ -66,6 +67,7 @@ impl Field {
             Field::Throttle => "throttle",
             Field::ThrottleMaxTokens => "throttle.max_tokens",
             Field::ThrottleTokenRatio => "throttle.token_ratio",
+            Field::Balancer => "balancer",
         }
     }
 
@@ -97,6 +99,7 @@ impl Field {
             Field::Throttle => "throttle",
             Field::ThrottleMaxTokens => "throttle(max_tokens)",
             Field::ThrottleTokenRatio => "throttle(token_ratio)",
+            Field::Balancer => "balancer",
         }
     }
 }
@@ -251,6 +254,13 @@ pub fn validate(
                 check.positive_duration(Field::BreakerWindow, i, r.window);
                 check.count_at_least(Field::BreakerMinCalls, i, r.min_calls, 1);
             }
+        }
+        if level.balancer.is_some() && method_level == Some(i) {
+            check.fail(
+                Field::Balancer,
+                i,
+                "is chosen per client: set it on the service or the file, not on a method",
+            );
         }
         if let Some(Toggle::On(t)) = &level.throttle {
             if method_level == Some(i) {
@@ -449,6 +459,32 @@ mod tests {
             Some(1),
         );
         assert_eq!(fields(own), vec![Field::Retry]);
+    }
+
+    #[test]
+    fn balancer_belongs_to_the_client() {
+        let service = PolicySpec {
+            balancer: Some(crate::Balancer::LeastLoaded),
+            ..PolicySpec::default()
+        };
+        let resolved = validate(
+            &[&service, &PolicySpec::default()],
+            MethodKind::Unary,
+            Some(1),
+        )
+        .unwrap();
+        assert_eq!(resolved.balancer, Some(crate::Balancer::LeastLoaded));
+        let on_method = validate(
+            &[&PolicySpec::default(), &service],
+            MethodKind::Unary,
+            Some(1),
+        );
+        assert_eq!(fields(on_method), vec![Field::Balancer]);
+        assert_eq!(
+            crate::Balancer::from_name("peak-ewma"),
+            Some(crate::Balancer::PeakEwma)
+        );
+        assert_eq!(crate::Balancer::from_name("fastest"), None);
     }
 
     #[test]

@@ -746,10 +746,20 @@ async fn open_stream<Resp>(
     Ok(ResponseStream::new(response.into_inner(), deadline, path))
 }
 
-/// Builds a channel to `dst` (for the generated `connect`): non-blocking, the
-/// first call waits for the connection.
-pub async fn connect(dst: String) -> Result<crate::Channel, crate::ConnectError> {
-    crate::Channel::to(dst)
+/// Builds a channel to `dst` for the generated `connect`: the production preset
+/// with the service's balancer. Non-blocking: the first call waits for the
+/// connection.
+pub async fn connect(
+    dst: String,
+    policy: &'static crate::policy::ServicePolicy,
+) -> Result<crate::Channel, crate::ConnectError> {
+    let mut config = crate::config::ClientConfig::default();
+    if let Some(balancer) = policy.balancer {
+        config.balancer = balancer;
+    }
+    crate::Channel::builder(crate::channel::Endpoints::one(dst))
+        .config(config)
+        .build()
 }
 
 trait CodeSetExt {

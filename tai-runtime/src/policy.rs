@@ -106,6 +106,9 @@ pub struct ServicePolicy {
     pub methods: &'static [MethodPolicy],
     /// Retry throttling shared by all methods, if on.
     pub throttle: Option<ThrottlePolicy>,
+    /// The balancer the generated `connect` uses, if the policy names one (a
+    /// [`ClientConfig`](crate::config::ClientConfig) of your own overrides it).
+    pub balancer: Option<crate::config::BalancerKind>,
 }
 
 impl ServicePolicy {

@@ -640,3 +640,22 @@ async fn message_size_limits_apply_both_ways() {
         .await
         .unwrap();
 }
+
+/// The generated `connect` builds its channel with the service's balancer.
+#[tokio::test]
+async fn generated_connect_uses_the_service_balancer() {
+    static POLICY: ServicePolicy = ServicePolicy {
+        name: "test.Echo",
+        methods: &[],
+        throttle: None,
+        balancer: Some(BalancerKind::PeakEwma),
+    };
+    let channel = tai_runtime::__private::connect("127.0.0.1:1".to_owned(), &POLICY)
+        .await
+        .unwrap();
+    assert_eq!(channel.config().balancer, BalancerKind::PeakEwma);
+    let err = tai_runtime::__private::connect("no port".to_owned(), &POLICY)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no port"), "{err}");
+}

@@ -272,5 +272,6 @@ pub fn service(
         name: "test.Echo",
         methods: Box::leak(methods.into_boxed_slice()),
         throttle,
+        balancer: None,
     }))
 }
