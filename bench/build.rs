@@ -14,7 +14,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile()
         .map_err(|e| e.to_string())?;
-    bridge_macro(&out.join("tai.bench.rs"))?;
 
     // tonic's generated client, on the messages tai-build generated (`crate::pb`).
     let fds = protox::compile(["bench.proto"], ["proto", "../proto"])?;
@@ -30,24 +29,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&tonic_out)
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto/bench.proto");
-    Ok(())
-}
-
-/// Until tai-runtime re-exports the `resilient` attribute (its lib.rs still has it
-/// commented out as `TEMP-UNTIL-MACRO`), point the generated code at tai-macros
-/// directly. Does nothing once the re-export is there.
-fn bridge_macro(generated: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = std::fs::read_to_string("../tai-runtime/src/lib.rs")?;
-    println!("cargo:rerun-if-changed=../tai-runtime/src/lib.rs");
-    let exported = runtime
-        .lines()
-        .any(|l| l.trim_start().starts_with("pub use tai_macros::resilient"));
-    if !exported {
-        let code = std::fs::read_to_string(generated)?;
-        std::fs::write(
-            generated,
-            code.replace("::tai_runtime::resilient", "::tai_macros::resilient"),
-        )?;
-    }
     Ok(())
 }

@@ -108,7 +108,7 @@ impl Client {
                 .map(|_| 1),
             (Client::Raw { client, deadline }, Op::Stream(m)) => {
                 let mut stream = client
-                    .stream(with_deadline(m.clone(), *deadline))
+                    .stream(with_deadline(*m, *deadline))
                     .await?
                     .into_inner();
                 let mut n = 0;
@@ -132,7 +132,7 @@ async fn tai_run<T: tai_runtime::__private::Transport>(
         Op::Echo(m) => client.echo(m.clone()).await.map(|_| 1),
         Op::EchoNested(m) => client.echo_nested(m.clone()).await.map(|_| 1),
         Op::Stream(m) => {
-            let mut stream = client.stream(m.clone()).await?;
+            let mut stream = client.stream(*m).await?;
             let mut n = 0;
             while let Some(message) = stream.next().await {
                 std::hint::black_box(message?);
@@ -144,11 +144,15 @@ async fn tai_run<T: tai_runtime::__private::Transport>(
 }
 
 /// A tonic channel to `addr` with tonic's defaults (what a tonic user writes).
-pub async fn tonic_channel(addr: &str) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+pub async fn tonic_channel(
+    addr: &str,
+) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    )
 }
 
 /// A tai channel to `addr` with tai's default configuration.

@@ -133,6 +133,9 @@ enum Cmd {
         /// Calls in flight.
         #[arg(long, default_value_t = 64)]
         concurrency: u64,
+        /// Send the nested ~200-byte message instead of the 100-byte payload.
+        #[arg(long)]
+        nested: bool,
     },
 }
 
@@ -157,7 +160,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ref variant,
             calls,
             concurrency,
-        }) => return count(variant, calls, concurrency, args.threads),
+            nested,
+        }) => return count(variant, calls, concurrency, nested, args.threads),
         None => {}
     }
     let plan = Plan::from_args(&args)?;
@@ -178,12 +182,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `tai-bench count`: `calls` calls of one variant, nothing else.
-fn count(variant: &str, calls: u64, concurrency: u64, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let variant = Variant::from_name(variant).ok_or_else(|| format!("unknown variant `{variant}`"))?;
-    let server = ServerProcess::start(variant == Variant::TaiServer, threads, false)?;
+fn count(
+    variant: &str,
+    calls: u64,
+    concurrency: u64,
+    nested: bool,
+    threads: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let variant =
+        Variant::from_name(variant).ok_or_else(|| format!("unknown variant `{variant}`"))?;
+    // The server on core 1 when there is one; pin the client yourself (`taskset -c 0`).
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let server = ServerProcess::start(variant == Variant::TaiServer, threads, two_cores)?;
     runtime(threads)?.block_on(async {
         let client = make_client(variant, &server.addr, &server.addr).await?;
-        let op = Op::echo(100);
+        let op = if nested { Op::nested() } else { Op::echo(100) };
         let run = |n: u64| {
             let tasks: Vec<_> = (0..concurrency)
                 .map(|i| {
@@ -207,12 +220,20 @@ fn count(variant: &str, calls: u64, concurrency: u64, threads: usize) -> Result<
         run(1000).await?;
         let start = Instant::now();
         run(calls).await?;
-        println!("{}: {calls} calls in {:.2?}", variant.name(), start.elapsed());
+        println!(
+            "{}: {calls} calls in {:.2?}",
+            variant.name(),
+            start.elapsed()
+        );
         Ok(())
     })
 }
 
-async fn make_client(variant: Variant, plain: &str, layered: &str) -> Result<Client, Box<dyn std::error::Error>> {
+async fn make_client(
+    variant: Variant,
+    plain: &str,
+    layered: &str,
+) -> Result<Client, Box<dyn std::error::Error>> {
     Ok(match variant {
         Variant::Raw | Variant::RawAa => Client::Raw {
             client: client::RawClient::new(client::tonic_channel(plain).await?),
@@ -267,7 +288,8 @@ impl Plan {
             variants.extend(Variant::ALL.iter().copied().filter(|v| *v != Variant::Raw));
         } else {
             for name in &args.variants {
-                let v = Variant::from_name(name).ok_or_else(|| format!("unknown variant `{name}`"))?;
+                let v =
+                    Variant::from_name(name).ok_or_else(|| format!("unknown variant `{name}`"))?;
                 if !variants.contains(&v) {
                     variants.push(v);
                 }
@@ -347,7 +369,11 @@ impl Scenario {
 
     /// Throughput is counted in messages for streams, calls otherwise.
     fn unit(self) -> &'static str {
-        if self == Scenario::Stream { "msg" } else { "req" }
+        if self == Scenario::Stream {
+            "msg"
+        } else {
+            "req"
+        }
     }
 }
 
@@ -390,9 +416,13 @@ impl Variant {
         match self {
             Variant::Raw => "tonic's generated client on one tonic Channel, no layers",
             Variant::RawDeadline => "the same, with set_timeout(5s) on every call",
-            Variant::Tai => "tai's generated client on tai's Channel: deadline, retry, breaker, throttle, metrics, tracing",
+            Variant::Tai => {
+                "tai's generated client on tai's Channel: deadline, retry, breaker, throttle, metrics, tracing"
+            }
             Variant::TaiTonicChannel => "tai's generated client on a tonic Channel",
-            Variant::TaiServer => "raw+deadline client; server with tai's ServerLayer (deadline + metrics)",
+            Variant::TaiServer => {
+                "raw+deadline client; server with tai's ServerLayer (deadline + metrics)"
+            }
             Variant::RawAa => "a second raw client, identical: the noise floor",
         }
     }
@@ -453,7 +483,13 @@ fn pin_self(cpu: usize, ncpu: usize) -> bool {
         return false;
     }
     let ok = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -474,6 +510,8 @@ struct Segment {
     server_cpu_ns: u64,
     allocs: u64,
     latency: Histogram<u64>,
+    /// The first error of the segment, if any: `code: message`.
+    first_error: Option<String>,
 }
 
 impl Segment {
@@ -529,6 +567,7 @@ async fn closed_loop(
             tokio::spawn(async move {
                 let mut h = measure::histogram();
                 let (mut calls, mut units, mut errors) = (0u64, 0u64, 0u64);
+                let mut first_error = None;
                 loop {
                     let p = phase.load(Ordering::Relaxed);
                     if p == DRAIN {
@@ -543,11 +582,14 @@ async fn closed_loop(
                                 calls += 1;
                                 units += n;
                             }
-                            Err(_) => errors += 1,
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert_with(|| describe(&e));
+                            }
                         }
                     }
                 }
-                (h, calls, units, errors)
+                (h, calls, units, errors, first_error)
             })
         })
         .collect();
@@ -559,7 +601,10 @@ async fn closed_loop(
     let after = Snapshot::take(server_pids);
     let mut segment = segment(&before, &after);
     for task in tasks {
-        let (h, calls, units, errors) = task.await.expect("load task panicked");
+        let (h, calls, units, errors, first_error) = task.await.expect("load task panicked");
+        if segment.first_error.is_none() {
+            segment.first_error = first_error;
+        }
         segment.latency.add(&h).expect("same bounds");
         segment.calls += calls;
         segment.units += units;
@@ -579,11 +624,14 @@ async fn open_loop(
     window: Duration,
     server_pids: &[u32],
 ) -> Segment {
-    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = (Instant, bool, bool)> + Send>>;
+    type Call = std::pin::Pin<
+        Box<dyn std::future::Future<Output = (Instant, Result<u64, tonic::Status>, bool)> + Send>,
+    >;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut in_flight: FuturesUnordered<Call> = FuturesUnordered::new();
     let mut h = measure::histogram();
     let (mut calls, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
     let start = tokio::time::Instant::now();
     let measure_at = start + settle;
     let drain_at = measure_at + window;
@@ -608,18 +656,24 @@ async fn open_loop(
             let counted = before.is_some();
             in_flight.push(Box::pin(async move {
                 let t = Instant::now();
-                let ok = c.run(&op).await.is_ok();
-                (t, ok, counted)
+                let result = c.run(&op).await;
+                (t, result, counted)
             }));
             sent += 1;
             next = start + interval.mul_f64(sent as f64);
         }
         tokio::select! {
             biased;
-            Some((t, ok, counted)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((t, result, counted)) = in_flight.next(), if !in_flight.is_empty() => {
                 if counted && after.is_none() {
                     measure::record(&mut h, t.elapsed());
-                    if ok { calls += 1 } else { errors += 1 }
+                    match result {
+                        Ok(_) => calls += 1,
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| describe(&e));
+                        }
+                    }
                 }
             }
             () = tokio::time::sleep_until(next), if after.is_none() => {}
@@ -632,7 +686,12 @@ async fn open_loop(
     segment.units = calls;
     segment.errors = errors;
     segment.latency = h;
+    segment.first_error = first_error;
     segment
+}
+
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
 }
 
 fn segment(before: &Snapshot, after: &Snapshot) -> Segment {
@@ -645,6 +704,7 @@ fn segment(before: &Snapshot, after: &Snapshot) -> Segment {
         server_cpu_ns: after.server.saturating_sub(before.server),
         allocs: after.allocs.saturating_sub(before.allocs),
         latency: measure::histogram(),
+        first_error: None,
     }
 }
 
@@ -675,20 +735,32 @@ async fn run(
         let rate = if scenario == Scenario::FixedRate {
             Some(match plan.rate {
                 Some(r) => r,
-                None => saturation(&results, &clients[&Variant::Raw], plan, &server_pids).await / 2.0,
+                None => {
+                    saturation(&results, &clients[&Variant::Raw], plan, &server_pids).await / 2.0
+                }
             })
         } else {
             None
         };
         let run_one = |client: &Client, settle: f64, secs: f64| {
-            let (settle, window) = (Duration::from_secs_f64(settle), Duration::from_secs_f64(secs));
+            let (settle, window) = (
+                Duration::from_secs_f64(settle),
+                Duration::from_secs_f64(secs),
+            );
             let (client, op) = (client.clone(), op.clone());
             async move {
                 match rate {
                     Some(r) => open_loop(&client, &op, r, settle, window, &server_pids).await,
                     None => {
-                        closed_loop(&client, &op, scenario.concurrency(), settle, window, &server_pids)
-                            .await
+                        closed_loop(
+                            &client,
+                            &op,
+                            scenario.concurrency(),
+                            settle,
+                            window,
+                            &server_pids,
+                        )
+                        .await
                     }
                 }
             }
@@ -712,11 +784,19 @@ async fn run(
                 let s = run_one(&clients[v], plan.settle, plan.secs).await;
                 line += &format!(" {}={:.0}", v.name(), s.throughput());
                 if s.errors > 0 {
-                    line += &format!("({} errors)", s.errors);
+                    line += &format!(
+                        "({} errors, first: {})",
+                        s.errors,
+                        s.first_error.as_deref().unwrap_or("?")
+                    );
                 }
                 segments.entry(*v).or_default().push(s);
             }
-            eprintln!("{line} {}/s  [{:.0}s]", scenario.unit(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "{line} {}/s  [{:.0}s]",
+                scenario.unit(),
+                started.elapsed().as_secs_f64()
+            );
         }
         results.push(ScenarioResult {
             scenario,
@@ -729,15 +809,30 @@ async fn run(
 
 /// raw's throughput at concurrency 64: from this run's unary_c64 if it ran, else
 /// measured now for a second.
-async fn saturation(results: &[ScenarioResult], raw: &Client, plan: &Plan, server_pids: &[u32]) -> f64 {
+async fn saturation(
+    results: &[ScenarioResult],
+    raw: &Client,
+    plan: &Plan,
+    server_pids: &[u32],
+) -> f64 {
     if let Some(r) = results.iter().find(|r| r.scenario == Scenario::UnaryC64) {
-        let t: Vec<f64> = r.segments[&Variant::Raw].iter().map(Segment::throughput).collect();
+        let t: Vec<f64> = r.segments[&Variant::Raw]
+            .iter()
+            .map(Segment::throughput)
+            .collect();
         return measure::median(&t);
     }
     let secs = if plan.secs < 1.0 { 0.5 } else { 1.0 };
-    closed_loop(raw, &Op::echo(100), 64, Duration::from_secs_f64(0.1), Duration::from_secs_f64(secs), server_pids)
-        .await
-        .throughput()
+    closed_loop(
+        raw,
+        &Op::echo(100),
+        64,
+        Duration::from_secs_f64(0.1),
+        Duration::from_secs_f64(secs),
+        server_pids,
+    )
+    .await
+    .throughput()
 }
 
 /// Summary of one variant in one scenario.
@@ -781,30 +876,43 @@ fn summarize(result: &ScenarioResult, variant: Variant, seed: u64) -> Summary {
         p50_us: q(&latency, 0.5),
         p99_us: q(&latency, 0.99),
         p999_us: q(&latency, 0.999),
-        client_us: segments.iter().map(|s| s.client_cpu_ns).sum::<u64>() as f64 / 1e3 / units.max(1) as f64,
-        server_us: segments.iter().map(|s| s.server_cpu_ns).sum::<u64>() as f64 / 1e3 / units.max(1) as f64,
+        client_us: segments.iter().map(|s| s.client_cpu_ns).sum::<u64>() as f64
+            / 1e3
+            / units.max(1) as f64,
+        server_us: segments.iter().map(|s| s.server_cpu_ns).sum::<u64>() as f64
+            / 1e3
+            / units.max(1) as f64,
         allocs: segments.iter().map(|s| s.allocs).sum::<u64>() as f64 / calls.max(1) as f64,
         errors: segments.iter().map(|s| s.errors).sum(),
-        ratio: compare.then(|| measure::median_ci(&per_pair(&|s, r| s.throughput() / r.throughput()), seed)),
+        ratio: compare
+            .then(|| measure::median_ci(&per_pair(&|s, r| s.throughput() / r.throughput()), seed)),
         cpu_delta: compare.then(|| {
-            measure::median_ci(&per_pair(&|s, r| s.client_us_per_unit() - r.client_us_per_unit()), seed)
+            measure::median_ci(
+                &per_pair(&|s, r| s.client_us_per_unit() - r.client_us_per_unit()),
+                seed,
+            )
         }),
         server_delta: compare.then(|| {
-            measure::median_ci(&per_pair(&|s, r| s.server_us_per_unit() - r.server_us_per_unit()), seed)
+            measure::median_ci(
+                &per_pair(&|s, r| s.server_us_per_unit() - r.server_us_per_unit()),
+                seed,
+            )
         }),
-        p50_delta: compare.then(|| {
-            measure::median(&per_pair(&|s, r| q(&s.latency, 0.5) - q(&r.latency, 0.5)))
-        }),
-        p99_delta: compare.then(|| {
-            measure::median(&per_pair(&|s, r| q(&s.latency, 0.99) - q(&r.latency, 0.99)))
-        }),
+        p50_delta: compare
+            .then(|| measure::median(&per_pair(&|s, r| q(&s.latency, 0.5) - q(&r.latency, 0.5)))),
+        p99_delta: compare
+            .then(|| measure::median(&per_pair(&|s, r| q(&s.latency, 0.99) - q(&r.latency, 0.99)))),
     }
 }
 
 /// The median per-pair throughput ratio of `a` to `b`, with its 95% interval.
 fn pair_ratio(r: &ScenarioResult, a: Variant, b: Variant, seed: u64) -> Option<(f64, f64, f64)> {
     let (sa, sb) = (r.segments.get(&a)?, r.segments.get(&b)?);
-    let v: Vec<f64> = sa.iter().zip(sb).map(|(x, y)| x.throughput() / y.throughput()).collect();
+    let v: Vec<f64> = sa
+        .iter()
+        .zip(sb)
+        .map(|(x, y)| x.throughput() / y.throughput())
+        .collect();
     Some(measure::median_ci(&v, seed))
 }
 
@@ -813,8 +921,16 @@ fn pair_ratio(r: &ScenarioResult, a: Variant, b: Variant, seed: u64) -> Option<(
 /// against tonic's (same tai client).
 const PAIRS: [(Variant, Variant, &str); 3] = [
     (Variant::Tai, Variant::RawDeadline, "tai/raw+deadline"),
-    (Variant::TaiServer, Variant::RawDeadline, "tai-server/raw+deadline"),
-    (Variant::Tai, Variant::TaiTonicChannel, "tai/tai-on-tonic-channel"),
+    (
+        Variant::TaiServer,
+        Variant::RawDeadline,
+        "tai-server/raw+deadline",
+    ),
+    (
+        Variant::Tai,
+        Variant::TaiTonicChannel,
+        "tai/tai-on-tonic-channel",
+    ),
 ];
 
 fn machine(nproc: usize, pinned: bool, threads: usize) -> Value {
@@ -839,8 +955,19 @@ fn machine(nproc: usize, pinned: bool, threads: usize) -> Value {
 
 fn print_report(results: &[ScenarioResult], machine: &Value, plan: &Plan) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "\nmachine: {} x {}, {}; {}", machine["nproc"], machine["cpu"].as_str().unwrap_or(""), machine["pinned"].as_str().unwrap_or(""), machine["tokio"].as_str().unwrap_or(""));
-    let _ = writeln!(out, "{} pairs x {} s per variant, after {} s of warm-up\n", plan.pairs, plan.secs, plan.warmup);
+    let _ = writeln!(
+        out,
+        "\nmachine: {} x {}, {}; {}",
+        machine["nproc"],
+        machine["cpu"].as_str().unwrap_or(""),
+        machine["pinned"].as_str().unwrap_or(""),
+        machine["tokio"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "{} pairs x {} s per variant, after {} s of warm-up\n",
+        plan.pairs, plan.secs, plan.warmup
+    );
     for r in results {
         let unit = r.scenario.unit();
         let _ = writeln!(
@@ -860,7 +987,10 @@ fn print_report(results: &[ScenarioResult], machine: &Value, plan: &Plan) {
             let vs = match (s.ratio, s.cpu_delta) {
                 (Some((m, lo, hi)), Some((c, _, _))) => {
                     if r.rate.is_some() {
-                        format!("CPU {c:+.2} µs/{unit}; p99 {:+.0} µs", s.p99_delta.unwrap_or(0.0))
+                        format!(
+                            "CPU {c:+.2} µs/{unit}; p99 {:+.0} µs",
+                            s.p99_delta.unwrap_or(0.0)
+                        )
                     } else {
                         format!(
                             "{m:.3} [{lo:.3}, {hi:.3}]; p50 {:+.1} µs",
@@ -870,7 +1000,11 @@ fn print_report(results: &[ScenarioResult], machine: &Value, plan: &Plan) {
                 }
                 _ => "—".to_owned(),
             };
-            let errors = if s.errors > 0 { format!(" ({} errors)", s.errors) } else { String::new() };
+            let errors = if s.errors > 0 {
+                format!(" ({} errors)", s.errors)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
                 "| {}{errors} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {vs} |",
@@ -934,7 +1068,10 @@ fn to_json(results: &[ScenarioResult], machine: &Value, plan: &Plan) -> Value {
             );
             if let Some((m, lo, hi)) = s.ratio {
                 ratios.insert(format!("{}/raw", v.name()), json!(m));
-                intervals.insert(format!("{}/raw", v.name()), json!({"median": m, "ci95": [lo, hi]}));
+                intervals.insert(
+                    format!("{}/raw", v.name()),
+                    json!({"median": m, "ci95": [lo, hi]}),
+                );
             }
         }
         let mut extra = intervals;
@@ -956,11 +1093,17 @@ fn to_json(results: &[ScenarioResult], machine: &Value, plan: &Plan) -> Value {
         );
     }
     // The headline (top-level `variants`/`ratios`) is unary at concurrency 64.
-    let headline = ["unary_c64", "unary_c1", "nested_c64", "fixed_rate", "stream"]
-        .iter()
-        .find_map(|name| scenarios.get(*name))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let headline = [
+        "unary_c64",
+        "unary_c1",
+        "nested_c64",
+        "fixed_rate",
+        "stream",
+    ]
+    .iter()
+    .find_map(|name| scenarios.get(*name))
+    .cloned()
+    .unwrap_or(Value::Null);
     json!({
         "command": plan.command,
         "machine": machine,

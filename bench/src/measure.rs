@@ -19,11 +19,14 @@ pub fn cpu_ns(pid: u32) -> u64 {
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             let path = task.path().join("schedstat");
-            if let Ok(text) = std::fs::read_to_string(path) {
-                if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
-                    total += ns;
-                    found = true;
-                }
+            if let Ok(text) = std::fs::read_to_string(path)
+                && let Some(ns) = text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                total += ns;
+                found = true;
             }
         }
     }
@@ -38,7 +41,12 @@ fn stat_cpu_ns(pid: u32) -> u64 {
     // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14.
     let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // `rest` starts at field 3, so field n is fields[n - 3].
     (ticks(14 - 3) + ticks(15 - 3)) * 10_000_000
 }

@@ -36,12 +36,18 @@ fn quick_run_writes_the_documented_json() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for variant in ["raw", "raw+deadline", "tai"] {
         let v = &results["variants"][variant];
-        assert!(v["throughput_per_s"].as_f64().unwrap() > 0.0, "{variant}: {v}");
+        assert!(
+            v["throughput_per_s"].as_f64().unwrap() > 0.0,
+            "{variant}: {v}"
+        );
         assert!(v["p99_us"].as_f64().is_some(), "{variant}: {v}");
         assert_eq!(v["errors"], 0, "{variant}: {v}");
     }
     for ratio in ["tai/raw", "raw+deadline/raw", "tai/raw+deadline"] {
-        assert!(results["ratios"][ratio].as_f64().is_some(), "{ratio}: {results}");
+        assert!(
+            results["ratios"][ratio].as_f64().is_some(),
+            "{ratio}: {results}"
+        );
     }
     let stream = &results["scenarios"]["stream"]["variants"]["tai"];
     assert_eq!(stream["unit"], "msg", "{stream}");

@@ -107,6 +107,7 @@ pub static FULL: ServicePolicy = ServicePolicy {
         Some(BREAKER),
     )],
     throttle: Some(THROTTLE),
+    balancer: None,
 };
 
 /// Everything on, breaker without its rate rule.
@@ -118,6 +119,7 @@ pub static FULL_CONSECUTIVE: ServicePolicy = ServicePolicy {
         Some(BREAKER_CONSECUTIVE),
     )],
     throttle: Some(THROTTLE),
+    balancer: None,
 };
 
 /// Deadline and breaker, no retry (the engine's `unary` path: no `Arc`).
@@ -125,6 +127,7 @@ pub static NO_RETRY: ServicePolicy = ServicePolicy {
     name: "tai.bench.BenchNoRetry",
     methods: &[method(Some(Duration::from_secs(5)), None, Some(BREAKER))],
     throttle: None,
+    balancer: None,
 };
 
 /// No policy at all: only metrics and tracing.
@@ -132,6 +135,7 @@ pub static BARE: ServicePolicy = ServicePolicy {
     name: "tai.bench.BenchBare",
     methods: &[method(None, None, None)],
     throttle: None,
+    balancer: None,
 };
 
 pub fn transport(yield_once: bool) -> FakeTransport {
@@ -164,7 +168,10 @@ pub fn core(policy: &'static ServicePolicy, yield_once: bool) -> ClientCore<Fake
 }
 
 /// What the generated client does: `unary_retry` when the method retries.
-pub async fn tai_call(core: &ClientCore<FakeTransport>, request: Payload) -> Result<Payload, Status> {
+pub async fn tai_call(
+    core: &ClientCore<FakeTransport>,
+    request: Payload,
+) -> Result<Payload, Status> {
     if core.state().policy().methods[0].retry.is_some() {
         core.unary_retry::<Payload, Payload>(0, request).await
     } else {
