@@ -210,22 +210,11 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        let m = self.method(method);
         self.observed(method, async move {
-            self.limits.check_send(&request, m.path)?;
-            let deadline = deadline::for_call(m);
+            self.limits.check_send(&request, self.method(method).path)?;
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.attempt(
-                method,
-                deadline,
-                0,
-                Request::new(request),
-                codec,
-                send_one,
-                read_unary,
-            )
-            .await
-            .map_err(|f| f.status)
+            self.once(method, request, codec, send_one, read_unary)
+                .await
         })
     }
 
@@ -240,20 +229,7 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        let m = self.method(method);
-        self.observed(method, async move {
-            self.limits.check_send(&request, m.path)?;
-            let shared = Arc::new(request);
-            let deadline = deadline::for_call(m);
-            let attempt = |previous: u32| {
-                let codec = SharedCodec::<Req, Resp>::default();
-                let request = Request::new(Arc::clone(&shared));
-                self.attempt(
-                    method, deadline, previous, request, codec, send_one, read_unary,
-                )
-            };
-            self.resilient(method, deadline, attempt).await
-        })
+        self.observed(method, self.retried(method, request, read_unary))
     }
 
     /// A server-streaming call without retry or hedging.
@@ -266,23 +242,11 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        let m = self.method(method);
         self.observed(method, async move {
-            self.limits.check_send(&request, m.path)?;
-            let deadline = deadline::for_call(m);
+            self.limits.check_send(&request, self.method(method).path)?;
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
-            self.attempt(
-                method,
-                deadline,
-                0,
-                Request::new(request),
-                codec,
-                send_one,
-                open,
-            )
-            .await
-            .map_err(|f| f.status)
+            self.once(method, request, codec, send_one, open_stream)
+                .await
         })
     }
 
@@ -298,19 +262,7 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        let m = self.method(method);
-        self.observed(method, async move {
-            self.limits.check_send(&request, m.path)?;
-            let shared = Arc::new(request);
-            let deadline = deadline::for_call(m);
-            let attempt = |previous: u32| {
-                let codec = SharedCodec::<Req, Resp>::default();
-                let request = Request::new(Arc::clone(&shared));
-                let open = move |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
-                self.attempt(method, deadline, previous, request, codec, send_one, open)
-            };
-            self.resilient(method, deadline, attempt).await
-        })
+        self.observed(method, self.retried(method, request, open_stream))
     }
 
     /// A client-streaming call (deadline and breaker; a request stream cannot be
@@ -324,22 +276,11 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        let m = self.method(method);
-        self.observed(method, async move {
-            let deadline = deadline::for_call(m);
-            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.attempt(
-                method,
-                deadline,
-                0,
-                Request::new(requests),
-                codec,
-                send_stream,
-                read_unary,
-            )
-            .await
-            .map_err(|f| f.status)
-        })
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        self.observed(
+            method,
+            self.once(method, requests, codec, send_stream, read_unary),
+        )
     }
 
     /// A bidi-streaming call (deadline and breaker, no retry).
@@ -352,23 +293,67 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        self.observed(
+            method,
+            self.once(method, requests, codec, send_stream, open_stream),
+        )
+    }
+
+    /// One attempt under the method's deadline and breaker, no retry loop.
+    async fn once<M, C, S, SFut, Out, R, RFut>(
+        &self,
+        method: usize,
+        message: M,
+        codec: C,
+        send: S,
+        read: R,
+    ) -> Result<Out, Status>
+    where
+        C: Codec,
+        S: FnOnce(Grpc<T>, Request<M>, &'static str, C) -> SFut,
+        SFut: Future<Output = Result<Response<Streaming<C::Decode>>, Status>>,
+        R: FnOnce(Response<Streaming<C::Decode>>, Option<Instant>, &'static str) -> RFut,
+        RFut: Future<Output = Result<Out, Status>>,
+    {
+        let deadline = deadline::for_call(self.method(method));
+        self.attempt(
+            method,
+            deadline,
+            0,
+            Request::new(message),
+            codec,
+            send,
+            read,
+        )
+        .await
+        .map_err(|f| f.status)
+    }
+
+    /// A single-request call under the method's retry or hedging policy, the request
+    /// shared by every attempt.
+    async fn retried<Req, Resp, Out, R, RFut>(
+        &self,
+        method: usize,
+        request: Req,
+        read: R,
+    ) -> Result<Out, Status>
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+        R: Fn(Response<Streaming<Resp>>, Option<Instant>, &'static str) -> RFut + Copy,
+        RFut: Future<Output = Result<Out, Status>>,
+    {
         let m = self.method(method);
-        self.observed(method, async move {
-            let deadline = deadline::for_call(m);
-            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            let open = |r: Response<Streaming<Resp>>| open_stream(r, deadline, m.path);
-            self.attempt(
-                method,
-                deadline,
-                0,
-                Request::new(requests),
-                codec,
-                send_stream,
-                open,
-            )
-            .await
-            .map_err(|f| f.status)
-        })
+        self.limits.check_send(&request, m.path)?;
+        let shared = Arc::new(request);
+        let deadline = deadline::for_call(m);
+        let attempt = |previous: u32| {
+            let codec = SharedCodec::<Req, Resp>::default();
+            let request = Request::new(Arc::clone(&shared));
+            self.attempt(method, deadline, previous, request, codec, send_one, read)
+        };
+        self.resilient(method, deadline, attempt).await
     }
 
     /// Runs `attempt` under the method's retry or hedging policy.
@@ -550,7 +535,7 @@ impl<T: Transport> ClientCore<T> {
         C: Codec,
         S: FnOnce(Grpc<T>, Request<M>, &'static str, C) -> SFut,
         SFut: Future<Output = Result<Response<Streaming<C::Decode>>, Status>>,
-        R: FnOnce(Response<Streaming<C::Decode>>) -> RFut,
+        R: FnOnce(Response<Streaming<C::Decode>>, Option<Instant>, &'static str) -> RFut,
         RFut: Future<Output = Result<Out, Status>>,
     {
         let m = self.method(index);
@@ -591,11 +576,13 @@ impl<T: Transport> ClientCore<T> {
             let response = send(grpc, request, m.path, codec)
                 .await
                 .map_err(Failure::uncommitted)?;
-            read(response).await.map_err(|status| Failure {
-                status,
-                committed: true,
-                rejected: false,
-            })
+            read(response, deadline, m.path)
+                .await
+                .map_err(|status| Failure {
+                    status,
+                    committed: true,
+                    rejected: false,
+                })
         };
         // Pinned in place, so that `Timeout` holds a pointer to the exchange rather
         // than a copy of it (see `observed`).
@@ -727,7 +714,11 @@ async fn ready<T: Transport>(grpc: &mut Grpc<T>, path: &str) -> Result<(), Statu
 }
 
 /// Reads the single message and the trailers of a unary response.
-async fn read_unary<Resp>(response: Response<Streaming<Resp>>) -> Result<Resp, Status> {
+async fn read_unary<Resp>(
+    response: Response<Streaming<Resp>>,
+    _deadline: Option<Instant>,
+    _path: &'static str,
+) -> Result<Resp, Status> {
     let mut body = response.into_inner();
     let message = body
         .message()

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! let text = tai_runtime::metrics::Metrics::global().encode();
-//! assert!(text.contains("tai_client_calls"));
+//! assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
 //! ```
 
 use std::sync::{Mutex, OnceLock};
