@@ -199,7 +199,7 @@ async fn serve_drains_an_in_flight_call_on_ctrl_c() {
                 "--addr",
                 "127.0.0.1:0",
                 "--latency",
-                "1500ms",
+                "3s",
                 "--drain-timeout",
                 "10s",
             ])
@@ -224,10 +224,11 @@ async fn serve_drains_an_in_flight_call_on_ctrl_c() {
         task_type: "echo".to_owned(),
         ..SubmitTaskRequest::default()
     };
-    // SubmitTask's deadline (4s) is well past the server's 1.5s delay.
+    // SubmitTask's deadline (4s) is past the server's 3s delay.
     let call = tokio::spawn(async move { client.submit_task(submit).await });
-    // The call is held 1.5s by the server; signal well inside that window.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The call is held 3s by the server; signal well inside that window, leaving
+    // a loaded 2-core CI machine a second to get the call there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -239,7 +240,7 @@ async fn serve_drains_an_in_flight_call_on_ctrl_c() {
 
     let receipt = call.await.unwrap().expect("the in-flight call is answered");
     assert!(receipt.accepted, "{receipt:?}");
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_secs(3));
     let status = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
