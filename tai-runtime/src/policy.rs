@@ -3,7 +3,7 @@
 //! The `#[resilient]` expansion writes one `static` [`ServicePolicy`] per client; every
 //! value in it was validated at compile time by the shared model (`tai-model`), so the
 //! runtime only reads it. Building these by hand is also fine (for a tower layer
-//! without codegen); [`MethodPolicy::validate`] checks such a value.
+//! without codegen); [`ServicePolicy::validate`] checks such a value by the same rules.
 
 use std::time::Duration;
 
@@ -118,5 +118,131 @@ impl ServicePolicy {
         self.methods
             .iter()
             .position(|m| m.name == name || m.rust_name == name)
+    }
+}
+
+impl MethodPolicy {
+    /// Checks a hand-built policy by the same rules the `#[resilient]` attribute and
+    /// tai-build apply at compile time (generated policies always pass). Returns
+    /// every problem, each as `"retry(max_attempts): is 1, but must be at least 2"`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tai_runtime::policy::{CodeSet, MethodKind, MethodPolicy, RetryPolicy};
+    ///
+    /// let mut policy = MethodPolicy {
+    ///     name: "Get", rust_name: "get", path: "/demo.Svc/Get", kind: MethodKind::Unary,
+    ///     idempotent: false, timeout: None, max_timeout: None, hedging: None, breaker: None,
+    ///     retry: Some(RetryPolicy {
+    ///         max_attempts: 1,
+    ///         initial_backoff: Duration::from_millis(100),
+    ///         max_backoff: Duration::from_secs(1),
+    ///         multiplier: 2.0,
+    ///         retryable: CodeSet::of(&[tai_runtime::policy::ModelCode::Aborted]),
+    ///     }),
+    /// };
+    /// let problems = policy.validate().unwrap_err();
+    /// assert!(problems[0].starts_with("retry(max_attempts)"));
+    /// ```
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        check(&[&self.spec()], self.kind)
+    }
+
+    /// This policy as one level of the shared model, every field set.
+    fn spec(&self) -> tai_model::PolicySpec {
+        use tai_model::{BreakerSpec, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, Toggle};
+        PolicySpec {
+            idempotent: Some(self.idempotent),
+            timeout: Some(self.timeout.map_or(Toggle::Off, Toggle::On)),
+            max_timeout: self.max_timeout,
+            retry: Some(self.retry.map_or(Toggle::Off, |r| {
+                Toggle::On(RetrySpec {
+                    max_attempts: Some(r.max_attempts),
+                    initial_backoff: Some(r.initial_backoff),
+                    max_backoff: Some(r.max_backoff),
+                    multiplier: Some(r.multiplier),
+                    codes: Some(r.retryable.codes()),
+                })
+            })),
+            hedging: Some(self.hedging.map_or(Toggle::Off, |h| {
+                Toggle::On(HedgingSpec {
+                    max_attempts: Some(h.max_attempts),
+                    delay: Some(h.delay),
+                    non_fatal_codes: Some(h.non_fatal.codes()),
+                })
+            })),
+            breaker: Some(self.breaker.map_or(Toggle::Off, |b| {
+                Toggle::On(BreakerSpec {
+                    failure_threshold: Some(b.failure_threshold),
+                    open_timeout: Some(b.open_timeout),
+                    max_open_timeout: Some(b.max_open_timeout),
+                    half_open_max_calls: Some(b.half_open_max_calls),
+                    rate: Some(b.rate.map_or(Toggle::Off, |r| {
+                        Toggle::On(RateRuleSpec {
+                            threshold: Some(r.threshold),
+                            window: Some(r.window),
+                            min_calls: Some(r.min_calls),
+                        })
+                    })),
+                    failure_codes: Some(b.failure_codes.codes()),
+                })
+            })),
+            throttle: None,
+            balancer: None,
+        }
+    }
+}
+
+/// Validates `levels` (the last one a method's) with the shared model.
+fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Result<(), Vec<String>> {
+    tai_model::validate(levels, kind, Some(levels.len() - 1))
+        .map(drop)
+        .map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.field.attr_path(), p.message))
+                .collect()
+        })
+}
+
+impl ServicePolicy {
+    /// Checks every method (see [`MethodPolicy::validate`]) and the service's
+    /// throttle; each problem is prefixed with what it is about.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let service = tai_model::PolicySpec {
+            throttle: self.throttle.map(|t| {
+                tai_model::Toggle::On(tai_model::ThrottleSpec {
+                    max_tokens: Some(t.max_tokens),
+                    token_ratio: Some(t.token_ratio),
+                })
+            }),
+            ..tai_model::PolicySpec::default()
+        };
+        let mut problems = Vec::new();
+        let methods: Vec<(&str, tai_model::PolicySpec, MethodKind)> = if self.methods.is_empty() {
+            vec![(
+                self.name,
+                tai_model::PolicySpec::default(),
+                MethodKind::Unary,
+            )]
+        } else {
+            self.methods
+                .iter()
+                .map(|m| (m.path, m.spec(), m.kind))
+                .collect()
+        };
+        for (what, spec, kind) in &methods {
+            for p in check(&[&service, spec], *kind).err().unwrap_or_default() {
+                let p = format!("{what}: {p}");
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }

@@ -291,3 +291,33 @@ async fn retries_over_loopback_tcp() {
     let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
+
+/// Hand-built policies are checked by the same rules as compiled ones.
+#[test]
+fn hand_built_policies_validate_like_compiled_ones() {
+    let good = service(vec![retrying(4, &[Code::Unavailable])], None);
+    assert_eq!(good.validate(), Ok(()));
+    let mut bad_retry = retrying(1, &[Code::Unavailable]);
+    bad_retry.idempotent = false;
+    bad_retry.retry.as_mut().unwrap().retryable = codes(&[Code::Aborted]);
+    let bad = service(
+        vec![bad_retry],
+        Some(ThrottlePolicy {
+            max_tokens: 0,
+            token_ratio: 0.5,
+        }),
+    );
+    let problems = bad.validate().unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "/test.Echo/Unary: throttle(max_tokens): is 0, but must be in 1..=1000",
+            "/test.Echo/Unary: retry(max_attempts): is 1, but must be at least 2",
+        ]
+    );
+    // Cross-field rules run once the fields themselves are valid.
+    let mut unsafe_retry = retrying(3, &[Code::Aborted]);
+    unsafe_retry.idempotent = false;
+    let problems = service(vec![unsafe_retry], None).validate().unwrap_err();
+    assert!(problems[0].contains("not marked idempotent on ABORTED"), "{problems:#?}");
+}
