@@ -319,5 +319,8 @@ fn hand_built_policies_validate_like_compiled_ones() {
     let mut unsafe_retry = retrying(3, &[Code::Aborted]);
     unsafe_retry.idempotent = false;
     let problems = service(vec![unsafe_retry], None).validate().unwrap_err();
-    assert!(problems[0].contains("not marked idempotent on ABORTED"), "{problems:#?}");
+    assert!(
+        problems[0].contains("not marked idempotent on ABORTED"),
+        "{problems:#?}"
+    );
 }
