@@ -345,7 +345,9 @@ impl Scenario {
         match self {
             Scenario::UnaryC1 => "unary, 100-byte payload, concurrency 1 (latency)",
             Scenario::UnaryC64 => "unary, 100-byte payload, concurrency 64 (throughput)",
-            Scenario::FixedRate => "unary, 100-byte payload, open loop at ~50% of raw's saturation",
+            Scenario::FixedRate => {
+                "unary, 100-byte payload, open loop at a fixed rate (default: half of raw's c64 throughput)"
+            }
             Scenario::Stream => "server streaming, 1000 x 100-byte messages per stream, 4 streams",
             Scenario::NestedC64 => "unary, nested ~200-byte message, concurrency 64",
         }
@@ -512,6 +514,8 @@ struct Segment {
     latency: Histogram<u64>,
     /// The first error of the segment, if any: `code: message`.
     first_error: Option<String>,
+    /// Open loop: sends skipped because `MAX_IN_FLIGHT` calls were in flight.
+    shed: u64,
 }
 
 impl Segment {
@@ -613,6 +617,12 @@ async fn closed_loop(
     segment
 }
 
+/// Calls in flight at most in the open loop. At half of saturation a few dozen are
+/// in flight; should the machine stall (it is shared), the backlog is shed (and
+/// reported) rather than sent as thousands of concurrent streams, which would turn
+/// the stall into an overload that outlives it and fails every variant.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Open loop: calls start at a fixed rate whether or not earlier ones ended; each
 /// call runs on its own clone of the client (the tonic idiom). Latency is measured
 /// from when a call was sent.
@@ -638,6 +648,7 @@ async fn open_loop(
     let mut before = None;
     let mut after = None;
     let mut sent = 0u64;
+    let mut shed = 0u64;
     loop {
         let now = tokio::time::Instant::now();
         if before.is_none() && now >= measure_at {
@@ -650,7 +661,15 @@ async fn open_loop(
             break;
         }
         let mut next = start + interval.mul_f64(sent as f64);
-        while after.is_none() && next <= now && in_flight.len() < 100_000 {
+        while after.is_none() && next <= now {
+            sent += 1;
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                if before.is_some() {
+                    shed += 1;
+                }
+                next = start + interval.mul_f64(sent as f64);
+                continue;
+            }
             let mut c = client.clone();
             let op = op.clone();
             let counted = before.is_some();
@@ -659,7 +678,6 @@ async fn open_loop(
                 let result = c.run(&op).await;
                 (t, result, counted)
             }));
-            sent += 1;
             next = start + interval.mul_f64(sent as f64);
         }
         tokio::select! {
@@ -687,6 +705,7 @@ async fn open_loop(
     segment.errors = errors;
     segment.latency = h;
     segment.first_error = first_error;
+    segment.shed = shed;
     segment
 }
 
@@ -705,6 +724,7 @@ fn segment(before: &Snapshot, after: &Snapshot) -> Segment {
         allocs: after.allocs.saturating_sub(before.allocs),
         latency: measure::histogram(),
         first_error: None,
+        shed: 0,
     }
 }
 
@@ -783,6 +803,9 @@ async fn run(
             for v in &order {
                 let s = run_one(&clients[v], plan.settle, plan.secs).await;
                 line += &format!(" {}={:.0}", v.name(), s.throughput());
+                if s.shed > 0 {
+                    line += &format!("({} shed)", s.shed);
+                }
                 if s.errors > 0 {
                     line += &format!(
                         "({} errors, first: {})",
@@ -845,6 +868,7 @@ struct Summary {
     server_us: f64,
     allocs: f64,
     errors: u64,
+    shed: u64,
     /// Median per-pair throughput ratio to raw, with its 95% interval.
     ratio: Option<(f64, f64, f64)>,
     /// Median per-pair client CPU difference to raw, µs per unit, with interval.
@@ -884,6 +908,7 @@ fn summarize(result: &ScenarioResult, variant: Variant, seed: u64) -> Summary {
             / units.max(1) as f64,
         allocs: segments.iter().map(|s| s.allocs).sum::<u64>() as f64 / calls.max(1) as f64,
         errors: segments.iter().map(|s| s.errors).sum(),
+        shed: segments.iter().map(|s| s.shed).sum(),
         ratio: compare
             .then(|| measure::median_ci(&per_pair(&|s, r| s.throughput() / r.throughput()), seed)),
         cpu_delta: compare.then(|| {
@@ -1058,6 +1083,7 @@ fn to_json(results: &[ScenarioResult], machine: &Value, plan: &Plan) -> Value {
                     "server_cpu_us_per_unit": s.server_us,
                     "allocs_per_call": s.allocs,
                     "errors": s.errors,
+                    "shed": s.shed,
                     "ratio_to_raw": triple(s.ratio),
                     "client_cpu_delta_us": triple(s.cpu_delta),
                     "server_cpu_delta_us": triple(s.server_delta),

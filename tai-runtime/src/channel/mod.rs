@@ -271,48 +271,60 @@ impl EndpointSet {
 
     /// Sends `request` on `endpoint`/`connection`; gives the request back if it was
     /// never sent.
-    async fn send(
+    ///
+    /// Not an `async fn`: the request is handed to the connection before the first
+    /// await, so the returned future holds no copy of it. An `async fn` would keep
+    /// its arguments in its state, and that state sits in every call's boxed future
+    /// (`Channel::call`), pushing it past the allocator's small-size cache.
+    fn send(
         self: &Arc<Self>,
         (endpoint, connection, mut sender): (Arc<Endpoint>, Arc<Connection>, connection::Sender),
         mut request: http::Request<tonic::body::Body>,
-    ) -> Result<http::Response<ResponseBody>, Result<Status, http::Request<tonic::body::Body>>>
-    {
+    ) -> impl Future<
+        Output = Result<
+            http::Response<ResponseBody>,
+            Result<Status, http::Request<tonic::body::Body>>,
+        >,
+    > + Send
+    + 'static {
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
         parts.scheme = Some(endpoint.scheme.clone());
         parts.authority = Some(endpoint.authority.clone());
-        *request.uri_mut() = match http::Uri::from_parts(parts) {
-            Ok(uri) => uri,
-            Err(e) => return Err(Ok(Status::internal(format!("invalid request URI: {e}")))),
-        };
-        endpoint.call_started(&connection);
-        let guard = CallGuard {
-            endpoint,
-            connection,
-            set: Arc::clone(self),
-            recorded: false,
-        };
-        let start = Instant::now();
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let now = Instant::now();
-                guard.endpoint.observe_latency(now - start, now);
-                let mut guard = guard;
-                if let Some(code) = grpc_status(response.headers()) {
-                    guard.finish(CallResult::Status(code));
-                }
-                Ok(response.map(|body| ResponseBody {
-                    inner: body,
-                    guard: Some(guard),
-                }))
+        let sent = match http::Uri::from_parts(parts) {
+            Ok(uri) => {
+                *request.uri_mut() = uri;
+                endpoint.call_started(&connection);
+                let guard = CallGuard {
+                    endpoint,
+                    connection,
+                    set: Arc::clone(self),
+                    recorded: false,
+                };
+                let start = Instant::now();
+                Ok((guard, start, sender.try_send_request(request)))
             }
-            Err(mut e) => {
-                let mut guard = guard;
-                match e.take_message() {
+            Err(e) => Err(Status::internal(format!("invalid request URI: {e}"))),
+        };
+        async move {
+            let (mut guard, start, response) = sent.map_err(Ok)?;
+            match response.await {
+                Ok(response) => {
+                    let now = Instant::now();
+                    guard.endpoint.observe_latency(now - start, now);
+                    if let Some(code) = grpc_status(response.headers()) {
+                        guard.finish(CallResult::Status(code));
+                    }
+                    Ok(response.map(|body| ResponseBody {
+                        inner: body,
+                        guard: Some(guard),
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
                     Some(request) => {
                         // Never sent: the connection is going away. Not the endpoint's
                         // fault as far as the call goes; re-send elsewhere.
-                        guard.connection.mark_broken(&self.changed);
+                        guard.connection.mark_broken(&guard.set.changed);
                         guard.recorded = true;
                         Err(Err(request))
                     }
@@ -326,7 +338,7 @@ impl EndpointSet {
                         let address = guard.endpoint.address.clone();
                         Err(Ok(connection_status(&address, error)))
                     }
-                }
+                },
             }
         }
     }
