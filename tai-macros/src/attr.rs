@@ -625,26 +625,6 @@ impl LevelParser {
                     spec.codes = Some(codes);
                     self.set(Field::RetryCodes, span);
                 }
-                "balancer" => {
-                    eq(
-                        input,
-                        key,
-                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
-                    )?;
-                    let lit: LitStr = input.parse()?;
-                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown balancer `{}`; valid balancers are: {}",
-                                lit.value(),
-                                tai_model::Balancer::valid_names()
-                            ),
-                        ));
-                    };
-                    self.level.spec.balancer = Some(balancer);
-                    self.set(Field::Balancer, lit.span());
-                }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
             Ok(())
@@ -669,26 +649,6 @@ impl LevelParser {
                     let (codes, span) = codes(input, key, Field::HedgingNonFatalCodes, errors)?;
                     spec.non_fatal_codes = Some(codes);
                     self.set(Field::HedgingNonFatalCodes, span);
-                }
-                "balancer" => {
-                    eq(
-                        input,
-                        key,
-                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
-                    )?;
-                    let lit: LitStr = input.parse()?;
-                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown balancer `{}`; valid balancers are: {}",
-                                lit.value(),
-                                tai_model::Balancer::valid_names()
-                            ),
-                        ));
-                    };
-                    self.level.spec.balancer = Some(balancer);
-                    self.set(Field::Balancer, lit.span());
                 }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
@@ -753,26 +713,6 @@ impl LevelParser {
                     spec.failure_codes = Some(codes);
                     self.set(Field::BreakerFailureCodes, span);
                 }
-                "balancer" => {
-                    eq(
-                        input,
-                        key,
-                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
-                    )?;
-                    let lit: LitStr = input.parse()?;
-                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown balancer `{}`; valid balancers are: {}",
-                                lit.value(),
-                                tai_model::Balancer::valid_names()
-                            ),
-                        ));
-                    };
-                    self.level.spec.balancer = Some(balancer);
-                    self.set(Field::Balancer, lit.span());
-                }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
             Ok(())
@@ -808,26 +748,6 @@ impl LevelParser {
                     let (r, span) = number(input, key)?;
                     spec.token_ratio = Some(r);
                     self.set(Field::ThrottleTokenRatio, span);
-                }
-                "balancer" => {
-                    eq(
-                        input,
-                        key,
-                        "`= \"least_loaded\"` (or round_robin, peak_ewma, random)",
-                    )?;
-                    let lit: LitStr = input.parse()?;
-                    let Some(balancer) = tai_model::Balancer::from_name(&lit.value()) else {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown balancer `{}`; valid balancers are: {}",
-                                lit.value(),
-                                tai_model::Balancer::valid_names()
-                            ),
-                        ));
-                    };
-                    self.level.spec.balancer = Some(balancer);
-                    self.set(Field::Balancer, lit.span());
                 }
                 other => unreachable!("key `{other}` is listed but not handled"),
             }
