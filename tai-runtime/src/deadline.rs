@@ -12,10 +12,37 @@ use tonic::Status;
 
 use crate::policy::MethodPolicy;
 
-/// When the call must end, from its policy: `timeout` (already clamped by
-/// `max_timeout` at compile time) counted from now.
+tokio::task_local! {
+    static CALLER_TIMEOUT: Duration;
+}
+
+/// Runs `calls` with `timeout` as the deadline of every tai call made inside it,
+/// instead of each method's compiled-in timeout — still clamped by the method's
+/// `max_timeout`, so a caller cannot ask for more than the service owner allows.
+///
+/// ```no_run
+/// # async fn f(client: impl Sized) {
+/// use std::time::Duration;
+/// let reply = tai_runtime::with_timeout(Duration::from_millis(300), async {
+///     // client.propose_policy(policy).await
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn with_timeout<F: std::future::Future>(timeout: Duration, calls: F) -> F::Output {
+    CALLER_TIMEOUT.scope(timeout, calls).await
+}
+
+/// When the call must end: the caller's timeout (see [`with_timeout`]) or the
+/// policy's, clamped by `max_timeout`, counted from now.
 pub(crate) fn for_call(policy: &MethodPolicy) -> Option<Instant> {
-    policy.timeout.map(|t| Instant::now() + t)
+    let asked = CALLER_TIMEOUT.try_with(|t| *t).ok().or(policy.timeout);
+    let timeout = match (asked, policy.max_timeout) {
+        (Some(t), Some(max)) => Some(t.min(max)),
+        (None, Some(max)) => Some(max),
+        (t, None) => t,
+    };
+    timeout.map(|t| Instant::now() + t)
 }
 
 /// The time left before `deadline`, or `None` if it has passed.

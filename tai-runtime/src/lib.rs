@@ -50,6 +50,7 @@ pub mod throttle;
 
 pub use breaker::{BreakerState, TripReason};
 pub use channel::{Channel, ConnectivityState, Endpoints};
+pub use deadline::with_timeout;
 pub use error::ConnectError;
 pub use state::{ClientState, Resilient};
 pub use stream::{RequestStream, ResponseStream};

@@ -171,3 +171,39 @@ async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
         .expect("client metric present");
     assert!(!client_line.ends_with(" 0"), "{client_line}");
 }
+
+/// A caller can shorten or lengthen a call's deadline, but never past max_timeout.
+#[tokio::test(start_paused = true)]
+async fn caller_timeout_is_clamped_by_max_timeout() {
+    let script = Script::unary(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(echo("late"))
+    });
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_secs(2)),
+        max_timeout: Some(Duration::from_secs(5)),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    for (asked, expected) in [
+        (Duration::from_millis(300), Duration::from_millis(300)),
+        (Duration::from_secs(30), Duration::from_secs(5)),
+    ] {
+        let start = Instant::now();
+        let err = tai_runtime::with_timeout(asked, core.unary::<Echo, Echo>(0, echo("x")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+        assert_eq!(start.elapsed(), expected, "asked for {asked:?}");
+    }
+    let start = Instant::now();
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "the policy's own timeout"
+    );
+    let seen = script.seen();
+    assert_eq!(seen[0].grpc_timeout, Some(Duration::from_millis(300)));
+    assert_eq!(seen[1].grpc_timeout, Some(Duration::from_secs(5)));
+}
