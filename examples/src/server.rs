@@ -68,6 +68,10 @@ pub enum ServeError {
 ///
 /// # Errors
 ///
+/// The largest message a mesh server accepts or sends, both ways explicit: tonic's
+/// own default never limits what a server sends. 4 MiB, as the client preset.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
 /// [`ServeError::AddrInUse`] or [`ServeError::Bind`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| {
@@ -205,13 +209,25 @@ impl<H: TaskHandler> MeshServer<H> {
 
         let governor = self
             .governor
-            .map(|g| GovernorServer::new(g.closing_on(closing.clone())));
+            .map(|g| GovernorServer::new(g.closing_on(closing.clone())))
+            .map(|s| {
+                s.max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            });
         let coordinator = self
             .coordinator
-            .map(|c| CoordinatorServer::new(c.closing_on(closing.clone())));
+            .map(|c| CoordinatorServer::new(c.closing_on(closing.clone())))
+            .map(|s| {
+                s.max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            });
         let scheduler = self
             .scheduler
-            .map(|s| SchedulerServer::new(s.closing_on(closing.clone())));
+            .map(|s| SchedulerServer::new(s.closing_on(closing.clone())))
+            .map(|s| {
+                s.max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            });
         let mut names = Vec::new();
         if governor.is_some() {
             names.push(crate::governor::SERVICE_NAME);

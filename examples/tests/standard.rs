@@ -169,3 +169,29 @@ async fn graceful_shutdown_drains_an_in_flight_call() {
         "watchers saw NOT_SERVING before the end"
     );
 }
+
+/// The server's message limit is explicit: a client allowed to send 16 MiB still
+/// cannot make the server take more than 4 MiB, and gets a clear status.
+#[tokio::test]
+async fn servers_refuse_messages_over_their_limit() {
+    let server = TestServer::start(MeshServer::all()).await;
+    let channel =
+        tai_runtime::Channel::builder(tai_runtime::Endpoints::one(server.addr.to_string()))
+            .config(tai_runtime::config::ClientConfig::high_throughput())
+            .build()
+            .unwrap();
+    let governor = tai_examples::proto::governor_client::GovernorClient::new(channel);
+    let huge = tai_examples::proto::ProposePolicyRequest {
+        request_id: "big".to_owned(),
+        policy: Some(tai_examples::proto::Policy {
+            id: "p".to_owned(),
+            policy_type: "security".to_owned(),
+            name: "x".repeat(tai_examples::server::MAX_MESSAGE + 1),
+            ..Default::default()
+        }),
+    };
+    let err = governor.propose_policy(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("message length too large"), "{err}");
+    server.shutdown().await;
+}
