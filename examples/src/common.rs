@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +101,51 @@ pub(crate) fn dedup(
             "request_id `{request_id}` was already used for a different {method} request; \
              use a new request_id for a new change"
         ))),
+    }
+}
+
+/// How many mutations a service applied, and how many it answered from its dedup
+/// log instead.
+#[derive(Debug, Default)]
+pub(crate) struct MutationCounts {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl MutationCounts {
+    /// Mutations applied (duplicates not counted).
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Mutations answered from the dedup log without being applied.
+    pub(crate) fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Applies a mutation at most once per `request_id`, the rule that lets every
+    /// mutation be marked idempotent: a repeat gets the first receipt back and
+    /// changes nothing (`None` for the side product), a reused id with a different
+    /// request is refused. The caller holds its state's lock across the call, so
+    /// the check, the change and the record are one step.
+    pub(crate) fn apply_once<S, T>(
+        &self,
+        state: &mut S,
+        log: fn(&mut S) -> &mut DedupLog,
+        method: &str,
+        request_id: &str,
+        fingerprint: u64,
+        apply: impl FnOnce(&mut S) -> Result<(crate::proto::Receipt, T), Status>,
+    ) -> Result<(crate::proto::Receipt, Option<T>), Status> {
+        if let Some(receipt) = dedup(log(state), method, request_id, fingerprint)? {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok((receipt, None));
+        }
+        let (mut receipt, product) = apply(state)?;
+        receipt.id = request_id.to_owned();
+        log(state).record(request_id, fingerprint, receipt.clone());
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        Ok((receipt, Some(product)))
     }
 }
 

@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, check_map, check_text, dedup, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
 };
 use crate::proto::coordinator_server::{self, CoordinatorServer};
 use crate::proto::{
@@ -90,8 +90,7 @@ struct Inner {
     state: Mutex<State>,
     started: SystemTime,
     reaper_started: AtomicBool,
-    applied: AtomicU64,
-    duplicates: AtomicU64,
+    counts: MutationCounts,
 }
 
 struct InFlight {
@@ -178,8 +177,7 @@ impl Coordinator {
                 }),
                 started: SystemTime::now(),
                 reaper_started: AtomicBool::new(false),
-                applied: AtomicU64::new(0),
-                duplicates: AtomicU64::new(0),
+                counts: MutationCounts::default(),
             }),
             closing: Closing::never(),
         }
@@ -198,12 +196,12 @@ impl Coordinator {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.applied.load(Ordering::Relaxed)
+        self.inner.counts.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.duplicates.load(Ordering::Relaxed)
+        self.inner.counts.duplicates()
     }
 
     /// The counts GetStatus reports.
@@ -238,14 +236,14 @@ impl Coordinator {
     {
         let request_id = require_id("request_id", request_id)?;
         let mut state = self.lock();
-        if let Some(receipt) = dedup(&state.dedup, method, request_id, fp)? {
-            self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(receipt);
-        }
-        let mut receipt = apply(&mut state)?;
-        receipt.id = request_id.to_owned();
-        state.dedup.record(request_id, fp, receipt.clone());
-        self.inner.applied.fetch_add(1, Ordering::Relaxed);
+        let (receipt, _) = self.inner.counts.apply_once(
+            &mut *state,
+            |s| &mut s.dedup,
+            method,
+            request_id,
+            fp,
+            |s| apply(s).map(|r| (r, ())),
+        )?;
         Ok(receipt)
     }
 

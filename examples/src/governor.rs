@@ -7,7 +7,6 @@
 //! back, where without deduplication it would be rejected as stale — or, with a
 //! version of 0 ("next"), would propose a second version.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -16,7 +15,7 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, check_map, check_text, dedup, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
 };
 use crate::proto::governor_server::{self, GovernorServer};
 use crate::proto::{
@@ -44,8 +43,7 @@ struct Inner {
     state: Mutex<State>,
     updates: broadcast::Sender<Policy>,
     started: SystemTime,
-    applied: AtomicU64,
-    duplicates: AtomicU64,
+    counts: MutationCounts,
 }
 
 struct State {
@@ -84,8 +82,7 @@ impl Governor {
                 }),
                 updates: broadcast::channel(UPDATE_BUFFER).0,
                 started: SystemTime::now(),
-                applied: AtomicU64::new(0),
-                duplicates: AtomicU64::new(0),
+                counts: MutationCounts::default(),
             }),
             closing: Closing::never(),
         }
@@ -104,12 +101,12 @@ impl Governor {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.applied.load(Ordering::Relaxed)
+        self.inner.counts.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.duplicates.load(Ordering::Relaxed)
+        self.inner.counts.duplicates()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,15 +126,15 @@ impl Governor {
     {
         let request_id = require_id("request_id", request_id)?;
         let mut state = self.lock();
-        if let Some(receipt) = dedup(&state.dedup, method, request_id, fp)? {
-            self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(receipt);
-        }
-        let (mut receipt, changed) = apply(&mut state)?;
-        receipt.id = request_id.to_owned();
-        state.dedup.record(request_id, fp, receipt.clone());
-        self.inner.applied.fetch_add(1, Ordering::Relaxed);
-        if let Some(policy) = changed {
+        let (receipt, changed) = self.inner.counts.apply_once(
+            &mut *state,
+            |s| &mut s.dedup,
+            method,
+            request_id,
+            fp,
+            apply,
+        )?;
+        if let Some(policy) = changed.flatten() {
             // Sent under the lock, so subscribers see changes in the order applied.
             let _ = self.inner.updates.send(policy);
         }

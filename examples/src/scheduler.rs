@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, check_map, check_text, dedup, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
 };
 use crate::proto::scheduler_server::{self, SchedulerServer};
 use crate::proto::{
@@ -203,8 +203,7 @@ struct Inner<H> {
     permits: Arc<Semaphore>,
     runner_started: AtomicBool,
     started: SystemTime,
-    applied: AtomicU64,
-    duplicates: AtomicU64,
+    counts: MutationCounts,
 }
 
 impl<H> Drop for Inner<H> {
@@ -264,8 +263,7 @@ impl<H: TaskHandler> Scheduler<H> {
                 permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
                 runner_started: AtomicBool::new(false),
                 started: SystemTime::now(),
-                applied: AtomicU64::new(0),
-                duplicates: AtomicU64::new(0),
+                counts: MutationCounts::default(),
             }),
             closing: Closing::never(),
         }
@@ -285,12 +283,12 @@ impl<H: TaskHandler> Scheduler<H> {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.applied.load(Ordering::Relaxed)
+        self.inner.counts.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.duplicates.load(Ordering::Relaxed)
+        self.inner.counts.duplicates()
     }
 
     /// How many tasks are in each state.
@@ -321,15 +319,15 @@ impl<H: TaskHandler> Scheduler<H> {
     {
         let request_id = require_id("request_id", request_id)?;
         let mut state = self.lock();
-        if let Some(receipt) = dedup(&state.dedup, method, request_id, fp)? {
-            self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(receipt);
-        }
-        let (mut receipt, update) = apply(&mut state)?;
-        receipt.id = request_id.to_owned();
-        state.dedup.record(request_id, fp, receipt.clone());
-        self.inner.applied.fetch_add(1, Ordering::Relaxed);
-        if let Some(update) = update {
+        let (receipt, update) = self.inner.counts.apply_once(
+            &mut *state,
+            |s| &mut s.dedup,
+            method,
+            request_id,
+            fp,
+            apply,
+        )?;
+        if let Some(update) = update.flatten() {
             let _ = self.inner.updates.send(update);
         }
         Ok(receipt)
