@@ -84,18 +84,13 @@ fn retry(c: &mut Criterion) {
     g.bench_function("pushback_parse_present", |b| {
         b.iter(|| RetryDecider::pushback(black_box(&pushback)))
     });
+    let unavailable = tonic::Status::unavailable("down");
+    let invalid = tonic::Status::invalid_argument("bad");
     g.bench_function("decide_unavailable", |b| {
-        b.iter(|| decider.decide(&RETRY, black_box(Code::Unavailable), black_box(&empty), 0))
+        b.iter(|| decider.decide(&RETRY, black_box(&unavailable), 0))
     });
     g.bench_function("decide_not_retryable", |b| {
-        b.iter(|| {
-            decider.decide(
-                &RETRY,
-                black_box(Code::InvalidArgument),
-                black_box(&empty),
-                0,
-            )
-        })
+        b.iter(|| decider.decide(&RETRY, black_box(&invalid), 0))
     });
     g.finish();
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::Code;
 use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
 
 pub use crate::channel::balance_bench::{Fake, Picker};
 use crate::policy::{MethodPolicy, RetryPolicy};
@@ -46,30 +46,13 @@ impl RetryDecider {
         }
     }
 
-    /// The whole decision after a failed, uncommitted attempt with `code`, as the
-    /// engine's retry loop makes it (pushback, retryable code, attempt limit,
-    /// backoff), without throttling: `Some(delay)` to retry.
-    pub fn decide(
-        &self,
-        policy: &RetryPolicy,
-        code: Code,
-        metadata: &MetadataMap,
-        previous: u32,
-    ) -> Option<Duration> {
-        let pushback = Self::pushback(metadata);
-        if pushback == Some(None) {
-            return None;
-        }
-        if policy.retryable.0 & (1u32 << (code as u32 & 31)) == 0 {
-            return None;
-        }
-        if previous + 1 >= policy.max_attempts.min(5) {
-            return None;
-        }
-        Some(match pushback {
-            Some(Some(d)) => d,
-            _ => self.backoff(policy, previous + 1),
-        })
+    /// The whole decision after a failed, uncommitted attempt that ended with
+    /// `status`, made by the engine's own retry step (pushback, retryable code,
+    /// attempt limit, backoff), without throttling: `Some(delay)` to retry.
+    pub fn decide(&self, policy: &RetryPolicy, status: &Status, previous: u32) -> Option<Duration> {
+        let mut retries = crate::retry::Retries::after(previous);
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        retries.next_delay(policy, status, None, &mut *rng)
     }
 }
 

@@ -211,7 +211,7 @@ impl CircuitBreaker {
 
     /// Whether `code` counts as a failure under this breaker's policy.
     pub fn classify(&self, code: Code) -> Outcome {
-        if code != Code::Ok && self.policy.failure_codes.0 & (1 << code as u32) != 0 {
+        if crate::policy::contains(self.policy.failure_codes, code) {
             Outcome::Failure(code)
         } else {
             Outcome::Success

@@ -25,16 +25,14 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::breaker::{CircuitBreaker, Rejected};
 use crate::codec::SharedCodec;
+use crate::deadline;
 use crate::policy::{HedgingPolicy, MethodPolicy, RetryPolicy};
 use crate::pushback::Pushback;
+use crate::retry::{MAX_ATTEMPTS, Retries};
 use crate::state::ClientState;
 use crate::stream::{RequestStream, ResponseStream};
-use crate::{backoff, deadline};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// gRFC A6 caps attempts at 5, whatever the policy asks for.
-const MAX_ATTEMPTS: u32 = 5;
 
 /// Anything a tai client can send calls over: a tonic `Channel`, or any tower
 /// service speaking gRPC over HTTP/2 (with layers of your own around it).
@@ -390,56 +388,30 @@ impl<T: Transport> ClientCore<T> {
         Fut: Future<Output = Result<Out, Failure>>,
     {
         let m = self.method(index);
-        let max_attempts = retry.max_attempts.min(MAX_ATTEMPTS);
         let throttle = self.state.throttle();
-        let mut previous = 0;
-        let mut since_pushback = 0;
+        let mut retries = Retries::default();
         loop {
-            let failure = match attempt(previous).await {
+            let failure = match attempt(retries.previous).await {
                 Ok(out) => return Ok(out),
                 Err(f) => f,
             };
             if failure.committed || failure.rejected {
                 return Err(failure.status);
             }
-            let pushback = Pushback::from_metadata(failure.status.metadata());
-            if pushback == Pushback::Stop {
-                // The server said not to retry; A6 counts it as a failure for throttling.
-                if let Some(t) = throttle {
-                    t.record_failure();
-                }
+            let decision = self
+                .state
+                .with_rng(|rng| retries.next_delay(retry, &failure.status, throttle, rng));
+            let Some(delay) = decision else {
                 return Err(failure.status);
-            }
-            if !retry.retryable.contains_code(failure.status.code()) {
-                return Err(failure.status);
-            }
-            // Counted only for retryable codes, and before the attempt limit, as A6 says.
-            if throttle.is_some_and(|t| t.record_failure()) {
-                return Err(failure.status);
-            }
-            if previous + 1 >= max_attempts {
-                return Err(failure.status);
-            }
-            let delay = match pushback {
-                Pushback::After(d) => {
-                    since_pushback = 0;
-                    d
-                }
-                _ => {
-                    since_pushback += 1;
-                    self.state
-                        .with_rng(|rng| backoff::delay(retry, since_pushback, rng))
-                }
             };
             if let Some(d) = deadline
                 && Instant::now() + delay >= d
             {
                 return Err(deadline::exceeded_before_retry(m.path, &failure.status));
             }
-            tracing::debug!(method = m.path, attempt = previous + 2, ?delay, code = ?failure.status.code(), "retrying");
+            tracing::debug!(method = m.path, attempt = retries.previous + 1, ?delay, code = ?failure.status.code(), "retrying");
             self.state.metrics_at(index).retries.inc();
             tokio::time::sleep(delay).await;
-            previous += 1;
         }
     }
 
@@ -483,7 +455,7 @@ impl<T: Transport> ClientCore<T> {
                     };
                     let fatal = failure.committed
                         || failure.rejected
-                        || !hedging.non_fatal.contains_code(failure.status.code());
+                        || !crate::policy::contains(hedging.non_fatal, failure.status.code());
                     if fatal {
                         return Err(failure.status);
                     }
@@ -751,16 +723,6 @@ pub async fn connect(
     crate::Channel::builder(crate::channel::Endpoints::one(dst))
         .config(config)
         .build()
-}
-
-trait CodeSetExt {
-    fn contains_code(self, code: Code) -> bool;
-}
-
-impl CodeSetExt for crate::policy::CodeSet {
-    fn contains_code(self, code: Code) -> bool {
-        self.0 & (1u32 << (code as u32 & 31)) != 0
-    }
 }
 
 #[cfg(test)]

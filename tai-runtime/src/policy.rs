@@ -9,6 +9,12 @@ use std::time::Duration;
 
 pub use tai_model::{Code as ModelCode, CodeSet, MethodKind};
 
+/// Whether a status code is in `set` (OK never is): one bit test, on every
+/// classification of the call path.
+pub(crate) fn contains(set: CodeSet, code: tonic::Code) -> bool {
+    code != tonic::Code::Ok && set.0 & (1u32 << (code as u32 & 31)) != 0
+}
+
 /// Retry per gRFC A6.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {

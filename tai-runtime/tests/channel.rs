@@ -581,7 +581,7 @@ async fn state_api_and_non_blocking_build() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn pool_opens_n_connections_and_spreads_calls() {
+async fn pool_opens_n_connections_and_carries_calls_on_them() {
     let net = Net::default();
     let server = slow_server(Duration::from_millis(50));
     net.start("p:1", &server);

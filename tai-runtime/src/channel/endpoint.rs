@@ -223,9 +223,7 @@ impl Endpoint {
     ) {
         let failed = match (result, outlier) {
             (CallResult::ConnectionLost, _) => true,
-            (CallResult::Status(code), Some(o)) => {
-                code != Code::Ok && o.failure_codes.0 & (1 << code as u32) != 0
-            }
+            (CallResult::Status(code), Some(o)) => crate::policy::contains(o.failure_codes, code),
             (CallResult::Status(code), None) => code == Code::Unavailable,
         };
         if failed {
