@@ -9,7 +9,9 @@
 //! `max_open_timeout`), so a backend that stays down is probed less and less.
 //!
 //! Classifying an outcome (is this code a failure?) is the caller's input
-//! ([`Outcome`]); the gate only counts. Admission while closed is one atomic load.
+//! ([`Outcome`]); the gate only counts. While closed, admission is one atomic load
+//! and recording a success is one or two atomic operations: the sliding window is
+//! a ring of atomic words, and only failures and state changes take the lock.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -144,13 +146,6 @@ enum State {
     },
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    slot: u64,
-    calls: u32,
-    failures: u32,
-}
-
 #[derive(Debug)]
 struct Inner {
     state: State,
@@ -159,7 +154,99 @@ struct Inner {
     generation: u64,
     consecutive: u32,
     open_for: Duration,
-    buckets: [Bucket; WINDOW_BUCKETS],
+}
+
+/// The failure-rate rule's sliding window: `WINDOW_BUCKETS` buckets of
+/// `window / WINDOW_BUCKETS` each, kept without a lock so that the common outcome
+/// (a success while closed) never waits for one.
+///
+/// Each bucket is one atomic word: the low 24 bits of its time slot, then 20 bits
+/// of calls and 20 bits of failures (both saturating at about a million per
+/// bucket). A bucket belongs to the window while its slot is one of the last
+/// `WINDOW_BUCKETS`; an older one is reset by the first outcome that lands in it.
+/// Slots are compared modulo 2^24, so a bucket left untouched for exactly a
+/// multiple of 2^24 slots would be read as current once — at the smallest window
+/// (10 ms buckets) that takes two days of silence and only ever replays counts the
+/// window once held.
+#[derive(Debug)]
+struct Window {
+    buckets: [AtomicU64; WINDOW_BUCKETS],
+    /// Bucket width in nanoseconds.
+    width: u64,
+}
+
+const SLOT_BITS: u32 = 24;
+const COUNT_BITS: u32 = 20;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+
+impl Window {
+    fn new(window: Duration) -> Self {
+        Self {
+            buckets: Default::default(),
+            width: (window.as_nanos() / WINDOW_BUCKETS as u128).clamp(1, u128::from(u64::MAX))
+                as u64,
+        }
+    }
+
+    /// The slot `now` falls in, counted from `epoch`.
+    fn slot(&self, epoch: Instant, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(epoch).as_nanos();
+        since.min(u128::from(u64::MAX)) as u64 / self.width
+    }
+
+    fn unpack(word: u64) -> (u64, u64, u64) {
+        (
+            word >> (2 * COUNT_BITS),
+            (word >> COUNT_BITS) & COUNT_MAX,
+            word & COUNT_MAX,
+        )
+    }
+
+    /// Slots from the stored slot `at` forward to `current`, modulo 2^24.
+    fn age(current: u64, at: u64) -> u64 {
+        current.wrapping_sub(at) & SLOT_MASK
+    }
+
+    /// Counts one call (a failure if `failed`) in `slot`'s bucket.
+    fn add(&self, slot: u64, failed: bool) {
+        let bucket = &self.buckets[slot as usize % WINDOW_BUCKETS];
+        let mut word = bucket.load(Ordering::Relaxed);
+        loop {
+            let (at, calls, failures) = Self::unpack(word);
+            let (calls, failures) = match Self::age(slot, at) {
+                0 => (calls, failures),
+                // The bucket already moved on to a later slot (this outcome was
+                // timed before a concurrent one): too late to count.
+                age if age > SLOT_MASK / 2 && calls > 0 => return,
+                _ => (0, 0),
+            };
+            let next = (slot & SLOT_MASK) << (2 * COUNT_BITS)
+                | (calls + 1).min(COUNT_MAX) << COUNT_BITS
+                | (failures + u64::from(failed)).min(COUNT_MAX);
+            match bucket.compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// Calls and failures in the window that ends with `slot`.
+    fn totals(&self, slot: u64) -> (u32, u32) {
+        self.buckets
+            .iter()
+            .map(|b| Self::unpack(b.load(Ordering::Relaxed)))
+            .filter(|(at, _, _)| Self::age(slot, *at) < WINDOW_BUCKETS as u64)
+            .fold((0, 0), |(c, f), (_, calls, failures)| {
+                (c + calls as u32, f + failures as u32)
+            })
+    }
+
+    fn clear(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A circuit breaker for one method.
@@ -173,6 +260,8 @@ pub struct CircuitBreaker {
     /// (the common path) takes no lock either.
     streak: AtomicU32,
     epoch: Instant,
+    /// The failure-rate rule's window, if the policy has the rule.
+    window: Option<Window>,
     inner: Mutex<Inner>,
     /// Mirrors "not closed" into a metric, if the owner exports one.
     gauge: Option<prometheus_client::metrics::gauge::Gauge>,
@@ -186,12 +275,12 @@ impl CircuitBreaker {
             tag: AtomicU64::new(0),
             streak: AtomicU32::new(0),
             epoch: Instant::now(),
+            window: policy.rate.map(|rule| Window::new(rule.window)),
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 generation: 0,
                 consecutive: 0,
                 open_for: policy.open_timeout,
-                buckets: [Bucket::default(); WINDOW_BUCKETS],
             }),
             gauge: None,
         }
@@ -280,23 +369,32 @@ impl CircuitBreaker {
 
     /// Records the outcome of an admitted call.
     pub fn record(&self, permit: Permit, outcome: Outcome) {
-        if outcome == Outcome::Success
-            && !permit.probe
-            && self.policy.rate.is_none()
-            && self.streak.load(Ordering::Relaxed) == 0
-        {
-            return; // closed, nothing to reset, no window to count in
+        self.record_at(permit, outcome, Instant::now());
+    }
+
+    /// Records the outcome of an admitted call that ended at `now` — for a caller
+    /// that has already read the clock, so the breaker need not read it again.
+    pub fn record_at(&self, permit: Permit, outcome: Outcome, now: Instant) {
+        if outcome == Outcome::Success && !permit.probe {
+            // The common path: no lock unless a failure run needs resetting.
+            if self.tag.load(Ordering::Acquire) >> 1 != permit.generation {
+                return;
+            }
+            if let Some(window) = &self.window {
+                window.add(window.slot(self.epoch, now), false);
+            }
+            if self.streak.load(Ordering::Relaxed) == 0 {
+                return;
+            }
         }
         let mut inner = self.lock();
         if permit.generation != inner.generation {
             return;
         }
-        let now = Instant::now();
         if permit.probe {
             self.record_probe(&mut inner, outcome, now);
             return;
         }
-        let slot = self.count_in_window(&mut inner, outcome, now);
         match outcome {
             Outcome::Success => {
                 inner.consecutive = 0;
@@ -315,7 +413,7 @@ impl CircuitBreaker {
                             last: code,
                         },
                     );
-                } else if let Some(reason) = self.rate_tripped(&inner, slot) {
+                } else if let Some(reason) = self.count_failure_in_window(now) {
                     self.trip(&mut inner, now, reason);
                 }
             }
@@ -335,7 +433,9 @@ impl CircuitBreaker {
                     inner.consecutive = 0;
                     self.streak.store(0, Ordering::Relaxed);
                     inner.open_for = self.policy.open_timeout;
-                    inner.buckets = [Bucket::default(); WINDOW_BUCKETS];
+                    if let Some(window) = &self.window {
+                        window.clear();
+                    }
                     self.publish(inner);
                 }
             }
@@ -371,36 +471,13 @@ impl CircuitBreaker {
         }
     }
 
-    /// Adds the outcome to the current window bucket; returns the current slot.
-    fn count_in_window(&self, inner: &mut Inner, outcome: Outcome, now: Instant) -> u64 {
-        let Some(rule) = self.policy.rate else {
-            return 0;
-        };
-        let width = (rule.window.as_nanos() / WINDOW_BUCKETS as u128).max(1);
-        let slot = ((now - self.epoch).as_nanos() / width) as u64 + 1;
-        let bucket = &mut inner.buckets[slot as usize % WINDOW_BUCKETS];
-        if bucket.slot != slot {
-            *bucket = Bucket {
-                slot,
-                calls: 0,
-                failures: 0,
-            };
-        }
-        bucket.calls += 1;
-        if matches!(outcome, Outcome::Failure(_)) {
-            bucket.failures += 1;
-        }
-        slot
-    }
-
-    fn rate_tripped(&self, inner: &Inner, slot: u64) -> Option<TripReason> {
-        let rule = self.policy.rate?;
-        let oldest = slot.saturating_sub(WINDOW_BUCKETS as u64 - 1);
-        let (calls, failures) = inner
-            .buckets
-            .iter()
-            .filter(|b| b.slot >= oldest && b.slot <= slot && b.slot != 0)
-            .fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
+    /// Counts a failure in the window; the trip reason if the failure-rate rule
+    /// now holds.
+    fn count_failure_in_window(&self, now: Instant) -> Option<TripReason> {
+        let (rule, window) = (self.policy.rate?, self.window.as_ref()?);
+        let slot = window.slot(self.epoch, now);
+        window.add(slot, true);
+        let (calls, failures) = window.totals(slot);
         (calls >= rule.min_calls && f64::from(failures) >= rule.threshold * f64::from(calls))
             .then_some(TripReason::FailureRate {
                 failures,
@@ -595,6 +672,36 @@ mod tests {
             BreakerState::Closed,
             "old failures slid out of the window"
         );
+    }
+
+    #[test]
+    fn window_counts_every_concurrent_outcome() {
+        let w = Window::new(Duration::from_secs(10));
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let w = &w;
+                s.spawn(move || {
+                    for i in 0..10_000 {
+                        w.add(7, t == 0 && i % 10 == 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(w.totals(7), (40_000, 1_000));
+    }
+
+    #[test]
+    fn window_rolls_buckets_and_drops_late_outcomes() {
+        let w = Window::new(Duration::from_secs(10));
+        w.add(3, true);
+        w.add(3 + WINDOW_BUCKETS as u64, false); // same bucket, a window later: reset
+        assert_eq!(w.totals(3 + WINDOW_BUCKETS as u64), (1, 0));
+        w.add(3, true); // timed before the outcome that rolled the bucket: dropped
+        assert_eq!(w.totals(3 + WINDOW_BUCKETS as u64), (1, 0));
+        // Slots wrap at 2^24 and the window still spans the wrap.
+        w.add(SLOT_MASK, true);
+        w.add(SLOT_MASK + 1, false);
+        assert_eq!(w.totals(SLOT_MASK + 1), (2, 1));
     }
 
     #[test]
