@@ -12,20 +12,25 @@
 //! moment gRFC A6 says a call is committed and must no longer be retried.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::client::{Grpc, GrpcService};
 use tonic::codec::{Codec, Streaming};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
-use crate::breaker::{CircuitBreaker, Rejected};
+use crate::breaker::{CircuitBreaker, Permit, Rejected};
 use crate::codec::SharedCodec;
-use crate::deadline;
+use crate::deadline::{self, CallDeadline};
 use crate::policy::{HedgingPolicy, MethodPolicy, RetryPolicy};
 use crate::pushback::Pushback;
 use crate::retry::{MAX_ATTEMPTS, Retries};
@@ -179,23 +184,22 @@ impl<T: Transport> ClientCore<T> {
         &self.state.policy().methods[index]
     }
 
-    /// Runs a whole call inside a tracing span and records its metrics.
-    async fn observed<Out>(
-        &self,
-        index: usize,
-        call: impl Future<Output = Result<Out, Status>>,
-    ) -> Result<Out, Status> {
-        let m = self.method(index);
-        let start = Instant::now();
-        let span = tracing::debug_span!("grpc.client", method = m.path);
-        // Instrument a pinned reference, not the call itself: the call's future is
-        // kilobytes (tonic's included), and moving it into `Instrumented` and then
-        // into this state machine costs a memcpy of it per call.
-        let call = std::pin::pin!(call);
-        let result = tracing::Instrument::instrument(call, span).await;
-        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        self.state.metrics_at(index).record(code, start.elapsed());
-        result
+    /// Runs a whole call inside a tracing span and records its metrics. The call
+    /// starts when first polled: `call` gets that instant (its deadline counts from
+    /// it, and [`with_timeout`](crate::with_timeout) around the returned future
+    /// applies) and yields the result with the instant it ended (read once, shared
+    /// with the breaker).
+    fn observed<Out, F, Fut>(&self, index: usize, call: F) -> Observed<'_, F, Fut>
+    where
+        F: FnOnce(Instant) -> Fut,
+        Fut: Future<Output = (Result<Out, Status>, Instant)>,
+    {
+        Observed {
+            call: Call::Waiting { start: Some(call) },
+            span: tracing::debug_span!("grpc.client", method = self.method(index).path),
+            start: None,
+            metrics: self.state.metrics_at(index),
+        }
     }
 
     /// A unary call without retry or hedging.
@@ -208,11 +212,18 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.observed(method, async move {
-            self.limits.check_send(&request, self.method(method).path)?;
-            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.once(method, request, codec, send_one, read_unary)
-                .await
+        self.observed(method, move |start| {
+            match self.limits.check_send(&request, self.method(method).path) {
+                Ok(()) => Either::Left(self.once(
+                    method,
+                    start,
+                    request,
+                    tonic_prost::ProstCodec::<Req, Resp>::default(),
+                    send_one,
+                    read_unary,
+                )),
+                Err(status) => Either::Right(std::future::ready((Err(status), start))),
+            }
         })
     }
 
@@ -227,7 +238,9 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.observed(method, self.retried(method, request, read_unary))
+        self.observed(method, move |start| {
+            self.retried(method, start, request, read_unary)
+        })
     }
 
     /// A server-streaming call without retry or hedging.
@@ -240,11 +253,18 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.observed(method, async move {
-            self.limits.check_send(&request, self.method(method).path)?;
-            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-            self.once(method, request, codec, send_one, open_stream)
-                .await
+        self.observed(method, move |start| {
+            match self.limits.check_send(&request, self.method(method).path) {
+                Ok(()) => Either::Left(self.once(
+                    method,
+                    start,
+                    request,
+                    tonic_prost::ProstCodec::<Req, Resp>::default(),
+                    send_one,
+                    open_stream,
+                )),
+                Err(status) => Either::Right(std::future::ready((Err(status), start))),
+            }
         })
     }
 
@@ -260,7 +280,9 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.observed(method, self.retried(method, request, open_stream))
+        self.observed(method, move |start| {
+            self.retried(method, start, request, open_stream)
+        })
     }
 
     /// A client-streaming call (deadline and breaker; a request stream cannot be
@@ -275,10 +297,9 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        self.observed(
-            method,
-            self.once(method, requests, codec, send_stream, read_unary),
-        )
+        self.observed(method, move |start| {
+            self.once(method, start, requests, codec, send_stream, read_unary)
+        })
     }
 
     /// A bidi-streaming call (deadline and breaker, no retry).
@@ -292,21 +313,21 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        self.observed(
-            method,
-            self.once(method, requests, codec, send_stream, open_stream),
-        )
+        self.observed(method, move |start| {
+            self.once(method, start, requests, codec, send_stream, open_stream)
+        })
     }
 
     /// One attempt under the method's deadline and breaker, no retry loop.
-    async fn once<M, C, S, SFut, Out, R, RFut>(
+    fn once<M, C, S, SFut, Out, R, RFut>(
         &self,
         method: usize,
+        start: Instant,
         message: M,
         codec: C,
         send: S,
         read: R,
-    ) -> Result<Out, Status>
+    ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, M, C, S, SFut, Out, R, RFut, T>
     where
         C: Codec,
         S: FnOnce(Grpc<T>, Request<M>, &'static str, C) -> SFut,
@@ -314,7 +335,7 @@ impl<T: Transport> ClientCore<T> {
         R: FnOnce(Response<Streaming<C::Decode>>, Option<Instant>, &'static str) -> RFut,
         RFut: Future<Output = Result<Out, Status>>,
     {
-        let deadline = deadline::for_call(self.method(method));
+        let deadline = deadline::for_call(self.method(method), start);
         self.attempt(
             method,
             deadline,
@@ -324,8 +345,7 @@ impl<T: Transport> ClientCore<T> {
             send,
             read,
         )
-        .await
-        .map_err(|f| f.status)
+        .map(|(result, end)| (result.map_err(|f| f.status), end))
     }
 
     /// A single-request call under the method's retry or hedging policy, the request
@@ -333,9 +353,10 @@ impl<T: Transport> ClientCore<T> {
     async fn retried<Req, Resp, Out, R, RFut>(
         &self,
         method: usize,
+        start: Instant,
         request: Req,
         read: R,
-    ) -> Result<Out, Status>
+    ) -> (Result<Out, Status>, Instant)
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
@@ -343,9 +364,11 @@ impl<T: Transport> ClientCore<T> {
         RFut: Future<Output = Result<Out, Status>>,
     {
         let m = self.method(method);
-        self.limits.check_send(&request, m.path)?;
+        if let Err(status) = self.limits.check_send(&request, m.path) {
+            return (Err(status), start);
+        }
         let shared = Arc::new(request);
-        let deadline = deadline::for_call(m);
+        let deadline = deadline::for_call(m, start);
         let attempt = |previous: u32| {
             let codec = SharedCodec::<Req, Resp>::default();
             let request = Request::new(Arc::clone(&shared));
@@ -358,12 +381,12 @@ impl<T: Transport> ClientCore<T> {
     async fn resilient<Out, F, Fut>(
         &self,
         index: usize,
-        deadline: Option<Instant>,
+        deadline: Option<CallDeadline>,
         attempt: F,
-    ) -> Result<Out, Status>
+    ) -> (Result<Out, Status>, Instant)
     where
         F: Fn(u32) -> Fut,
-        Fut: Future<Output = Result<Out, Failure>>,
+        Fut: Future<Output = (Result<Out, Failure>, Instant)>,
     {
         let m = self.method(index);
         if let Some(retry) = &m.retry {
@@ -371,7 +394,8 @@ impl<T: Transport> ClientCore<T> {
         } else if let Some(hedging) = &m.hedging {
             self.hedge(index, hedging, deadline, attempt).await
         } else {
-            attempt(0).await.map_err(|f| f.status)
+            let (result, end) = attempt(0).await;
+            (result.map_err(|f| f.status), end)
         }
     }
 
@@ -380,34 +404,38 @@ impl<T: Transport> ClientCore<T> {
         &self,
         index: usize,
         retry: &RetryPolicy,
-        deadline: Option<Instant>,
+        deadline: Option<CallDeadline>,
         attempt: F,
-    ) -> Result<Out, Status>
+    ) -> (Result<Out, Status>, Instant)
     where
         F: Fn(u32) -> Fut,
-        Fut: Future<Output = Result<Out, Failure>>,
+        Fut: Future<Output = (Result<Out, Failure>, Instant)>,
     {
         let m = self.method(index);
         let throttle = self.state.throttle();
         let mut retries = Retries::default();
         loop {
-            let failure = match attempt(retries.previous).await {
-                Ok(out) => return Ok(out),
+            let (result, end) = attempt(retries.previous).await;
+            let failure = match result {
+                Ok(out) => return (Ok(out), end),
                 Err(f) => f,
             };
             if failure.committed || failure.rejected {
-                return Err(failure.status);
+                return (Err(failure.status), end);
             }
             let decision = self
                 .state
                 .with_rng(|rng| retries.next_delay(retry, &failure.status, throttle, rng));
             let Some(delay) = decision else {
-                return Err(failure.status);
+                return (Err(failure.status), end);
             };
             if let Some(d) = deadline
-                && Instant::now() + delay >= d
+                && end + delay >= d.at
             {
-                return Err(deadline::exceeded_before_retry(m.path, &failure.status));
+                return (
+                    Err(deadline::exceeded_before_retry(m.path, &failure.status)),
+                    end,
+                );
             }
             tracing::debug!(method = m.path, attempt = retries.previous + 1, ?delay, code = ?failure.status.code(), "retrying");
             self.state.metrics_at(index).retries.inc();
@@ -422,12 +450,12 @@ impl<T: Transport> ClientCore<T> {
         &self,
         index: usize,
         hedging: &HedgingPolicy,
-        deadline: Option<Instant>,
+        deadline: Option<CallDeadline>,
         attempt: F,
-    ) -> Result<Out, Status>
+    ) -> (Result<Out, Status>, Instant)
     where
         F: Fn(u32) -> Fut,
-        Fut: Future<Output = Result<Out, Failure>>,
+        Fut: Future<Output = (Result<Out, Failure>, Instant)>,
     {
         let m = self.method(index);
         let max_attempts = hedging.max_attempts.min(MAX_ATTEMPTS);
@@ -448,24 +476,26 @@ impl<T: Transport> ClientCore<T> {
             tokio::select! {
                 biased;
                 done = in_flight.next(), if !in_flight.is_empty() => {
-                    let failure = match done {
-                        Some(Ok(out)) => return Ok(out),
-                        Some(Err(f)) => f,
-                        None => unreachable!("guarded by is_empty"),
+                    let Some((result, end)) = done else {
+                        unreachable!("guarded by is_empty")
+                    };
+                    let failure = match result {
+                        Ok(out) => return (Ok(out), end),
+                        Err(f) => f,
                     };
                     let fatal = failure.committed
                         || failure.rejected
                         || !crate::policy::contains(hedging.non_fatal, failure.status.code());
                     if fatal {
-                        return Err(failure.status);
+                        return (Err(failure.status), end);
                     }
                     if let Some(t) = throttle {
                         t.record_failure();
                     }
                     match Pushback::from_metadata(failure.status.metadata()) {
                         Pushback::Stop => next_at = None,
-                        Pushback::After(d) => next_at = Some(Instant::now() + d),
-                        Pushback::None => next_at = Some(Instant::now()),
+                        Pushback::After(d) => next_at = Some(end + d),
+                        Pushback::None => next_at = Some(end),
                     }
                     last = Some(failure.status);
                     if in_flight.is_empty() && !(started < max_attempts && next_at.is_some()) {
@@ -483,26 +513,28 @@ impl<T: Transport> ClientCore<T> {
                 break;
             }
         }
-        Err(last.unwrap_or_else(|| {
+        let status = last.unwrap_or_else(|| {
             deadline.map_or_else(
                 || Status::unavailable(format!("{}: no hedged attempt could be made", m.path)),
                 |_| deadline::exceeded(m.path),
             )
-        }))
+        });
+        (Err(status), Instant::now())
     }
 
-    /// One attempt: breaker gate, headers, send, classify, record.
+    /// One attempt: breaker gate and headers now, then send, classify and record
+    /// as the returned future runs.
     #[allow(clippy::too_many_arguments)]
-    async fn attempt<M, C, S, SFut, Out, R, RFut>(
+    fn attempt<M, C, S, SFut, Out, R, RFut>(
         &self,
         index: usize,
-        deadline: Option<Instant>,
+        deadline: Option<CallDeadline>,
         previous: u32,
         mut request: Request<M>,
         codec: C,
         send: S,
         read: R,
-    ) -> Result<Out, Failure>
+    ) -> Attempt<'_, SFut, R, RFut>
     where
         C: Codec,
         S: FnOnce(Grpc<T>, Request<M>, &'static str, C) -> SFut,
@@ -516,24 +548,34 @@ impl<T: Transport> ClientCore<T> {
             Ok(permit) => permit,
             Err(rejected) => {
                 self.state.metrics_at(index).rejections.inc();
-                return Err(breaker_open(m, rejected));
+                return Attempt::failed(&self.state, index, breaker_open(m, rejected));
             }
         };
         if let Some(d) = deadline {
-            match deadline::remaining(d) {
-                Some(left) => match grpc_timeout(left) {
-                    Some(value) => {
-                        request.metadata_mut().insert("grpc-timeout", value);
+            // The first attempt has the whole timeout left, and the header of the
+            // method's own timeout is already encoded: no clock read, no formatting.
+            let header = match (previous, d.from_policy) {
+                (0, true) => self.state.timeout_header(index).cloned(),
+                (0, false) => deadline::grpc_timeout(d.timeout),
+                _ => match deadline::remaining(d.at) {
+                    Some(left) => deadline::grpc_timeout(left),
+                    None => {
+                        if let (Some(b), Some(p)) = (breaker, permit) {
+                            b.record(p, b.classify(Code::DeadlineExceeded));
+                        }
+                        return Attempt::failed(
+                            &self.state,
+                            index,
+                            Failure::uncommitted(deadline::exceeded(m.path)),
+                        );
                     }
-                    None => request.set_timeout(left),
                 },
-                None => {
-                    let status = deadline::exceeded(m.path);
-                    if let (Some(b), Some(p)) = (breaker, permit) {
-                        b.record(p, b.classify(Code::DeadlineExceeded));
-                    }
-                    return Err(Failure::uncommitted(status));
+            };
+            match header {
+                Some(value) => {
+                    request.metadata_mut().insert("grpc-timeout", value);
                 }
+                None => request.set_timeout(d.timeout),
             }
         }
         if previous > 0 {
@@ -544,32 +586,180 @@ impl<T: Transport> ClientCore<T> {
         let grpc = Grpc::new(self.transport.clone())
             .max_encoding_message_size(self.limits.send)
             .max_decoding_message_size(self.limits.receive);
-        let exchange = async {
-            let response = send(grpc, request, m.path, codec)
-                .await
-                .map_err(Failure::uncommitted)?;
-            read(response, deadline, m.path)
-                .await
-                .map_err(|status| Failure {
-                    status,
-                    committed: true,
-                    rejected: false,
-                })
+        let deadline = deadline.map(|d| d.at);
+        Attempt {
+            stage: Stage::Sending {
+                future: send(grpc, request, m.path, codec),
+            },
+            read: Some(read),
+            timer: deadline.map(tokio::time::sleep_until),
+            deadline,
+            permit,
+            state: &self.state,
+            index,
+        }
+    }
+}
+
+pin_project! {
+    #[project = CallProj]
+    enum Call<F, Fut> {
+        /// Not polled yet: what starts the call.
+        Waiting { start: Option<F> },
+        Running { #[pin] future: Fut },
+    }
+}
+
+pin_project! {
+    /// A whole call inside its tracing span, with its metrics recorded at the end.
+    ///
+    /// A combinator rather than an `async fn`: an `async fn` would keep the call's
+    /// future twice (as its argument and as the value it awaits), and that future
+    /// is most of a call's memory.
+    struct Observed<'a, F, Fut> {
+        #[pin]
+        call: Call<F, Fut>,
+        span: tracing::Span,
+        start: Option<Instant>,
+        metrics: &'a crate::metrics::MethodMetrics,
+    }
+}
+
+impl<Out, F, Fut> Future for Observed<'_, F, Fut>
+where
+    F: FnOnce(Instant) -> Fut,
+    Fut: Future<Output = (Result<Out, Status>, Instant)>,
+{
+    type Output = Result<Out, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let future = loop {
+            match this.call.as_mut().project() {
+                CallProj::Waiting { start } => {
+                    let begin = Instant::now();
+                    *this.start = Some(begin);
+                    let start = start.take().expect("started once");
+                    this.call.set(Call::Running {
+                        future: start(begin),
+                    });
+                }
+                CallProj::Running { future } => break future,
+            }
         };
-        // Pinned in place, so that `Timeout` holds a pointer to the exchange rather
-        // than a copy of it (see `observed`).
-        let exchange = std::pin::pin!(exchange);
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, exchange)
-                .await
-                .unwrap_or_else(|_| Err(Failure::uncommitted(deadline::exceeded(m.path)))),
-            None => exchange.await,
+        let (result, end) = std::task::ready!(future.poll(cx));
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        let start = this.start.unwrap_or(end);
+        this.metrics
+            .record(code, end.saturating_duration_since(start));
+        Poll::Ready(result)
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage<SFut, RFut> {
+        /// Sending the request, until response headers arrive.
+        Sending { #[pin] future: SFut },
+        /// Reading the response: the call is committed.
+        Reading { #[pin] future: RFut },
+        /// Finished, or refused before anything was sent.
+        Done { failure: Option<Failure> },
+    }
+}
+
+pin_project! {
+    /// One attempt in flight: the exchange, its deadline timer and its breaker
+    /// permit, in one flat state machine. (As `async fn`s, the request, the tonic
+    /// call and the timeout each sat in two or three nested states.)
+    struct Attempt<'a, SFut, R, RFut> {
+        #[pin]
+        stage: Stage<SFut, RFut>,
+        read: Option<R>,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        deadline: Option<Instant>,
+        permit: Option<Permit>,
+        state: &'a ClientState,
+        index: usize,
+    }
+}
+
+impl<'a, SFut, R, RFut> Attempt<'a, SFut, R, RFut> {
+    /// An attempt that ends with `failure` without sending anything.
+    fn failed(state: &'a ClientState, index: usize, failure: Failure) -> Self {
+        Self {
+            stage: Stage::Done {
+                failure: Some(failure),
+            },
+            read: None,
+            timer: None,
+            deadline: None,
+            permit: None,
+            state,
+            index,
+        }
+    }
+}
+
+impl<D, SFut, Out, R, RFut> Future for Attempt<'_, SFut, R, RFut>
+where
+    SFut: Future<Output = Result<Response<Streaming<D>>, Status>>,
+    R: FnOnce(Response<Streaming<D>>, Option<Instant>, &'static str) -> RFut,
+    RFut: Future<Output = Result<Out, Status>>,
+{
+    type Output = (Result<Out, Failure>, Instant);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let path = this.state.policy().methods[*this.index].path;
+        let result = loop {
+            match this.stage.as_mut().project() {
+                StageProj::Sending { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let read = this.read.take().expect("read once, after the headers");
+                        let future = read(response, *this.deadline, path);
+                        this.stage.set(Stage::Reading { future });
+                        continue;
+                    }
+                    Poll::Ready(Err(status)) => break Err(Failure::uncommitted(status)),
+                    Poll::Pending => {}
+                },
+                StageProj::Reading { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(out)) => break Ok(out),
+                    Poll::Ready(Err(status)) => {
+                        break Err(Failure {
+                            status,
+                            committed: true,
+                            rejected: false,
+                        });
+                    }
+                    Poll::Pending => {}
+                },
+                StageProj::Done { failure } => {
+                    let failure = failure
+                        .take()
+                        .expect("an attempt is polled to completion once");
+                    return Poll::Ready((Err(failure), Instant::now()));
+                }
+            }
+            if let Some(timer) = this.timer.as_mut().as_pin_mut()
+                && timer.poll(cx).is_ready()
+            {
+                break Err(Failure::uncommitted(deadline::exceeded(path)));
+            }
+            return Poll::Pending;
         };
+        // Drop the exchange now (it may hold a connection slot), and read the clock
+        // once for the breaker window, the deadline check and the caller's metrics.
+        this.stage.set(Stage::Done { failure: None });
+        let end = Instant::now();
         // tonic's channel enforces `grpc-timeout` itself and reports it as CANCELLED
         // ("Timeout expired"); gRPC calls that DEADLINE_EXCEEDED, and so do we.
-        let result = match (result, deadline) {
-            (Err(f), Some(d)) if f.status.code() == Code::Cancelled && Instant::now() >= d => {
-                Err(Failure::uncommitted(deadline::exceeded(m.path)))
+        let result = match (result, *this.deadline) {
+            (Err(f), Some(d)) if f.status.code() == Code::Cancelled && end >= d => {
+                Err(Failure::uncommitted(deadline::exceeded(path)))
             }
             (result, _) => result,
         };
@@ -577,53 +767,16 @@ impl<T: Transport> ClientCore<T> {
             Ok(_) => Code::Ok,
             Err(f) => f.status.code(),
         };
-        if let (Some(b), Some(p)) = (breaker, permit) {
-            b.record(p, b.classify(code));
+        if let (Some(b), Some(p)) = (this.state.breaker_at(*this.index), this.permit.take()) {
+            b.record_at(p, b.classify(code), end);
         }
         if code == Code::Ok
-            && let Some(t) = self.state.throttle()
+            && let Some(t) = this.state.throttle()
         {
             t.record_success();
         }
-        result
+        Poll::Ready((result, end))
     }
-}
-
-/// The `grpc-timeout` header value for `left`: the most precise of microseconds,
-/// milliseconds, seconds, minutes and hours that fits the 8 digits gRPC allows,
-/// rounded down (so the server's deadline is never later than ours).
-///
-/// tonic's `Request::set_timeout` writes the same header through `format!` and a
-/// re-parse of its own output: two allocations and some 1,500 instructions on
-/// every attempt. This writes the digits into a stack buffer: one allocation (the
-/// header's bytes) and a few dozen instructions. `None` cannot happen (digits and a
-/// unit letter are always a valid header value); the caller falls back to tonic.
-fn grpc_timeout(left: std::time::Duration) -> Option<tonic::metadata::AsciiMetadataValue> {
-    const MAX: u128 = 99_999_999;
-    let secs = u128::from(left.as_secs());
-    let (value, unit) = [
-        (left.as_micros(), b'u'),
-        (left.as_millis(), b'm'),
-        (secs, b'S'),
-        (secs / 60, b'M'),
-        (secs / 3600, b'H'),
-    ]
-    .into_iter()
-    .find(|(v, _)| *v <= MAX)
-    .unwrap_or((MAX, b'H'));
-    let mut buf = [0u8; 9];
-    buf[8] = unit;
-    let mut at = 8;
-    let mut v = value as u32; // at most 99_999_999
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    tonic::metadata::AsciiMetadataValue::try_from(&buf[at..]).ok()
 }
 
 fn breaker_open(m: &MethodPolicy, rejected: Rejected) -> Failure {
@@ -723,26 +876,4 @@ pub async fn connect(
     crate::Channel::builder(crate::channel::Endpoints::one(dst))
         .config(config)
         .build()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::grpc_timeout;
-
-    #[test]
-    fn grpc_timeout_picks_the_finest_unit_that_fits() {
-        let t = |d: Duration| grpc_timeout(d).unwrap().to_str().unwrap().to_owned();
-        assert_eq!(t(Duration::from_nanos(1_500)), "1u");
-        assert_eq!(t(Duration::ZERO), "0u");
-        assert_eq!(t(Duration::from_millis(500)), "500000u");
-        assert_eq!(t(Duration::from_micros(4_999_987)), "4999987u");
-        assert_eq!(t(Duration::from_micros(99_999_999)), "99999999u");
-        assert_eq!(t(Duration::from_micros(100_000_001)), "100000m");
-        assert_eq!(t(Duration::from_secs(3600)), "3600000m");
-        assert_eq!(t(Duration::from_secs(200_000)), "200000S");
-        assert_eq!(t(Duration::from_secs(6_000_000_000)), "1666666H");
-        assert_eq!(t(Duration::MAX), "99999999H");
-    }
 }

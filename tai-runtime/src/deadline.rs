@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::policy::MethodPolicy;
 
@@ -33,16 +34,42 @@ pub async fn with_timeout<F: std::future::Future>(timeout: Duration, calls: F) -
     CALLER_TIMEOUT.scope(timeout, calls).await
 }
 
-/// When the call must end: the caller's timeout (see [`with_timeout`]) or the
-/// policy's, clamped by `max_timeout`, counted from now.
-pub(crate) fn for_call(policy: &MethodPolicy) -> Option<Instant> {
-    let asked = CALLER_TIMEOUT.try_with(|t| *t).ok().or(policy.timeout);
-    let timeout = match (asked, policy.max_timeout) {
+/// A call's deadline, as fixed when the call starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallDeadline {
+    /// When the call must end.
+    pub(crate) at: Instant,
+    /// The whole call's timeout: what the first attempt has left.
+    pub(crate) timeout: Duration,
+    /// Whether the timeout is the method's own (not the caller's, see
+    /// [`with_timeout`]): then its `grpc-timeout` header is the one computed when
+    /// the client was made.
+    pub(crate) from_policy: bool,
+}
+
+/// When a call that starts at `start` must end: the caller's timeout (see
+/// [`with_timeout`]) or the policy's, clamped by `max_timeout`.
+pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDeadline> {
+    let caller = CALLER_TIMEOUT.try_with(|t| *t).ok();
+    let timeout = clamped(caller.or(policy.timeout), policy.max_timeout)?;
+    Some(CallDeadline {
+        at: start + timeout,
+        timeout,
+        from_policy: caller.is_none(),
+    })
+}
+
+/// The method's own timeout (no caller timeout), clamped by `max_timeout`.
+pub(crate) fn policy_timeout(policy: &MethodPolicy) -> Option<Duration> {
+    clamped(policy.timeout, policy.max_timeout)
+}
+
+fn clamped(asked: Option<Duration>, max: Option<Duration>) -> Option<Duration> {
+    match (asked, max) {
         (Some(t), Some(max)) => Some(t.min(max)),
         (None, Some(max)) => Some(max),
         (t, None) => t,
-    };
-    timeout.map(|t| Instant::now() + t)
+    }
 }
 
 /// The time left before `deadline`, or `None` if it has passed.
@@ -64,4 +91,62 @@ pub(crate) fn exceeded_before_retry(path: &str, last: &Status) -> Status {
         last.code(),
         last.message()
     ))
+}
+
+/// The `grpc-timeout` header value for `left`: the most precise of microseconds,
+/// milliseconds, seconds, minutes and hours that fits the 8 digits gRPC allows,
+/// rounded down (so the server's deadline is never later than ours).
+///
+/// tonic's `Request::set_timeout` writes the same header through `format!` and a
+/// re-parse of its own output: two allocations and some 1,500 instructions. This
+/// writes the digits into a stack buffer. `None` cannot happen (digits and a unit
+/// letter are always a valid header value); callers fall back to tonic.
+pub(crate) fn grpc_timeout(left: Duration) -> Option<AsciiMetadataValue> {
+    const MAX: u128 = 99_999_999;
+    let secs = u128::from(left.as_secs());
+    let (value, unit) = [
+        (left.as_micros(), b'u'),
+        (left.as_millis(), b'm'),
+        (secs, b'S'),
+        (secs / 60, b'M'),
+        (secs / 3600, b'H'),
+    ]
+    .into_iter()
+    .find(|(v, _)| *v <= MAX)
+    .unwrap_or((MAX, b'H'));
+    let mut buf = [0u8; 9];
+    buf[8] = unit;
+    let mut at = 8;
+    let mut v = value as u32; // at most 99_999_999
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    AsciiMetadataValue::try_from(&buf[at..]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::grpc_timeout;
+
+    #[test]
+    fn grpc_timeout_picks_the_finest_unit_that_fits() {
+        let t = |d: Duration| grpc_timeout(d).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(t(Duration::from_nanos(1_500)), "1u");
+        assert_eq!(t(Duration::ZERO), "0u");
+        assert_eq!(t(Duration::from_millis(500)), "500000u");
+        assert_eq!(t(Duration::from_micros(4_999_987)), "4999987u");
+        assert_eq!(t(Duration::from_micros(99_999_999)), "99999999u");
+        assert_eq!(t(Duration::from_micros(100_000_001)), "100000m");
+        assert_eq!(t(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(t(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(t(Duration::from_secs(6_000_000_000)), "1666666H");
+        assert_eq!(t(Duration::MAX), "99999999H");
+    }
 }

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::metrics::{MethodMetrics, Metrics};
@@ -17,6 +18,9 @@ pub struct ClientState {
     policy: &'static ServicePolicy,
     breakers: Box<[Option<CircuitBreaker>]>,
     metrics: Box<[MethodMetrics]>,
+    /// Each method's `grpc-timeout` for its own timeout, encoded once: a call's
+    /// first attempt sends a shared copy instead of formatting it again.
+    timeout_headers: Box<[Option<AsciiMetadataValue>]>,
     throttle: Option<RetryThrottle>,
     rng: Mutex<SmallRng>,
 }
@@ -41,6 +45,11 @@ impl ClientState {
                 })
                 .collect(),
             metrics,
+            timeout_headers: policy
+                .methods
+                .iter()
+                .map(|m| crate::deadline::policy_timeout(m).and_then(crate::deadline::grpc_timeout))
+                .collect(),
             throttle: policy.throttle.as_ref().map(RetryThrottle::new),
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -58,6 +67,11 @@ impl ClientState {
 
     pub(crate) fn metrics_at(&self, index: usize) -> &MethodMetrics {
         &self.metrics[index]
+    }
+
+    /// The `grpc-timeout` header of the method's own timeout, if it has one.
+    pub(crate) fn timeout_header(&self, index: usize) -> Option<&AsciiMetadataValue> {
+        self.timeout_headers.get(index).and_then(Option::as_ref)
     }
 
     /// The breaker of a method by proto name (`"ProposePolicy"`) or Rust name
