@@ -40,7 +40,8 @@ pub struct EndpointStats {
     pub calls: u64,
     /// Calls that failed (connection lost, or a failure code of the outlier rule).
     pub failures: u64,
-    /// Peak-EWMA latency to response headers; `None` before the first response.
+    /// Peak-EWMA latency to response headers; `None` before the first response,
+    /// and always under balancers other than peak-EWMA (only it measures latency).
     pub ewma_latency: Option<Duration>,
     /// Time left in the current ejection, if ejected.
     pub ejected_for: Option<Duration>,
@@ -81,6 +82,9 @@ pub(crate) struct Endpoint {
     failures: AtomicU64,
     ewma: Mutex<Ewma>,
     outlier: Mutex<Outlier>,
+    /// Mirrors "no failure run and no past ejection" in `outlier`, so that a
+    /// success, which then has nothing to update, takes no lock.
+    outlier_quiet: AtomicBool,
     ejected: AtomicBool,
     not_serving: AtomicBool,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -105,6 +109,7 @@ impl Endpoint {
             failures: AtomicU64::new(0),
             ewma: Mutex::default(),
             outlier: Mutex::default(),
+            outlier_quiet: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             not_serving: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
@@ -232,7 +237,23 @@ impl Endpoint {
         let Some(cfg) = outlier else {
             return;
         };
+        if !failed && self.outlier_quiet.load(Ordering::Acquire) {
+            return;
+        }
         let mut o = lock(&self.outlier);
+        self.record_outlier(&mut o, failed, cfg, budget, endpoints);
+        self.outlier_quiet
+            .store(o.consecutive == 0 && o.ejections == 0, Ordering::Release);
+    }
+
+    fn record_outlier(
+        &self,
+        o: &mut Outlier,
+        failed: bool,
+        cfg: &OutlierConfig,
+        budget: &EjectionBudget,
+        endpoints: usize,
+    ) {
         if !failed {
             o.consecutive = 0;
             if o.ejections > 0 && o.until.is_none() {

@@ -70,7 +70,7 @@ use connection::{Connection, DriverContext};
 use connector::TcpConnector;
 use endpoint::{CallResult, EjectionBudget, Endpoint};
 
-use crate::config::ClientConfig;
+use crate::config::{BalancerKind, ClientConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -301,7 +301,8 @@ impl EndpointSet {
                     set: Arc::clone(self),
                     recorded: false,
                 };
-                let start = Instant::now();
+                // Only peak-EWMA uses the latency; the others need no clock.
+                let start = (self.config.balancer == BalancerKind::PeakEwma).then(Instant::now);
                 Ok((guard, start, sender.try_send_request(request)))
             }
             Err(e) => Err(Status::internal(format!("invalid request URI: {e}"))),
@@ -310,8 +311,10 @@ impl EndpointSet {
             let (mut guard, start, response) = sent.map_err(Ok)?;
             match response.await {
                 Ok(response) => {
-                    let now = Instant::now();
-                    guard.endpoint.observe_latency(now - start, now);
+                    if let Some(start) = start {
+                        let now = Instant::now();
+                        guard.endpoint.observe_latency(now - start, now);
+                    }
                     if let Some(code) = grpc_status(response.headers()) {
                         guard.finish(CallResult::Status(code));
                     }
