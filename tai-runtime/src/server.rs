@@ -23,18 +23,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use arc_swap::ArcSwap;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::metrics::{Metrics, ServerMethodMetrics};
 
-/// Distinct methods tracked per layer; calls to further (unknown, peer-chosen)
-/// paths are counted together as `unknown/unknown`.
+/// Distinct methods tracked per layer; calls to further paths are counted
+/// together as `unknown/unknown`. Only paths a service answered (anything but
+/// UNIMPLEMENTED) are tracked, so a peer cannot fill the table with made-up ones.
 const MAX_TRACKED_METHODS: usize = 1024;
 
 /// How much earlier than the caller's deadline the server gives up.
@@ -72,36 +75,49 @@ impl<S> Layer<S> for ServerLayer {
     }
 }
 
+type MethodMap = HashMap<Box<str>, Arc<ServerMethodMetrics>, foldhash::fast::RandomState>;
+
+/// Metric handles by request path. Read on every call without a lock (an
+/// `ArcSwap` snapshot and a fast hash); written copy-on-write, once per method.
 #[derive(Debug, Default)]
 struct MethodTable {
-    known: RwLock<HashMap<String, Arc<ServerMethodMetrics>>>,
-    overflow: std::sync::OnceLock<Arc<ServerMethodMetrics>>,
+    known: ArcSwap<MethodMap>,
+    insert: Mutex<()>,
+    overflow: OnceLock<Arc<ServerMethodMetrics>>,
 }
 
 impl MethodTable {
-    fn get(&self, path: &str) -> Arc<ServerMethodMetrics> {
-        if let Some(m) = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
+    fn get(&self, path: &str) -> Option<Arc<ServerMethodMetrics>> {
+        self.known.load().get(path).cloned()
+    }
+
+    /// The handles for a path first seen now, answered with `code`.
+    fn resolve(&self, path: &str, code: Code) -> Arc<ServerMethodMetrics> {
+        let overflow =
+            || {
+                Arc::clone(self.overflow.get_or_init(|| {
+                    Arc::new(Metrics::global().server_method("unknown", "unknown"))
+                }))
+            };
+        if code == Code::Unimplemented {
+            return overflow();
+        }
+        let _writer = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.known.load_full();
+        if let Some(m) = known.get(path) {
             return Arc::clone(m);
         }
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         if known.len() >= MAX_TRACKED_METHODS {
-            return Arc::clone(
-                self.overflow.get_or_init(|| {
-                    Arc::new(Metrics::global().server_method("unknown", "unknown"))
-                }),
-            );
+            return overflow();
         }
         let (service, method) = path
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("unknown", path));
         let metrics = Arc::new(Metrics::global().server_method(service, method));
-        known.insert(path.to_owned(), Arc::clone(&metrics));
+        let mut next = MethodMap::clone(&known);
+        next.insert(path.into(), Arc::clone(&metrics));
+        self.known.store(Arc::new(next));
         metrics
     }
 }
@@ -135,12 +151,10 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = ServerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -151,40 +165,118 @@ where
             .headers()
             .get("grpc-timeout")
             .and_then(|v| parse_grpc_timeout(v.as_bytes()));
-        let metrics = (!self.metrics_off).then(|| self.methods.get(request.uri().path()));
-        // A `Uri` clone shares its bytes: no allocation unless the deadline passes.
-        let uri = request.uri().clone();
+        let metrics = if self.metrics_off {
+            Metered::Off
+        } else {
+            match self.methods.get(request.uri().path()) {
+                Some(m) => Metered::Known(m),
+                None => Metered::FirstSeen(Arc::clone(&self.methods)),
+            }
+        };
+        // Kept for the deadline's message and a first-seen path's name. A `Uri`
+        // clone shares its bytes.
+        let uri = (timeout.is_some() || matches!(metrics, Metered::FirstSeen(_)))
+            .then(|| request.uri().clone());
         let start = Instant::now();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = match timeout {
-                Some(t) => {
-                    match tokio::time::timeout(t.saturating_sub(DEADLINE_MARGIN), call).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(Status::deadline_exceeded(format!(
-                            "{}: the caller's deadline of {t:?} passed before the server answered",
-                            uri.path()
-                        ))
-                        .into_http()),
-                    }
-                }
-                None => call.await,
-            };
-            if let (Some(m), Ok(response)) = (&metrics, &result) {
-                let code = response
+        ServerFuture {
+            call: self.inner.call(request),
+            deadline: timeout
+                .map(|t| tokio::time::sleep_until(start + t.saturating_sub(DEADLINE_MARGIN))),
+            timeout: timeout.unwrap_or_default(),
+            start,
+            metrics,
+            uri,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Metered {
+    Off,
+    Known(Arc<ServerMethodMetrics>),
+    /// Not in the table yet: resolved when the answer shows the path is served.
+    FirstSeen(Arc<MethodTable>),
+}
+
+pin_project! {
+    /// The future of a call through [`ServerService`]: the handler's future under
+    /// the caller's deadline, with the call's metrics recorded when it answers.
+    pub struct ServerFuture<F> {
+        #[pin]
+        call: F,
+        #[pin]
+        deadline: Option<Sleep>,
+        timeout: Duration,
+        start: Instant,
+        metrics: Metered,
+        uri: Option<http::Uri>,
+    }
+}
+
+impl<F, E> Future for ServerFuture<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let path = || this.uri.as_ref().map_or("", |u| u.path());
+        let result = match this.call.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+                Some(Poll::Ready(())) => Ok(Status::deadline_exceeded(format!(
+                    "{}: the caller's deadline of {:?} passed before the server answered",
+                    path(),
+                    this.timeout
+                ))
+                .into_http()),
+                _ => return Poll::Pending,
+            },
+        };
+        if let Ok(response) = &result {
+            let code = || {
+                response
                     .headers()
                     .get("grpc-status")
-                    .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()));
-                m.record(code, start.elapsed());
+                    .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+            };
+            let elapsed = || this.start.elapsed();
+            match &*this.metrics {
+                Metered::Off => {}
+                Metered::Known(m) => m.record(code(), elapsed()),
+                Metered::FirstSeen(table) => {
+                    let code = code();
+                    table.resolve(path(), code).record(code, elapsed());
+                }
             }
-            result
-        })
+        }
+        Poll::Ready(result)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_served_paths_are_tracked() {
+        let table = MethodTable::default();
+        for i in 0..10 {
+            table.resolve(&format!("/made.Up/M{i}"), Code::Unimplemented);
+        }
+        assert_eq!(
+            table.known.load().len(),
+            0,
+            "UNIMPLEMENTED paths share one entry"
+        );
+        let served = table.resolve("/test.Echo/Unary", Code::NotFound);
+        assert!(Arc::ptr_eq(
+            &served,
+            &table.get("/test.Echo/Unary").unwrap()
+        ));
+        assert_eq!(table.known.load().len(), 1);
+    }
 
     #[test]
     fn parses_grpc_timeout() {
