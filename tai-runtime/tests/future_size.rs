@@ -32,7 +32,9 @@ async fn a_call_in_flight_is_about_as_big_as_tonics() {
     let unary = size_of_val(&plain.unary::<Payload, Payload>(0, payload()));
     let retrying = ClientCore::new(channel, &FULL);
     let unary_retry = size_of_val(&retrying.unary_retry::<Payload, Payload>(0, payload()));
-    eprintln!("tonic unary: {tonic} B, tai unary: {unary} B, tai unary with retry: {unary_retry} B");
+    eprintln!(
+        "tonic unary: {tonic} B, tai unary: {unary} B, tai unary with retry: {unary_retry} B"
+    );
 
     // Deadline, breaker, metrics and span on top of tonic's own call: a few
     // hundred bytes, not a multiple (before the flat engine: 3.7 KB and 4.0 KB).
