@@ -623,9 +623,16 @@ async fn closed_loop(
 /// the stall into an overload that outlives it and fails every variant.
 const MAX_IN_FLIGHT: usize = 1024;
 
+/// Tasks that share the open loop's sends. One task polling every call in flight
+/// tops out well below the closed loop's throughput; several, each sending every
+/// `OPEN_LOOP_TASKS`-th call of the schedule, behave like the request handlers of
+/// a service making calls on its own schedule.
+const OPEN_LOOP_TASKS: usize = 8;
+
 /// Open loop: calls start at a fixed rate whether or not earlier ones ended; each
 /// call runs on its own clone of the client (the tonic idiom). Latency is measured
-/// from when a call was sent.
+/// from when a call was sent. A call counts if it was sent and ended inside the
+/// measured window.
 async fn open_loop(
     client: &Client,
     op: &Op,
@@ -634,79 +641,120 @@ async fn open_loop(
     window: Duration,
     server_pids: &[u32],
 ) -> Segment {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let phase = Arc::new(AtomicU8::new(SETTLE));
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..OPEN_LOOP_TASKS)
+        .map(|task| {
+            let (client, op, phase) = (client.clone(), op.clone(), Arc::clone(&phase));
+            let drain_at = start + settle + window;
+            tokio::spawn(open_loop_task(
+                client, op, phase, start, drain_at, interval, task,
+            ))
+        })
+        .collect();
+    tokio::time::sleep_until(start + settle).await;
+    let before = Snapshot::take(server_pids);
+    phase.store(MEASURE, Ordering::Relaxed);
+    tokio::time::sleep_until(start + settle + window).await;
+    phase.store(DRAIN, Ordering::Relaxed);
+    let after = Snapshot::take(server_pids);
+    let mut segment = segment(&before, &after);
+    for task in tasks {
+        let part = task.await.expect("load task panicked");
+        if segment.first_error.is_none() {
+            segment.first_error = part.first_error;
+        }
+        segment.latency.add(&part.latency).expect("same bounds");
+        segment.calls += part.calls;
+        segment.units += part.calls;
+        segment.errors += part.errors;
+        segment.shed += part.shed;
+    }
+    segment
+}
+
+/// What one open-loop task saw.
+struct OpenLoopPart {
+    latency: Histogram<u64>,
+    calls: u64,
+    errors: u64,
+    shed: u64,
+    first_error: Option<String>,
+}
+
+/// One open-loop task: sends calls `task`, `task + OPEN_LOOP_TASKS`, ... of the
+/// schedule (call n is due at `start + n * interval`) until `drain_at`.
+async fn open_loop_task(
+    client: Client,
+    op: Op,
+    phase: Arc<AtomicU8>,
+    start: tokio::time::Instant,
+    drain_at: tokio::time::Instant,
+    interval: Duration,
+    task: usize,
+) -> OpenLoopPart {
     type Call = std::pin::Pin<
         Box<dyn std::future::Future<Output = (Instant, Result<u64, tonic::Status>, bool)> + Send>,
     >;
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let mut in_flight: FuturesUnordered<Call> = FuturesUnordered::new();
-    let mut h = measure::histogram();
-    let (mut calls, mut errors) = (0u64, 0u64);
-    let mut first_error = None;
-    let start = tokio::time::Instant::now();
-    let measure_at = start + settle;
-    let drain_at = measure_at + window;
-    let mut before = None;
-    let mut after = None;
-    let mut sent = 0u64;
-    let mut shed = 0u64;
+    let mut part = OpenLoopPart {
+        latency: measure::histogram(),
+        calls: 0,
+        errors: 0,
+        shed: 0,
+        first_error: None,
+    };
+    let mut n = task as u64;
+    let due = |n: u64| start + interval.mul_f64(n as f64);
+    // One timer, re-armed, rather than a new one per loop turn.
+    let timer = tokio::time::sleep_until(due(n));
+    tokio::pin!(timer);
     loop {
         let now = tokio::time::Instant::now();
-        if before.is_none() && now >= measure_at {
-            before = Some(Snapshot::take(server_pids));
-        }
-        if after.is_none() && now >= drain_at {
-            after = Some(Snapshot::take(server_pids));
-        }
-        if after.is_some() && in_flight.is_empty() {
+        let sending = now < drain_at;
+        if !sending && in_flight.is_empty() {
             break;
         }
-        let mut next = start + interval.mul_f64(sent as f64);
-        while after.is_none() && next <= now {
-            sent += 1;
-            if in_flight.len() >= MAX_IN_FLIGHT {
-                if before.is_some() {
-                    shed += 1;
+        let p = phase.load(Ordering::Relaxed);
+        while sending && due(n) <= now {
+            n += OPEN_LOOP_TASKS as u64;
+            if in_flight.len() >= MAX_IN_FLIGHT / OPEN_LOOP_TASKS {
+                if p == MEASURE {
+                    part.shed += 1;
                 }
-                next = start + interval.mul_f64(sent as f64);
                 continue;
             }
             let mut c = client.clone();
             let op = op.clone();
-            let counted = before.is_some();
+            let counted = p == MEASURE;
             in_flight.push(Box::pin(async move {
                 let t = Instant::now();
                 let result = c.run(&op).await;
                 (t, result, counted)
             }));
-            next = start + interval.mul_f64(sent as f64);
         }
         tokio::select! {
             biased;
             Some((t, result, counted)) = in_flight.next(), if !in_flight.is_empty() => {
-                if counted && after.is_none() {
-                    measure::record(&mut h, t.elapsed());
+                if counted && phase.load(Ordering::Relaxed) == MEASURE {
+                    measure::record(&mut part.latency, t.elapsed());
                     match result {
-                        Ok(_) => calls += 1,
+                        Ok(_) => part.calls += 1,
                         Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert_with(|| describe(&e));
+                            part.errors += 1;
+                            part.first_error.get_or_insert_with(|| describe(&e));
                         }
                     }
                 }
             }
-            () = tokio::time::sleep_until(next), if after.is_none() => {}
-            () = tokio::time::sleep_until(drain_at), if after.is_none() => {}
+            () = &mut timer, if sending => {}
+        }
+        if sending {
+            timer.as_mut().reset(due(n).min(drain_at));
         }
     }
-    let (before, after) = (before.expect("measured"), after.expect("measured"));
-    let mut segment = segment(&before, &after);
-    segment.calls = calls;
-    segment.units = calls;
-    segment.errors = errors;
-    segment.latency = h;
-    segment.first_error = first_error;
-    segment.shed = shed;
-    segment
+    part
 }
 
 fn describe(status: &tonic::Status) -> String {

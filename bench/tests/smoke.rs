@@ -1,5 +1,5 @@
-//! The harness end to end at its smallest: one pair of 0.2 s, two scenarios, tai
-//! against raw, unpinned. Checks that it runs and writes the JSON it documents; the
+//! The harness end to end at its smallest: one pair of 0.2 s, three scenarios
+//! (closed loop, open loop, stream), tai against raw, unpinned. Checks that it runs and writes the JSON it documents; the
 //! figures of so short a run mean nothing.
 
 use std::process::Command;
@@ -18,7 +18,9 @@ fn quick_run_writes_the_documented_json() {
             "--warmup",
             "0.05",
             "--scenarios",
-            "unary_c1,stream",
+            "unary_c1,fixed_rate,stream",
+            "--rate",
+            "400",
             "--variants",
             "tai,raw+deadline",
             "--no-pin",
@@ -49,6 +51,15 @@ fn quick_run_writes_the_documented_json() {
             "{ratio}: {results}"
         );
     }
+    let open_loop = &results["scenarios"]["fixed_rate"];
+    assert_eq!(open_loop["rate_per_s"], 400.0, "{open_loop}");
+    let sent = open_loop["variants"]["tai"]["throughput_per_s"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (100.0..=800.0).contains(&sent),
+        "the open loop sends at about its rate: {sent}/s"
+    );
     let stream = &results["scenarios"]["stream"]["variants"]["tai"];
     assert_eq!(stream["unit"], "msg", "{stream}");
 }
