@@ -43,6 +43,7 @@ mod error;
 pub mod metrics;
 pub mod policy;
 mod pushback;
+pub mod rate_limit;
 mod retry;
 pub mod server;
 mod state;
