@@ -367,26 +367,43 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records the outcome of an admitted call.
+    /// Records the outcome of an admitted call. Reads the clock only if the
+    /// outcome must be placed in time (a failure-rate window, a failure, a probe).
     pub fn record(&self, permit: Permit, outcome: Outcome) {
-        self.record_at(permit, outcome, Instant::now());
+        self.record_with(permit, outcome, Instant::now);
     }
 
     /// Records the outcome of an admitted call that ended at `now` — for a caller
     /// that has already read the clock, so the breaker need not read it again.
     pub fn record_at(&self, permit: Permit, outcome: Outcome, now: Instant) {
-        if outcome == Outcome::Success && !permit.probe {
-            // The common path: no lock unless a failure run needs resetting.
-            if self.tag.load(Ordering::Acquire) >> 1 != permit.generation {
-                return;
-            }
-            if let Some(window) = &self.window {
-                window.add(window.slot(self.epoch, now), false);
-            }
-            if self.streak.load(Ordering::Relaxed) == 0 {
-                return;
-            }
+        self.record_with(permit, outcome, || now);
+    }
+
+    fn record_with(&self, permit: Permit, outcome: Outcome, clock: impl FnOnce() -> Instant) {
+        if outcome != Outcome::Success || permit.probe {
+            return self.record_locked(permit, outcome, clock());
         }
+        // The common path: a success while closed takes no lock unless a failure
+        // run needs resetting, and reads no clock unless a window counts it.
+        if self.tag.load(Ordering::Acquire) >> 1 != permit.generation {
+            return;
+        }
+        let reset = self.streak.load(Ordering::Relaxed) != 0;
+        if self.window.is_none() && !reset {
+            return;
+        }
+        let now = clock();
+        if let Some(window) = &self.window {
+            window.add(window.slot(self.epoch, now), false);
+        }
+        if reset {
+            self.record_locked(permit, outcome, now);
+        }
+    }
+
+    /// Records an outcome under the lock (the success path has already counted
+    /// a success in the window).
+    fn record_locked(&self, permit: Permit, outcome: Outcome, now: Instant) {
         let mut inner = self.lock();
         if permit.generation != inner.generation {
             return;
