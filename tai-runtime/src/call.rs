@@ -36,6 +36,7 @@ use crate::pushback::Pushback;
 use crate::retry::{MAX_ATTEMPTS, Retries};
 use crate::state::ClientState;
 use crate::stream::{RequestStream, ResponseStream};
+use crate::timer::{DeadlineTimer, Registration};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -592,7 +593,7 @@ impl<T: Transport> ClientCore<T> {
                 future: send(grpc, request, m.path, codec),
             },
             read: Some(read),
-            timer: deadline.map(tokio::time::sleep_until),
+            timer: None,
             deadline,
             permit,
             state: &self.state,
@@ -677,8 +678,8 @@ pin_project! {
         #[pin]
         stage: Stage<SFut, RFut>,
         read: Option<R>,
-        #[pin]
-        timer: Option<tokio::time::Sleep>,
+        // The attempt's place in the client's deadline timer, once pending.
+        timer: Option<Registration<&'a DeadlineTimer>>,
         deadline: Option<Instant>,
         permit: Option<Permit>,
         state: &'a ClientState,
@@ -744,13 +745,15 @@ where
                     return Poll::Ready((Err(failure), Instant::now()));
                 }
             }
-            if let Some(timer) = this.timer.as_mut().as_pin_mut()
-                && timer.poll(cx).is_ready()
+            if let Some(d) = *this.deadline
+                && DeadlineTimer::poll_expired(&this.state.deadlines(), this.timer, d, cx)
+                    .is_ready()
             {
                 break Err(Failure::uncommitted(deadline::exceeded(path)));
             }
             return Poll::Pending;
         };
+        *this.timer = None;
         // Drop the exchange now (it may hold a connection slot), and read the clock
         // once for the breaker window, the deadline check and the caller's metrics.
         this.stage.set(Stage::Done { failure: None });

@@ -49,6 +49,7 @@ pub mod server;
 mod state;
 mod stream;
 pub mod throttle;
+mod timer;
 
 pub use breaker::{BreakerState, TripReason};
 pub use channel::{Channel, ConnectivityState, Endpoints};

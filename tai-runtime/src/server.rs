@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::metrics::{Metrics, ServerMethodMetrics};
+use crate::timer::{DeadlineTimer, Registration};
 
 /// Distinct methods tracked per layer; calls to further paths are counted
 /// together as `unknown/unknown`. Only paths a service answered (anything but
@@ -47,6 +48,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
 #[derive(Clone, Debug, Default)]
 pub struct ServerLayer {
     methods: Arc<MethodTable>,
+    /// Every call's deadline on one timer (see `timer.rs`): tonic's server arms a
+    /// timer per call for `grpc-timeout` already; this layer adds none.
+    deadlines: Arc<DeadlineTimer>,
     metrics_off: bool,
 }
 
@@ -70,6 +74,7 @@ impl<S> Layer<S> for ServerLayer {
         ServerService {
             inner,
             methods: Arc::clone(&self.methods),
+            deadlines: Arc::clone(&self.deadlines),
             metrics_off: self.metrics_off,
         }
     }
@@ -127,6 +132,7 @@ impl MethodTable {
 pub struct ServerService<S> {
     inner: S,
     methods: Arc<MethodTable>,
+    deadlines: Arc<DeadlineTimer>,
     metrics_off: bool,
 }
 
@@ -180,8 +186,13 @@ where
         let start = Instant::now();
         ServerFuture {
             call: self.inner.call(request),
-            deadline: timeout
-                .map(|t| tokio::time::sleep_until(start + t.saturating_sub(DEADLINE_MARGIN))),
+            deadline: timeout.map(|t| {
+                (
+                    start + t.saturating_sub(DEADLINE_MARGIN),
+                    Arc::clone(&self.deadlines),
+                )
+            }),
+            timer: None,
             timeout: timeout.unwrap_or_default(),
             start,
             metrics,
@@ -204,8 +215,9 @@ pin_project! {
     pub struct ServerFuture<F> {
         #[pin]
         call: F,
-        #[pin]
-        deadline: Option<Sleep>,
+        // When to give up, and the timer that says so.
+        deadline: Option<(Instant, Arc<DeadlineTimer>)>,
+        timer: Option<Registration<Arc<DeadlineTimer>>>,
         timeout: Duration,
         start: Instant,
         metrics: Metered,
@@ -224,7 +236,11 @@ where
         let path = || this.uri.as_ref().map_or("", |u| u.path());
         let result = match this.call.poll(cx) {
             Poll::Ready(result) => result,
-            Poll::Pending => match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+            Poll::Pending => match this
+                .deadline
+                .as_ref()
+                .map(|(at, timer)| DeadlineTimer::poll_expired(timer, this.timer, *at, cx))
+            {
                 Some(Poll::Ready(())) => Ok(Status::deadline_exceeded(format!(
                     "{}: the caller's deadline of {:?} passed before the server answered",
                     path(),
@@ -234,6 +250,7 @@ where
                 _ => return Poll::Pending,
             },
         };
+        *this.timer = None;
         if let Ok(response) = &result {
             let code = || {
                 response

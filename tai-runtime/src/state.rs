@@ -11,6 +11,7 @@ use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::metrics::{MethodMetrics, Metrics};
 use crate::policy::ServicePolicy;
 use crate::throttle::RetryThrottle;
+use crate::timer::DeadlineTimer;
 
 /// The run-time state behind a generated client.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct ClientState {
     timeout_headers: Box<[Option<AsciiMetadataValue>]>,
     throttle: Option<RetryThrottle>,
     rng: Mutex<SmallRng>,
+    /// Every call's deadline, on one timer.
+    deadlines: DeadlineTimer,
 }
 
 impl ClientState {
@@ -52,6 +55,7 @@ impl ClientState {
                 .collect(),
             throttle: policy.throttle.as_ref().map(RetryThrottle::new),
             rng: Mutex::new(SmallRng::from_os_rng()),
+            deadlines: DeadlineTimer::default(),
         }
     }
 
@@ -67,6 +71,10 @@ impl ClientState {
 
     pub(crate) fn metrics_at(&self, index: usize) -> &MethodMetrics {
         &self.metrics[index]
+    }
+
+    pub(crate) fn deadlines(&self) -> &DeadlineTimer {
+        &self.deadlines
     }
 
     /// The `grpc-timeout` header of the method's own timeout, if it has one.
