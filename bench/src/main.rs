@@ -423,7 +423,7 @@ impl Variant {
             }
             Variant::TaiTonicChannel => "tai's generated client on a tonic Channel",
             Variant::TaiServer => {
-                "raw+deadline client; server with tai's ServerLayer (deadline + metrics)"
+                "raw+deadline client; server with tai's layers: ServerLayer (deadline + metrics) and per-client rate limiting"
             }
             Variant::RawAa => "a second raw client, identical: the noise floor",
         }

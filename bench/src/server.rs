@@ -1,11 +1,14 @@
 //! The benchmark server: tonic's generated server for `tai.bench.Bench`, with
-//! tai's server layers on or off. Runs as its own process (`tai-bench serve`),
+//! tai's server layers on or off (on: [`ServerLayer`] — deadlines and metrics —
+//! and a per-client [`RateLimitLayer`] whose quota no run reaches, so that it
+//! checks every call and refuses none). Runs as its own process (`tai-bench serve`),
 //! pinned to its own core, so that its CPU time is read from /proc on its own and
 //! it never competes with the client for a core.
 
 use std::pin::Pin;
 
 use futures_util::Stream;
+use tai_runtime::rate_limit::{Quota, RateLimitLayer};
 use tai_runtime::server::ServerLayer;
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
@@ -15,6 +18,9 @@ use crate::pb::{Nested, Payload, StreamRequest};
 
 /// Messages per stream at most, whatever a client asks for.
 const MAX_STREAM: u32 = 1_000_000;
+
+/// A per-client quota far above anything one client sends here.
+const UNREACHED: Quota = Quota::per_second(std::num::NonZeroU32::new(100_000_000).unwrap());
 
 #[derive(Debug, Default)]
 struct Service;
@@ -63,6 +69,7 @@ pub fn serve(layers: bool, threads: usize) -> Result<(), Box<dyn std::error::Err
         if layers {
             builder
                 .layer(ServerLayer::new())
+                .layer(RateLimitLayer::per_client(UNREACHED))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await?;
