@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tai_runtime::Code;
 use tai_runtime::bench_support::{
-    Fake, MethodMetrics, Picker, RetryDecider, deadline_for_call, deadline_remaining,
+    DeadlineTimer, Fake, MethodMetrics, Picker, RetryDecider, deadline_for_call, deadline_remaining,
 };
 use tai_runtime::breaker::CircuitBreaker;
 use tai_runtime::config::BalancerKind;
@@ -141,9 +141,23 @@ fn deadline(c: &mut Criterion) {
     c.bench_function("deadline/for_call_and_check", |b| {
         b.iter(|| deadline_for_call(black_box(policy)).and_then(deadline_remaining))
     });
-    // What a call arms per attempt today (`tokio::time::timeout_at` around the
-    // exchange), when the exchange is pending once: registration in the timer wheel
-    // and removal on completion.
+    // What an attempt does now: registration with the client's shared deadline
+    // timer when the exchange is pending once, and removal on completion.
+    let timer = DeadlineTimer::default();
+    c.bench_function("deadline/shared_timer_pending_once", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let d = tokio::time::Instant::now() + Duration::from_secs(5);
+                    let _ = black_box(timer.run(d, tokio::task::yield_now()).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    // What tonic's `set_timeout` (and tai before the shared timer) arms per
+    // attempt: a tokio timer — registration in the wheel and removal on completion.
     c.bench_function("deadline/timer_armed_pending_once", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

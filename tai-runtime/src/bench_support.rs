@@ -82,6 +82,32 @@ pub fn deadline_remaining(deadline: Instant) -> Option<Duration> {
     crate::deadline::remaining(deadline)
 }
 
+/// A client's deadline timer (`timer.rs`), as every attempt of the client uses it.
+#[derive(Debug, Default)]
+pub struct DeadlineTimer(crate::timer::DeadlineTimer);
+
+impl DeadlineTimer {
+    /// Runs `exchange` under `deadline` as an attempt does: the exchange first,
+    /// and on each pending poll the registration with (or check of) the shared
+    /// timer. `None` if the deadline passed first.
+    pub async fn run<F: std::future::Future>(
+        &self,
+        deadline: Instant,
+        exchange: F,
+    ) -> Option<F::Output> {
+        let mut exchange = std::pin::pin!(exchange);
+        let mut registration = None;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(out) = exchange.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(out));
+            }
+            crate::timer::DeadlineTimer::poll_expired(&&self.0, &mut registration, deadline, cx)
+                .map(|()| None)
+        })
+        .await
+    }
+}
+
 /// A transport that answers every call in-process with one canned gRPC response
 /// (a message, then `grpc-status: 0` trailers), after draining (and so encoding)
 /// the request. With `yield_once`, each call is pending once before it answers, as
