@@ -139,6 +139,12 @@ fn policy_hot_path_allocations() {
             .unwrap()
     };
     for pending in [false, true] {
+        // Deadline (the header is encoded once per client, the timer is shared)
+        // and breaker allocate nothing per call.
+        assert_eq!(
+            get("tai (deadline + breaker)", pending),
+            get("tai (metrics only)", pending)
+        );
         // A retry-enabled call shares its request between attempts through one Arc:
         // exactly one allocation more than the same call without retry, never a clone.
         assert_eq!(
