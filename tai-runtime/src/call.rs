@@ -213,6 +213,26 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        self.single(method, request, read_unary)
+    }
+
+    /// A single-request call without retry or hedging: the size check, then one
+    /// attempt; `read` turns the response into what the caller gets. (Auto traits
+    /// such as `Send` show through the `impl Future`, so the public methods check
+    /// them on the concrete types.)
+    fn single<Req, Resp, Out, R, RFut>(
+        &self,
+        method: usize,
+        request: Req,
+        read: R,
+    ) -> impl Future<Output = Result<Out, Status>> + '_
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+        R: FnOnce(Response<Streaming<Resp>>, Option<Instant>, &'static str) -> RFut + 'static,
+        RFut: Future<Output = Result<Out, Status>> + 'static,
+        Out: 'static,
+    {
         self.observed(method, move |start| {
             match self.limits.check_send(&request, self.method(method).path) {
                 Ok(()) => Either::Left(self.once(
@@ -221,7 +241,7 @@ impl<T: Transport> ClientCore<T> {
                     request,
                     tonic_prost::ProstCodec::<Req, Resp>::default(),
                     send_one,
-                    read_unary,
+                    read,
                 )),
                 Err(status) => Either::Right(std::future::ready((Err(status), start))),
             }
@@ -254,19 +274,7 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.observed(method, move |start| {
-            match self.limits.check_send(&request, self.method(method).path) {
-                Ok(()) => Either::Left(self.once(
-                    method,
-                    start,
-                    request,
-                    tonic_prost::ProstCodec::<Req, Resp>::default(),
-                    send_one,
-                    open_stream,
-                )),
-                Err(status) => Either::Right(std::future::ready((Err(status), start))),
-            }
-        })
+        self.single(method, request, open_stream)
     }
 
     /// A server-streaming call under its retry or hedging policy: attempts repeat
