@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
-use tonic::metadata::AsciiMetadataValue;
 
 use crate::policy::MethodPolicy;
 
@@ -101,7 +100,7 @@ pub(crate) fn exceeded_before_retry(path: &str, last: &Status) -> Status {
 /// re-parse of its own output: two allocations and some 1,500 instructions. This
 /// writes the digits into a stack buffer. `None` cannot happen (digits and a unit
 /// letter are always a valid header value); callers fall back to tonic.
-pub(crate) fn grpc_timeout(left: Duration) -> Option<AsciiMetadataValue> {
+pub(crate) fn grpc_timeout(left: Duration) -> Option<http::HeaderValue> {
     const MAX: u128 = 99_999_999;
     let secs = u128::from(left.as_secs());
     let (value, unit) = [
@@ -126,7 +125,7 @@ pub(crate) fn grpc_timeout(left: Duration) -> Option<AsciiMetadataValue> {
             break;
         }
     }
-    AsciiMetadataValue::try_from(&buf[at..]).ok()
+    http::HeaderValue::from_bytes(&buf[at..]).ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::sync::Mutex;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tonic::metadata::AsciiMetadataValue;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::metrics::{MethodMetrics, Metrics};
@@ -21,7 +20,7 @@ pub struct ClientState {
     metrics: Box<[MethodMetrics]>,
     /// Each method's `grpc-timeout` for its own timeout, encoded once: a call's
     /// first attempt sends a shared copy instead of formatting it again.
-    timeout_headers: Box<[Option<AsciiMetadataValue>]>,
+    timeout_headers: Box<[Option<http::HeaderValue>]>,
     throttle: Option<RetryThrottle>,
     rng: Mutex<SmallRng>,
     /// Every call's deadline, on one timer.
@@ -78,7 +77,7 @@ impl ClientState {
     }
 
     /// The `grpc-timeout` header of the method's own timeout, if it has one.
-    pub(crate) fn timeout_header(&self, index: usize) -> Option<&AsciiMetadataValue> {
+    pub(crate) fn timeout_header(&self, index: usize) -> Option<&http::HeaderValue> {
         self.timeout_headers.get(index).and_then(Option::as_ref)
     }
 
