@@ -101,7 +101,7 @@ impl DeadlineTimer {
             if let std::task::Poll::Ready(out) = exchange.as_mut().poll(cx) {
                 return std::task::Poll::Ready(Some(out));
             }
-            crate::timer::DeadlineTimer::poll_expired(&&self.0, &mut registration, deadline, cx)
+            crate::timer::DeadlineTimer::poll_expired(&mut registration, || &self.0, deadline, cx)
                 .map(|()| None)
         })
         .await

@@ -580,9 +580,8 @@ impl<T: Transport> ClientCore<T> {
                     }
                 },
             };
-            if header.is_none() {
-                request.set_timeout(d.timeout);
-            }
+            // `None` cannot happen (see `grpc_timeout`); the deadline would still
+            // hold on this side.
             header
         } else {
             None
@@ -758,7 +757,7 @@ where
                 }
             }
             if let Some(d) = *this.deadline
-                && DeadlineTimer::poll_expired(&this.state.deadlines(), this.timer, d, cx)
+                && DeadlineTimer::poll_expired(this.timer, || this.state.deadlines(), d, cx)
                     .is_ready()
             {
                 break Err(Failure::uncommitted(deadline::exceeded(path)));

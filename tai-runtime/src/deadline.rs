@@ -99,7 +99,8 @@ pub(crate) fn exceeded_before_retry(path: &str, last: &Status) -> Status {
 /// tonic's `Request::set_timeout` writes the same header through `format!` and a
 /// re-parse of its own output: two allocations and some 1,500 instructions. This
 /// writes the digits into a stack buffer. `None` cannot happen (digits and a unit
-/// letter are always a valid header value); callers fall back to tonic.
+/// letter are always a valid header value); it is not unwrapped only so that no
+/// panic sits on the call path.
 pub(crate) fn grpc_timeout(left: Duration) -> Option<http::HeaderValue> {
     const MAX: u128 = 99_999_999;
     let secs = u128::from(left.as_secs());

@@ -186,12 +186,8 @@ where
         let start = Instant::now();
         ServerFuture {
             call: self.inner.call(request),
-            deadline: timeout.map(|t| {
-                (
-                    start + t.saturating_sub(DEADLINE_MARGIN),
-                    Arc::clone(&self.deadlines),
-                )
-            }),
+            deadline: timeout.map(|t| start + t.saturating_sub(DEADLINE_MARGIN)),
+            deadlines: timeout.map(|_| Arc::clone(&self.deadlines)),
             timer: None,
             timeout: timeout.unwrap_or_default(),
             start,
@@ -215,8 +211,10 @@ pin_project! {
     pub struct ServerFuture<F> {
         #[pin]
         call: F,
-        // When to give up, and the timer that says so.
-        deadline: Option<(Instant, Arc<DeadlineTimer>)>,
+        // When to give up, and the layer's timer until the call registers with it
+        // (the registration then holds it).
+        deadline: Option<Instant>,
+        deadlines: Option<Arc<DeadlineTimer>>,
         timer: Option<Registration<Arc<DeadlineTimer>>>,
         timeout: Duration,
         start: Instant,
@@ -236,11 +234,15 @@ where
         let path = || this.uri.as_ref().map_or("", |u| u.path());
         let result = match this.call.poll(cx) {
             Poll::Ready(result) => result,
-            Poll::Pending => match this
-                .deadline
-                .as_ref()
-                .map(|(at, timer)| DeadlineTimer::poll_expired(timer, this.timer, *at, cx))
-            {
+            Poll::Pending => match this.deadline.map(|at| {
+                let deadlines = &mut *this.deadlines;
+                DeadlineTimer::poll_expired(
+                    this.timer,
+                    || deadlines.take().expect("taken once, at registration"),
+                    at,
+                    cx,
+                )
+            }) {
                 Some(Poll::Ready(())) => Ok(Status::deadline_exceeded(format!(
                     "{}: the caller's deadline of {:?} passed before the server answered",
                     path(),

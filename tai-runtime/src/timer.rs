@@ -69,16 +69,14 @@ struct SweeperEntry {
 
 #[derive(Debug)]
 struct Slot {
-    /// Held by a registration (else on the free list).
+    /// Held by a registration (else on the free list). A registration frees its
+    /// slot only when it is dropped, so a slot is never reused under it.
     used: bool,
     deadline: Instant,
     /// The runtime whose sweeper watches it.
     runtime: Id,
     waker: Option<Waker>,
     expired: bool,
-    /// Bumped each time the slot is reused, so a stale registration cannot touch
-    /// its successor.
-    generation: u64,
 }
 
 /// A call's place in the table; leaving it (drop) frees the slot. `T` is how the
@@ -88,7 +86,6 @@ struct Slot {
 pub(crate) struct Registration<T: Deref<Target = DeadlineTimer>> {
     timer: T,
     index: usize,
-    generation: u64,
 }
 
 impl DeadlineTimer {
@@ -97,17 +94,17 @@ impl DeadlineTimer {
     }
 
     /// Whether `deadline` has passed, for a call that registers (the first time,
-    /// into `registration`) to be woken when it does. Reads no clock: the
-    /// sweeper decides. Must be called inside a tokio runtime.
-    pub(crate) fn poll_expired<T: Deref<Target = DeadlineTimer> + Clone>(
-        timer: &T,
+    /// into `registration`, with the timer `timer` gives) to be woken when it
+    /// does. Reads no clock: the sweeper decides. Must be called inside a tokio
+    /// runtime.
+    pub(crate) fn poll_expired<T: Deref<Target = DeadlineTimer>>(
         registration: &mut Option<Registration<T>>,
+        timer: impl FnOnce() -> T,
         deadline: Instant,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        let this: &DeadlineTimer = timer;
-        let mut table = this.lock();
         let Some(r) = registration else {
+            let timer = timer();
             let runtime = Handle::current();
             let slot = Slot {
                 used: true,
@@ -115,27 +112,24 @@ impl DeadlineTimer {
                 runtime: runtime.id(),
                 waker: Some(cx.waker().clone()),
                 expired: false,
-                generation: 0,
             };
-            let (index, generation) = match table.free.pop() {
+            let mut table = timer.lock();
+            let index = match table.free.pop() {
                 Some(index) => {
-                    let generation = table.slots[index].generation + 1;
-                    table.slots[index] = Slot { generation, ..slot };
-                    (index, generation)
+                    table.slots[index] = slot;
+                    index
                 }
                 None => {
                     table.slots.push(slot);
-                    (table.slots.len() - 1, 0)
+                    table.slots.len() - 1
                 }
             };
-            *registration = Some(Registration {
-                timer: timer.clone(),
-                index,
-                generation,
-            });
-            this.ensure_sweeper(&mut table, &runtime, deadline);
+            timer.ensure_sweeper(&mut table, &runtime, deadline);
+            drop(table);
+            *registration = Some(Registration { timer, index });
             return Poll::Pending;
         };
+        let mut table = r.timer.lock();
         let slot = &mut table.slots[r.index];
         if slot.expired {
             return Poll::Ready(());
@@ -149,7 +143,7 @@ impl DeadlineTimer {
             // Its sweeper went away with its runtime: move to this one.
             let runtime = Handle::current();
             table.slots[r.index].runtime = runtime.id();
-            this.ensure_sweeper(&mut table, &runtime, deadline);
+            r.timer.ensure_sweeper(&mut table, &runtime, deadline);
         }
         Poll::Pending
     }
@@ -213,11 +207,9 @@ impl<T: Deref<Target = DeadlineTimer>> Drop for Registration<T> {
     fn drop(&mut self) {
         let mut table = self.timer.lock();
         let slot = &mut table.slots[self.index];
-        if slot.generation == self.generation {
-            slot.used = false;
-            slot.waker = None;
-            table.free.push(self.index);
-        }
+        slot.used = false;
+        slot.waker = None;
+        table.free.push(self.index);
     }
 }
 
@@ -328,7 +320,7 @@ mod tests {
     async fn wait(timer: &DeadlineTimer, deadline: Instant) {
         let mut registration = None;
         std::future::poll_fn(|cx| {
-            DeadlineTimer::poll_expired(&timer, &mut registration, deadline, cx)
+            DeadlineTimer::poll_expired(&mut registration, || timer, deadline, cx)
         })
         .await;
     }
@@ -369,7 +361,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_dropped_call_frees_its_slot_and_its_successor_is_not_confused() {
+    async fn a_dropped_call_frees_its_slot_for_the_next() {
         let timer = DeadlineTimer::default();
         let start = Instant::now();
         {
