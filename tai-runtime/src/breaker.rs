@@ -116,11 +116,63 @@ pub enum Outcome {
 }
 
 /// Permission to make one call; hand it back to [`CircuitBreaker::record`].
+///
+/// A permit dropped without being recorded (the call was cancelled, a losing
+/// hedge, a deadline that passed before anything was sent) counts as neither a
+/// success nor a failure: nothing was learnt about the backend. If it was a
+/// half-open probe, its slot is released, so the next call may probe instead —
+/// otherwise a probe lost this way would leave the breaker half-open, refusing
+/// every call, for good.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::breaker::{CircuitBreaker, Outcome};
+/// use tai_runtime::policy::{BreakerPolicy, CodeSet};
+///
+/// let breaker = CircuitBreaker::new(BreakerPolicy {
+///     failure_threshold: 5,
+///     open_timeout: Duration::from_secs(1),
+///     max_open_timeout: Duration::from_secs(30),
+///     half_open_max_calls: 1,
+///     rate: None,
+///     failure_codes: CodeSet::default(),
+/// });
+/// let permit = breaker.admit().expect("a new breaker is closed");
+/// breaker.record(permit, Outcome::Success);
+/// drop(breaker.admit()); // cancelled: neither a success nor a failure
+/// ```
 #[derive(Debug)]
 #[must_use = "record the outcome of an admitted call"]
-pub struct Permit {
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    ticket: Ticket,
+}
+
+/// What a [`Permit`] remembers of its admission, without the borrow of its
+/// breaker: a response stream that outlives its client's borrow keeps this and
+/// its client's state, and turns it back into a permit at the end.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
     generation: u64,
     probe: bool,
+}
+
+impl<'a> Permit<'a> {
+    /// The admission without the borrow; [`CircuitBreaker::resume`] turns it back
+    /// into a permit (and dropping that releases a probe slot as usual).
+    pub(crate) fn into_ticket(self) -> Ticket {
+        let ticket = self.ticket;
+        std::mem::forget(self);
+        ticket
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.ticket.probe {
+            self.breaker.release_probe(self.ticket.generation);
+        }
+    }
 }
 
 /// A call was refused because the breaker is open.
@@ -314,21 +366,15 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call.
-    pub fn admit(&self) -> Result<Permit, Rejected> {
+    pub fn admit(&self) -> Result<Permit<'_>, Rejected> {
         let tag = self.tag.load(Ordering::Acquire);
         if tag & NOT_CLOSED == 0 {
-            return Ok(Permit {
-                generation: tag >> 1,
-                probe: false,
-            });
+            return Ok(self.permit(tag >> 1, false));
         }
         let mut inner = self.lock();
         let now = Instant::now();
         match &mut inner.state {
-            State::Closed => Ok(Permit {
-                generation: inner.generation,
-                probe: false,
-            }),
+            State::Closed => Ok(self.permit(inner.generation, false)),
             State::Open { until, reason } => {
                 if now < *until {
                     return Err(Rejected {
@@ -344,10 +390,7 @@ impl CircuitBreaker {
                 };
                 inner.generation += 1;
                 self.publish(&inner);
-                Ok(Permit {
-                    generation: inner.generation,
-                    probe: true,
-                })
+                Ok(self.permit(inner.generation, true))
             }
             State::HalfOpen {
                 admitted, reason, ..
@@ -359,27 +402,51 @@ impl CircuitBreaker {
                     });
                 }
                 *admitted += 1;
-                Ok(Permit {
-                    generation: inner.generation,
-                    probe: true,
-                })
+                Ok(self.permit(inner.generation, true))
             }
         }
     }
 
     /// Records the outcome of an admitted call. Reads the clock only if the
     /// outcome must be placed in time (a failure-rate window, a failure, a probe).
-    pub fn record(&self, permit: Permit, outcome: Outcome) {
-        self.record_with(permit, outcome, Instant::now);
+    pub fn record(&self, permit: Permit<'_>, outcome: Outcome) {
+        self.record_with(permit.into_ticket(), outcome, Instant::now);
     }
 
     /// Records the outcome of an admitted call that ended at `now` — for a caller
     /// that has already read the clock, so the breaker need not read it again.
-    pub fn record_at(&self, permit: Permit, outcome: Outcome, now: Instant) {
-        self.record_with(permit, outcome, || now);
+    pub fn record_at(&self, permit: Permit<'_>, outcome: Outcome, now: Instant) {
+        self.record_with(permit.into_ticket(), outcome, || now);
     }
 
-    fn record_with(&self, permit: Permit, outcome: Outcome, clock: impl FnOnce() -> Instant) {
+    fn permit(&self, generation: u64, probe: bool) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            ticket: Ticket { generation, probe },
+        }
+    }
+
+    /// A permit again, from the ticket of a permit this breaker gave out.
+    pub(crate) fn resume(&self, ticket: Ticket) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            ticket,
+        }
+    }
+
+    /// A probe admitted under `generation` ended without an outcome: give its slot
+    /// back, unless the breaker has moved on since.
+    fn release_probe(&self, generation: u64) {
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if let State::HalfOpen { admitted, .. } = &mut inner.state {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+
+    fn record_with(&self, permit: Ticket, outcome: Outcome, clock: impl FnOnce() -> Instant) {
         if outcome != Outcome::Success || permit.probe {
             return self.record_locked(permit, outcome, clock());
         }
@@ -403,7 +470,7 @@ impl CircuitBreaker {
 
     /// Records an outcome under the lock (the success path has already counted
     /// a success in the window).
-    fn record_locked(&self, permit: Permit, outcome: Outcome, now: Instant) {
+    fn record_locked(&self, permit: Ticket, outcome: Outcome, now: Instant) {
         let mut inner = self.lock();
         if permit.generation != inner.generation {
             return;

@@ -12,6 +12,7 @@
 //! moment gRFC A6 says a call is committed and must no longer be retried.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +20,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -31,12 +31,15 @@ use tonic::{Code, Request, Response, Status};
 use crate::breaker::{CircuitBreaker, Permit, Rejected};
 use crate::codec::SharedCodec;
 use crate::deadline::{self, CallDeadline};
-use crate::policy::{HedgingPolicy, MethodPolicy, RetryPolicy};
+use crate::policy::{HedgingPolicy, MethodKind, MethodPolicy, RetryPolicy};
 use crate::pushback::Pushback;
 use crate::retry::{MAX_ATTEMPTS, Retries};
 use crate::state::ClientState;
-use crate::stream::{RequestStream, ResponseStream};
+use crate::stream::{RequestStream, ResponseStream, StreamOutcome};
+use crate::throttle::RetryThrottle;
 use crate::timer::{DeadlineTimer, Registration};
+use crate::transport::{Screened, TransportFailure};
+use crate::wire;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -97,6 +100,10 @@ struct Failure {
     committed: bool,
     /// The breaker refused the attempt; nothing was sent.
     rejected: bool,
+    /// The server never processed the attempt (REFUSED_STREAM), or it never left
+    /// the client: sending it again is safe, and costs no attempt (A6 transparent
+    /// retry).
+    unprocessed: bool,
 }
 
 impl Failure {
@@ -105,6 +112,22 @@ impl Failure {
             status,
             committed: false,
             rejected: false,
+            unprocessed: false,
+        }
+    }
+
+    /// A failure of the transport, as classified before tonic read it.
+    fn transport(failure: TransportFailure, path: &str) -> Self {
+        let status = if failure.timed_out {
+            deadline::exceeded(path)
+        } else {
+            failure.clone().into_status()
+        };
+        Self {
+            status,
+            committed: false,
+            rejected: false,
+            unprocessed: failure.unprocessed,
         }
     }
 }
@@ -158,6 +181,48 @@ impl<T: Clone> Clone for ClientCore<T> {
     }
 }
 
+/// The attempts of one single-request call, sharing its request.
+struct Attempts<'a, T, Req, Resp, R> {
+    core: &'a ClientCore<T>,
+    method: usize,
+    deadline: Option<CallDeadline>,
+    request: Arc<Req>,
+    read: R,
+    response: PhantomData<fn() -> Resp>,
+}
+
+impl<'a, T: Transport, Req: RequestMessage, Resp: ResponseMessage, R>
+    Attempts<'a, T, Req, Resp, R>
+{
+    /// Attempt number `previous` (0 for the first).
+    fn make<Out, RFut>(
+        &self,
+        previous: u32,
+    ) -> impl Future<Output = (Result<Out, Failure>, Instant)>
+    + Answering
+    + use<'a, T, Req, Resp, R, Out, RFut>
+    where
+        R: Fn(Response<Streaming<Resp>>, Head) -> RFut + Copy,
+        RFut: Future<Output = Result<Out, Status>>,
+    {
+        let exchange = Exchange {
+            request: Request::new(Arc::clone(&self.request)),
+            codec: SharedCodec::<Req, Resp>::default(),
+            send: send_one,
+        };
+        self.core
+            .attempt(self.method, self.deadline, previous, exchange, self.read)
+    }
+}
+
+/// What one attempt sends: the request, its codec, and how (one message or a
+/// stream).
+struct Exchange<M, C, S> {
+    request: Request<M>,
+    codec: C,
+    send: S,
+}
+
 impl<T: Transport> ClientCore<T> {
     /// A client core over `transport` running `policy`. Over a tai
     /// [`Channel`](crate::Channel) the message size limits come from its
@@ -203,7 +268,8 @@ impl<T: Transport> ClientCore<T> {
         }
     }
 
-    /// A unary call without retry or hedging.
+    /// A unary call without retry or hedging (one transparent retry aside, when
+    /// the server never processed the attempt).
     pub fn unary<Req, Resp>(
         &self,
         method: usize,
@@ -213,38 +279,8 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.single(method, request, read_unary)
-    }
-
-    /// A single-request call without retry or hedging: the size check, then one
-    /// attempt; `read` turns the response into what the caller gets. (Auto traits
-    /// such as `Send` show through the `impl Future`, so the public methods check
-    /// them on the concrete types.)
-    fn single<Req, Resp, Out, R, RFut>(
-        &self,
-        method: usize,
-        request: Req,
-        read: R,
-    ) -> impl Future<Output = Result<Out, Status>> + '_
-    where
-        Req: RequestMessage,
-        Resp: ResponseMessage,
-        R: FnOnce(Response<Streaming<Resp>>, Option<Instant>, &'static str) -> RFut + 'static,
-        RFut: Future<Output = Result<Out, Status>> + 'static,
-        Out: 'static,
-    {
         self.observed(method, move |start| {
-            match self.limits.check_send(&request, self.method(method).path) {
-                Ok(()) => Either::Left(self.once(
-                    method,
-                    start,
-                    request,
-                    tonic_prost::ProstCodec::<Req, Resp>::default(),
-                    send_one,
-                    read,
-                )),
-                Err(status) => Either::Right(std::future::ready((Err(status), start))),
-            }
+            self.single(method, start, request, read_unary)
         })
     }
 
@@ -260,11 +296,12 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         self.observed(method, move |start| {
-            self.retried(method, start, request, read_unary)
+            self.single_retried(method, start, request, read_unary)
         })
     }
 
-    /// A server-streaming call without retry or hedging.
+    /// A server-streaming call without retry or hedging. The breaker counts the
+    /// stream's final status, not its headers.
     pub fn server_streaming<Req, Resp>(
         &self,
         method: usize,
@@ -274,7 +311,9 @@ impl<T: Transport> ClientCore<T> {
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
-        self.single(method, request, open_stream)
+        self.observed(method, move |start| {
+            self.single(method, start, request, open_stream)
+        })
     }
 
     /// A server-streaming call under its retry or hedging policy: attempts repeat
@@ -290,7 +329,7 @@ impl<T: Transport> ClientCore<T> {
         Resp: ResponseMessage,
     {
         self.observed(method, move |start| {
-            self.retried(method, start, request, open_stream)
+            self.single_retried(method, start, request, open_stream)
         })
     }
 
@@ -307,7 +346,7 @@ impl<T: Transport> ClientCore<T> {
     {
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         self.observed(method, move |start| {
-            self.once(method, start, requests, codec, send_stream, read_unary)
+            self.once(method, start, requests, codec, read_unary)
         })
     }
 
@@ -323,88 +362,127 @@ impl<T: Transport> ClientCore<T> {
     {
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         self.observed(method, move |start| {
-            self.once(method, start, requests, codec, send_stream, open_stream)
+            self.once(method, start, requests, codec, open_stream)
         })
     }
 
-    /// One attempt under the method's deadline and breaker, no retry loop.
-    fn once<M, C, S, SFut, Out, R, RFut>(
+    /// One attempt of a streaming-request call under the method's deadline and
+    /// breaker: no retry loop, since the requests cannot be sent again.
+    fn once<M, C, Out, R, RFut>(
         &self,
         method: usize,
         start: Instant,
-        message: M,
+        requests: RequestStream<M>,
         codec: C,
-        send: S,
         read: R,
-    ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, M, C, S, SFut, Out, R, RFut, T>
+    ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, M, C, Out, R, RFut, T>
     where
-        C: Codec,
-        S: FnOnce(Grpc<Stamped<T>>, Request<M>, &'static str, C) -> SFut,
-        SFut: Future<Output = Result<Response<Streaming<C::Decode>>, Status>>,
-        R: FnOnce(Response<Streaming<C::Decode>>, Option<Instant>, &'static str) -> RFut,
+        M: Send + Sync + 'static,
+        C: Codec<Encode = M>,
+        C::Decode: Send + Sync + 'static,
+        R: FnOnce(Response<Streaming<C::Decode>>, Head) -> RFut,
         RFut: Future<Output = Result<Out, Status>>,
     {
         let deadline = deadline::for_call(self.method(method), start);
-        self.attempt(
-            method,
-            deadline,
-            0,
-            Request::new(message),
+        let exchange = Exchange {
+            request: Request::new(requests),
             codec,
-            send,
-            read,
-        )
-        .map(|(result, end)| (result.map_err(|f| f.status), end))
+            send: send_stream,
+        };
+        self.attempt(method, deadline, 0, exchange, read)
+            .map(|(result, end)| (result.map_err(|f| f.status), end))
     }
 
-    /// A single-request call under the method's retry or hedging policy, the request
-    /// shared by every attempt.
-    async fn retried<Req, Resp, Out, R, RFut>(
+    /// The attempts of a single-request call: the size check, then a maker of
+    /// attempts that all share the one request. Calls without a policy and calls
+    /// with one run them in different futures ([`single`](Self::single),
+    /// [`single_retried`](Self::single_retried)): a call's future is as big as
+    /// its largest branch, and a call without a policy needs no retry loop.
+    fn attempts<Req, Resp, R>(
         &self,
         method: usize,
         start: Instant,
         request: Req,
         read: R,
-    ) -> (Result<Out, Status>, Instant)
+    ) -> Result<Attempts<'_, T, Req, Resp, R>, Status>
+    where
+        Req: RequestMessage,
+    {
+        let m = self.method(method);
+        self.limits.check_send(&request, m.path)?;
+        Ok(Attempts {
+            core: self,
+            method,
+            deadline: deadline::for_call(m, start),
+            request: Arc::new(request),
+            read,
+            response: PhantomData,
+        })
+    }
+
+    /// A single-request call without retry or hedging.
+    fn single<Req, Resp, Out, R, RFut>(
+        &self,
+        method: usize,
+        start: Instant,
+        request: Req,
+        read: R,
+    ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, Req, Resp, Out, R, RFut, T>
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
-        R: Fn(Response<Streaming<Resp>>, Option<Instant>, &'static str) -> RFut + Copy,
+        R: Fn(Response<Streaming<Resp>>, Head) -> RFut + Copy,
+        RFut: Future<Output = Result<Out, Status>>,
+    {
+        match self.attempts(method, start, request, read) {
+            Ok(attempts) => Either::Left(async move { Self::plain(|n| attempts.make(n)).await }),
+            Err(status) => Either::Right(std::future::ready((Err(status), start))),
+        }
+    }
+
+    /// A single-request call under the method's retry or hedging policy.
+    fn single_retried<Req, Resp, Out, R, RFut>(
+        &self,
+        method: usize,
+        start: Instant,
+        request: Req,
+        read: R,
+    ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, Req, Resp, Out, R, RFut, T>
+    where
+        Req: RequestMessage,
+        Resp: ResponseMessage,
+        R: Fn(Response<Streaming<Resp>>, Head) -> RFut + Copy,
         RFut: Future<Output = Result<Out, Status>>,
     {
         let m = self.method(method);
-        if let Err(status) = self.limits.check_send(&request, m.path) {
-            return (Err(status), start);
+        let attempts = self.attempts(method, start, request, read);
+        async move {
+            let attempts = match attempts {
+                Ok(a) => a,
+                Err(status) => return (Err(status), start),
+            };
+            let (deadline, attempt) = (attempts.deadline, |n| attempts.make(n));
+            match (&m.retry, &m.hedging) {
+                (Some(retry), _) => self.retry(method, retry, deadline, attempt).await,
+                (None, Some(hedging)) => self.hedge(method, hedging, deadline, attempt).await,
+                (None, None) => Self::plain(attempt).await,
+            }
         }
-        let shared = Arc::new(request);
-        let deadline = deadline::for_call(m, start);
-        let attempt = |previous: u32| {
-            let codec = SharedCodec::<Req, Resp>::default();
-            let request = Request::new(Arc::clone(&shared));
-            self.attempt(method, deadline, previous, request, codec, send_one, read)
-        };
-        self.resilient(method, deadline, attempt).await
     }
 
-    /// Runs `attempt` under the method's retry or hedging policy.
-    async fn resilient<Out, F, Fut>(
-        &self,
-        index: usize,
-        deadline: Option<CallDeadline>,
-        attempt: F,
-    ) -> (Result<Out, Status>, Instant)
+    /// One attempt, and one transparent retry if the server never processed it.
+    async fn plain<Out, F, Fut>(attempt: F) -> (Result<Out, Status>, Instant)
     where
         F: Fn(u32) -> Fut,
         Fut: Future<Output = (Result<Out, Failure>, Instant)>,
     {
-        let m = self.method(index);
-        if let Some(retry) = &m.retry {
-            self.retry(index, retry, deadline, attempt).await
-        } else if let Some(hedging) = &m.hedging {
-            self.hedge(index, hedging, deadline, attempt).await
-        } else {
-            let (result, end) = attempt(0).await;
-            (result.map_err(|f| f.status), end)
+        let (result, end) = attempt(0).await;
+        match result {
+            Err(f) if f.unprocessed => {
+                let (result, end) = attempt(0).await;
+                (result.map_err(|f| f.status), end)
+            }
+            result => (result.map_err(|f| f.status), end),
         }
     }
 
@@ -423,6 +501,9 @@ impl<T: Transport> ClientCore<T> {
         let m = self.method(index);
         let throttle = self.state.throttle();
         let mut retries = Retries::default();
+        // One transparent retry per call, as grpc-go allows: it costs no attempt
+        // and no throttle token.
+        let mut transparent = true;
         loop {
             let (result, end) = attempt(retries.previous).await;
             let failure = match result {
@@ -431,6 +512,13 @@ impl<T: Transport> ClientCore<T> {
             };
             if failure.committed || failure.rejected {
                 return (Err(failure.status), end);
+            }
+            if failure.unprocessed && std::mem::take(&mut transparent) {
+                tracing::debug!(
+                    method = m.path,
+                    "transparent retry: the server never processed the attempt"
+                );
+                continue;
             }
             let decision = self
                 .state
@@ -452,9 +540,17 @@ impl<T: Transport> ClientCore<T> {
         }
     }
 
-    /// gRFC A6 hedging: start attempt n+1 `delay` after attempt n unless one has
-    /// already succeeded; a non-fatal failure starts the next attempt at once; the
-    /// first success or fatal failure ends the call and cancels the rest.
+    /// gRFC A6 hedging: attempt n+1 starts `delay` after attempt n, at once after a
+    /// non-fatal failure, or after the server's pushback. The first success, or a
+    /// fatal failure, ends the call and cancels the rest; the first attempt to
+    /// receive response headers commits the call (the others are cancelled, no
+    /// more start). No attempt starts once retries are throttled, the breaker
+    /// refuses one, or the call's deadline would pass first; with nothing left in
+    /// flight the call then ends with the last failure at once.
+    ///
+    /// The attempts in flight (at most five, A6's cap) are polled together by hand
+    /// rather than in a `FuturesUnordered`, so that the loop can see which one is
+    /// answering and cancel just the others.
     async fn hedge<Out, F, Fut>(
         &self,
         index: usize,
@@ -464,94 +560,153 @@ impl<T: Transport> ClientCore<T> {
     ) -> (Result<Out, Status>, Instant)
     where
         F: Fn(u32) -> Fut,
-        Fut: Future<Output = (Result<Out, Failure>, Instant)>,
+        Fut: Future<Output = (Result<Out, Failure>, Instant)> + Answering,
     {
         let m = self.method(index);
         let max_attempts = hedging.max_attempts.min(MAX_ATTEMPTS);
         let throttle = self.state.throttle();
-        let mut in_flight = FuturesUnordered::new();
-        in_flight.push(attempt(0));
+        let deadline = deadline.map(|d| d.at);
+        let mut in_flight: Vec<(u32, Pin<Box<Fut>>)> = Vec::with_capacity(max_attempts as usize);
+        in_flight.push((0, Box::pin(attempt(0))));
         let mut started = 1;
         let mut next_at = Some(Instant::now() + hedging.delay);
+        // No more attempts: the call is committed, the breaker is open, or the
+        // server said not to retry.
+        let mut stopped = false;
+        let mut transparent = true;
         let mut last: Option<Status> = None;
-        loop {
-            let can_start = started < max_attempts && !throttle.is_some_and(|t| t.is_throttled());
-            let timer = async {
-                match next_at {
-                    Some(at) if can_start => tokio::time::sleep_until(at).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                done = in_flight.next(), if !in_flight.is_empty() => {
-                    let Some((result, end)) = done else {
-                        unreachable!("guarded by is_empty")
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(
+            next_at.unwrap_or_else(Instant::now)
+        ));
+        std::future::poll_fn(|cx| {
+            loop {
+                let mut i = 0;
+                while i < in_flight.len() {
+                    let Poll::Ready((result, end)) = in_flight[i].1.as_mut().poll(cx) else {
+                        i += 1;
+                        continue;
                     };
+                    let (number, _) = in_flight.swap_remove(i);
                     let failure = match result {
-                        Ok(out) => return (Ok(out), end),
+                        Ok(out) => return Poll::Ready((Ok(out), end)),
                         Err(f) => f,
                     };
-                    let fatal = failure.committed
-                        || failure.rejected
-                        || !crate::policy::contains(hedging.non_fatal, failure.status.code());
-                    if fatal {
-                        return (Err(failure.status), end);
+                    if failure.committed {
+                        return Poll::Ready((Err(failure.status), end));
+                    }
+                    if failure.rejected {
+                        // The breaker opened: start no more, but let the attempts
+                        // already sent finish.
+                        stopped = true;
+                        last = Some(failure.status);
+                        continue;
+                    }
+                    if failure.unprocessed && std::mem::take(&mut transparent) {
+                        in_flight.push((number, Box::pin(attempt(number))));
+                        continue;
+                    }
+                    if !crate::policy::contains(hedging.non_fatal, failure.status.code()) {
+                        return Poll::Ready((Err(failure.status), end));
                     }
                     if let Some(t) = throttle {
                         t.record_failure();
                     }
                     match Pushback::from_metadata(failure.status.metadata()) {
-                        Pushback::Stop => next_at = None,
+                        Pushback::Stop => stopped = true,
                         Pushback::After(d) => next_at = Some(end + d),
                         Pushback::None => next_at = Some(end),
                     }
                     last = Some(failure.status);
-                    if in_flight.is_empty() && !(started < max_attempts && next_at.is_some()) {
-                        break;
+                }
+                // A6: the first attempt to receive headers commits the call.
+                if let Some(at) = in_flight.iter().position(|(_, f)| f.answering()) {
+                    in_flight.swap(0, at);
+                    in_flight.truncate(1);
+                    stopped = true;
+                }
+                let now = Instant::now();
+                let may_start = !stopped
+                    && started < max_attempts
+                    && !throttle.is_some_and(RetryThrottle::is_throttled);
+                match next_at.filter(|_| may_start) {
+                    Some(at) if deadline.is_some_and(|d| at >= d) => {
+                        // It would start after the deadline: it never will.
+                        next_at = None;
+                        if in_flight.is_empty() {
+                            let status = last.as_ref().map_or_else(
+                                || deadline::exceeded(m.path),
+                                |last| deadline::exceeded_before_retry(m.path, last),
+                            );
+                            return Poll::Ready((Err(status), now));
+                        }
                     }
+                    Some(at) if at <= now => {
+                        self.state.metrics_at(index).hedges.inc();
+                        in_flight.push((started, Box::pin(attempt(started))));
+                        started += 1;
+                        next_at = Some(now + hedging.delay);
+                        continue;
+                    }
+                    Some(at) => {
+                        if timer.deadline() != at {
+                            timer.as_mut().reset(at);
+                        }
+                        if timer.as_mut().poll(cx).is_ready() {
+                            continue;
+                        }
+                    }
+                    None => {}
                 }
-                () = timer => {
-                    self.state.metrics_at(index).hedges.inc();
-                    in_flight.push(attempt(started));
-                    started += 1;
-                    next_at = Some(Instant::now() + hedging.delay);
+                if in_flight.is_empty() {
+                    // Nothing in flight and nothing more to start.
+                    let status = last.take().unwrap_or_else(|| {
+                        Status::unavailable(format!("{}: no hedged attempt could be made", m.path))
+                    });
+                    return Poll::Ready((Err(status), now));
                 }
+                return Poll::Pending;
             }
-            if in_flight.is_empty() && (started >= max_attempts || next_at.is_none()) {
-                break;
-            }
-        }
-        let status = last.unwrap_or_else(|| {
-            deadline.map_or_else(
-                || Status::unavailable(format!("{}: no hedged attempt could be made", m.path)),
-                |_| deadline::exceeded(m.path),
-            )
-        });
-        (Err(status), Instant::now())
+        })
+        .await
     }
 
-    /// One attempt: breaker gate and headers now, then send, classify and record
-    /// as the returned future runs.
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt: the deadline check and the breaker gate now, then wait for
+    /// the transport, send, classify and record as the returned future runs.
     fn attempt<M, C, S, SFut, Out, R, RFut>(
         &self,
         index: usize,
         deadline: Option<CallDeadline>,
         previous: u32,
-        mut request: Request<M>,
-        codec: C,
-        send: S,
+        mut exchange: Exchange<M, C, S>,
         read: R,
-    ) -> Attempt<'_, SFut, R, RFut>
+    ) -> Attempt<'_, T, M, C, S, SFut, R, RFut>
     where
         C: Codec,
-        S: FnOnce(Grpc<Stamped<T>>, Request<M>, &'static str, C) -> SFut,
+        S: FnOnce(Grpc<Screened<T>>, Request<M>, &'static str, C) -> SFut,
         SFut: Future<Output = Result<Response<Streaming<C::Decode>>, Status>>,
-        R: FnOnce(Response<Streaming<C::Decode>>, Option<Instant>, &'static str) -> RFut,
+        R: FnOnce(Response<Streaming<C::Decode>>, Head) -> RFut,
         RFut: Future<Output = Result<Out, Status>>,
     {
         let m = self.method(index);
+        let timeout = match deadline {
+            None => None,
+            // The first attempt has the whole timeout left, and the header of the
+            // method's own timeout is already encoded: no clock read, no formatting.
+            Some(d) if previous == 0 && d.from_policy => self.state.timeout_header(index).cloned(),
+            Some(d) if previous == 0 => deadline::grpc_timeout(d.timeout),
+            // Checked before the breaker is asked: an attempt that is never sent
+            // must not take a half-open probe, nor count as a failure.
+            Some(d) => match deadline::remaining(d.at) {
+                Some(left) => deadline::grpc_timeout(left),
+                None => {
+                    return Attempt::failed(
+                        &self.state,
+                        index,
+                        Failure::uncommitted(deadline::exceeded(m.path)),
+                    );
+                }
+            },
+        };
         let breaker = self.state.breaker_at(index);
         let permit = match breaker.map(CircuitBreaker::admit).transpose() {
             Ok(permit) => permit,
@@ -560,57 +715,38 @@ impl<T: Transport> ClientCore<T> {
                 return Attempt::failed(&self.state, index, breaker_open(m, rejected));
             }
         };
-        let timeout = if let Some(d) = deadline {
-            // The first attempt has the whole timeout left, and the header of the
-            // method's own timeout is already encoded: no clock read, no formatting.
-            let header = match (previous, d.from_policy) {
-                (0, true) => self.state.timeout_header(index).cloned(),
-                (0, false) => deadline::grpc_timeout(d.timeout),
-                _ => match deadline::remaining(d.at) {
-                    Some(left) => deadline::grpc_timeout(left),
-                    None => {
-                        if let (Some(b), Some(p)) = (breaker, permit) {
-                            b.record(p, b.classify(Code::DeadlineExceeded));
-                        }
-                        return Attempt::failed(
-                            &self.state,
-                            index,
-                            Failure::uncommitted(deadline::exceeded(m.path)),
-                        );
-                    }
-                },
-            };
-            // `None` cannot happen (see `grpc_timeout`); the deadline would still
-            // hold on this side.
-            header
-        } else {
-            None
-        };
         if previous > 0 {
-            request
-                .metadata_mut()
-                .insert("grpc-previous-rpc-attempts", MetadataValue::from(previous));
+            exchange.request.metadata_mut().insert(
+                wire::GRPC_PREVIOUS_RPC_ATTEMPTS,
+                MetadataValue::from(previous),
+            );
         }
-        let transport = Stamped {
-            inner: self.transport.clone(),
-            timeout,
-        };
-        let grpc = Grpc::new(transport)
-            .max_encoding_message_size(self.limits.send)
-            .max_decoding_message_size(self.limits.receive);
-        let deadline = deadline.map(|d| d.at);
         Attempt {
-            stage: Stage::Sending {
-                future: send(grpc, request, m.path, codec),
+            stage: Stage::Waiting {
+                transport: Some(Screened::new(self.transport.clone(), timeout)),
+                exchange: Some(exchange),
             },
             read: Some(read),
             timer: None,
-            deadline,
+            deadline: deadline.map(|d| d.at),
             permit,
+            limits: self.limits,
             state: &self.state,
             index,
         }
     }
+}
+
+/// What reading a response needs of its attempt.
+pub(crate) struct Head {
+    /// The call's deadline: a response stream ends with it.
+    pub(crate) deadline: Option<Instant>,
+    /// The method's path, for messages.
+    pub(crate) path: &'static str,
+    /// For a response stream: where its final status is to be reported (the
+    /// breaker permit and the throttle). `None` for a unary response, whose
+    /// attempt reports it.
+    pub(crate) outcome: Option<StreamOutcome>,
 }
 
 pin_project! {
@@ -671,7 +807,13 @@ where
 
 pin_project! {
     #[project = StageProj]
-    enum Stage<SFut, RFut> {
+    #[project_ref = StageProjRef]
+    enum Stage<T, M, C, S, SFut, RFut> {
+        /// Waiting for the transport to be ready: nothing has left the client.
+        Waiting {
+            transport: Option<Screened<T>>,
+            exchange: Option<Exchange<M, C, S>>,
+        },
         /// Sending the request, until response headers arrive.
         Sending { #[pin] future: SFut },
         /// Reading the response: the call is committed.
@@ -683,24 +825,28 @@ pin_project! {
 
 pin_project! {
     /// One attempt in flight: the exchange, its deadline timer and its breaker
-    /// permit, in one flat state machine. (As `async fn`s, the request, the tonic
-    /// call and the timeout each sat in two or three nested states.)
-    struct Attempt<'a, SFut, R, RFut> {
+    /// permit, in one flat state machine.
+    ///
+    /// The permit is recorded when the attempt ends with an answer from the
+    /// server; an attempt that ends without one (cancelled, never sent, refused
+    /// unprocessed) drops it, which releases a half-open probe slot.
+    struct Attempt<'a, T, M, C, S, SFut, R, RFut> {
         #[pin]
-        stage: Stage<SFut, RFut>,
+        stage: Stage<T, M, C, S, SFut, RFut>,
         read: Option<R>,
         // The attempt's place in the client's deadline timer, once pending.
         timer: Option<Registration<&'a DeadlineTimer>>,
         deadline: Option<Instant>,
-        permit: Option<Permit>,
-        state: &'a ClientState,
+        permit: Option<Permit<'a>>,
+        limits: MessageLimits,
+        state: &'a Arc<ClientState>,
         index: usize,
     }
 }
 
-impl<'a, SFut, R, RFut> Attempt<'a, SFut, R, RFut> {
+impl<'a, T, M, C, S, SFut, R, RFut> Attempt<'a, T, M, C, S, SFut, R, RFut> {
     /// An attempt that ends with `failure` without sending anything.
-    fn failed(state: &'a ClientState, index: usize, failure: Failure) -> Self {
+    fn failed(state: &'a Arc<ClientState>, index: usize, failure: Failure) -> Self {
         Self {
             stage: Stage::Done {
                 failure: Some(failure),
@@ -709,30 +855,96 @@ impl<'a, SFut, R, RFut> Attempt<'a, SFut, R, RFut> {
             timer: None,
             deadline: None,
             permit: None,
+            limits: MessageLimits::DEFAULT,
             state,
             index,
         }
     }
 }
 
-impl<D, SFut, Out, R, RFut> Future for Attempt<'_, SFut, R, RFut>
+/// An attempt that can tell whether the server has begun answering it (response
+/// headers arrived): what commits a hedged call.
+trait Answering {
+    fn answering(&self) -> bool;
+}
+
+impl<T, M, C, S, SFut, R, RFut> Answering for Attempt<'_, T, M, C, S, SFut, R, RFut> {
+    fn answering(&self) -> bool {
+        matches!(self.stage, Stage::Reading { .. })
+    }
+}
+
+impl<T, M, C, S, SFut, D, Out, R, RFut> Future for Attempt<'_, T, M, C, S, SFut, R, RFut>
 where
+    T: Transport,
+    S: FnOnce(Grpc<Screened<T>>, Request<M>, &'static str, C) -> SFut,
     SFut: Future<Output = Result<Response<Streaming<D>>, Status>>,
-    R: FnOnce(Response<Streaming<D>>, Option<Instant>, &'static str) -> RFut,
+    R: FnOnce(Response<Streaming<D>>, Head) -> RFut,
     RFut: Future<Output = Result<Out, Status>>,
 {
     type Output = (Result<Out, Failure>, Instant);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let path = this.state.policy().methods[*this.index].path;
+        let method = &this.state.policy().methods[*this.index];
+        let path = method.path;
         let result = loop {
             match this.stage.as_mut().project() {
+                StageProj::Waiting {
+                    transport,
+                    exchange,
+                } => {
+                    let ready = match transport.as_mut() {
+                        Some(t) => tower::Service::poll_ready(t, cx),
+                        None => Poll::Ready(Ok(())),
+                    };
+                    match ready {
+                        Poll::Ready(Ok(())) => {
+                            let (Some(transport), Some(exchange)) =
+                                (transport.take(), exchange.take())
+                            else {
+                                unreachable!("an attempt leaves Waiting once")
+                            };
+                            let grpc = Grpc::new(transport)
+                                .max_encoding_message_size(this.limits.send)
+                                .max_decoding_message_size(this.limits.receive);
+                            let future =
+                                (exchange.send)(grpc, exchange.request, path, exchange.codec);
+                            this.stage.set(Stage::Sending { future });
+                            continue;
+                        }
+                        Poll::Ready(Err(error)) => {
+                            // The transport failed before the request left the
+                            // client: safe to send again.
+                            let mut failure =
+                                Failure::transport(TransportFailure::classify(error), path);
+                            failure.unprocessed = true;
+                            break Err(failure);
+                        }
+                        Poll::Pending => {}
+                    }
+                }
                 StageProj::Sending { future } => match future.poll(cx) {
-                    Poll::Ready(Ok(response)) => {
+                    Poll::Ready(Ok(mut response)) => {
+                        if let Some(failure) =
+                            response.extensions_mut().remove::<TransportFailure>()
+                        {
+                            break Err(Failure::transport(failure, path));
+                        }
+                        let outcome = if streams_responses(method.kind) {
+                            StreamOutcome::new(this.state, *this.index, this.permit.take())
+                        } else {
+                            None
+                        };
+                        let head = Head {
+                            deadline: *this.deadline,
+                            path,
+                            outcome,
+                        };
                         let read = this.read.take().expect("read once, after the headers");
-                        let future = read(response, *this.deadline, path);
-                        this.stage.set(Stage::Reading { future });
+                        this.stage.set(Stage::Reading {
+                            future: read(response, head),
+                        });
                         continue;
                     }
                     Poll::Ready(Err(status)) => break Err(Failure::uncommitted(status)),
@@ -745,6 +957,7 @@ where
                             status,
                             committed: true,
                             rejected: false,
+                            unprocessed: false,
                         });
                     }
                     Poll::Pending => {}
@@ -760,7 +973,20 @@ where
                 && DeadlineTimer::poll_expired(this.timer, || this.state.deadlines(), d, cx)
                     .is_ready()
             {
-                break Err(Failure::uncommitted(deadline::exceeded(path)));
+                let stage = this.stage.as_ref().project_ref();
+                if matches!(stage, StageProjRef::Waiting { .. }) {
+                    // Never sent (still waiting for a connection): nothing was
+                    // learnt about the server; the permit is released below.
+                    this.permit.take();
+                }
+                break Err(Failure {
+                    status: deadline::exceeded(path),
+                    // A deadline that passes while the response is read ends a
+                    // committed call: no retry, no hedge, no throttle token.
+                    committed: matches!(stage, StageProjRef::Reading { .. }),
+                    rejected: false,
+                    unprocessed: false,
+                });
             }
             return Poll::Pending;
         };
@@ -772,25 +998,40 @@ where
         // tonic's channel enforces `grpc-timeout` itself and reports it as CANCELLED
         // ("Timeout expired"); gRPC calls that DEADLINE_EXCEEDED, and so do we.
         let result = match (result, *this.deadline) {
-            (Err(f), Some(d)) if f.status.code() == Code::Cancelled && end >= d => {
-                Err(Failure::uncommitted(deadline::exceeded(path)))
+            (Err(mut f), Some(d)) if f.status.code() == Code::Cancelled && end >= d => {
+                f.status = deadline::exceeded(path);
+                Err(f)
             }
             (result, _) => result,
         };
         let code = match &result {
             Ok(_) => Code::Ok,
+            // Never processed: the server told us nothing about itself. Dropping
+            // the permit releases it.
+            Err(f) if f.unprocessed => {
+                this.permit.take();
+                return Poll::Ready((result, end));
+            }
             Err(f) => f.status.code(),
         };
         if let (Some(b), Some(p)) = (this.state.breaker_at(*this.index), this.permit.take()) {
             b.record_at(p, b.classify(code), end);
         }
+        // A response stream reports its own success when it ends.
         if code == Code::Ok
+            && !streams_responses(method.kind)
             && let Some(t) = this.state.throttle()
         {
             t.record_success();
         }
         Poll::Ready((result, end))
     }
+}
+
+/// Whether the server answers `kind` with a stream, whose final status comes
+/// after the attempt's future has ended.
+fn streams_responses(kind: MethodKind) -> bool {
+    matches!(kind, MethodKind::ServerStreaming | MethodKind::Bidi)
 }
 
 fn breaker_open(m: &MethodPolicy, rejected: Rejected) -> Failure {
@@ -806,37 +1047,7 @@ fn breaker_open(m: &MethodPolicy, rejected: Rejected) -> Failure {
         )),
         committed: false,
         rejected: true,
-    }
-}
-
-/// The `grpc-timeout` header name, built at compile time.
-const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
-
-/// The transport of one attempt: the client's transport, writing the attempt's
-/// `grpc-timeout` straight into the HTTP request that tonic has built. Through
-/// tonic's metadata the same header costs about three times as much: the name
-/// is validated at run time and hashed once for the insert and again by each of
-/// the eight removals of tonic's sanitising pass.
-#[derive(Clone, Debug)]
-pub(crate) struct Stamped<T> {
-    inner: T,
-    timeout: Option<http::HeaderValue>,
-}
-
-impl<T: Transport> tower::Service<http::Request<tonic::body::Body>> for Stamped<T> {
-    type Response = http::Response<T::ResponseBody>;
-    type Error = T::Error;
-    type Future = T::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), T::Error>> {
-        GrpcService::poll_ready(&mut self.inner, cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> T::Future {
-        if let Some(value) = self.timeout.take() {
-            request.headers_mut().insert(GRPC_TIMEOUT, value);
-        }
-        GrpcService::call(&mut self.inner, request)
+        unprocessed: false,
     }
 }
 
@@ -848,12 +1059,12 @@ async fn send_one<T, M, C>(
     codec: C,
 ) -> Result<Response<Streaming<C::Decode>>, Status>
 where
-    T: Transport,
+    T: GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     C: Codec<Encode = M>,
     M: Send + Sync + 'static,
     C::Decode: Send + Sync + 'static,
 {
-    ready(&mut grpc, path).await?;
     grpc.server_streaming(request, PathAndQuery::from_static(path), codec)
         .await
 }
@@ -866,28 +1077,20 @@ async fn send_stream<T, M, C>(
     codec: C,
 ) -> Result<Response<Streaming<C::Decode>>, Status>
 where
-    T: Transport,
+    T: GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     C: Codec<Encode = M>,
     M: Send + Sync + 'static,
     C::Decode: Send + Sync + 'static,
 {
-    ready(&mut grpc, path).await?;
     grpc.streaming(request, PathAndQuery::from_static(path), codec)
         .await
-}
-
-async fn ready<T: Transport>(grpc: &mut Grpc<T>, path: &str) -> Result<(), Status> {
-    grpc.ready().await.map_err(|e| {
-        let e: BoxError = e.into();
-        Status::unavailable(format!("{path}: transport not ready: {e}"))
-    })
 }
 
 /// Reads the single message and the trailers of a unary response.
 async fn read_unary<Resp>(
     response: Response<Streaming<Resp>>,
-    _deadline: Option<Instant>,
-    _path: &'static str,
+    _head: Head,
 ) -> Result<Resp, Status> {
     let mut body = response.into_inner();
     let message = body
@@ -901,10 +1104,14 @@ async fn read_unary<Resp>(
 
 async fn open_stream<Resp>(
     response: Response<Streaming<Resp>>,
-    deadline: Option<Instant>,
-    path: &'static str,
+    head: Head,
 ) -> Result<ResponseStream<Resp>, Status> {
-    Ok(ResponseStream::new(response.into_inner(), deadline, path))
+    Ok(ResponseStream::new(
+        response.into_inner(),
+        head.deadline,
+        head.path,
+        head.outcome,
+    ))
 }
 
 /// Builds a channel to `dst` for the generated `connect`: the production preset

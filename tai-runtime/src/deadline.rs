@@ -52,7 +52,8 @@ pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDead
     let caller = CALLER_TIMEOUT.try_with(|t| *t).ok();
     let timeout = clamped(caller.or(policy.timeout), policy.max_timeout)?;
     Some(CallDeadline {
-        at: start + timeout,
+        // A deadline beyond what `Instant` can hold is no deadline.
+        at: start.checked_add(timeout)?,
         timeout,
         from_policy: caller.is_none(),
     })

@@ -50,6 +50,8 @@ mod state;
 mod stream;
 pub mod throttle;
 mod timer;
+mod transport;
+mod wire;
 
 pub use breaker::{BreakerState, TripReason};
 pub use channel::{Channel, ConnectivityState, Endpoints};

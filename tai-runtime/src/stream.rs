@@ -1,11 +1,15 @@
 //! Streams in and out of a resilient call.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
+
+use crate::breaker::{Permit, Ticket};
+use crate::state::ClientState;
 
 /// The requests of a client-streaming or bidi call: any `Send` stream of messages.
 ///
@@ -21,11 +25,16 @@ pub type RequestStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 /// It ends with the call's deadline: once the deadline passes it yields one
 /// `DEADLINE_EXCEEDED` error and then ends, even if the server keeps the stream
 /// open. The deadline is one timer per stream, never a clock read per message.
+///
+/// The call's circuit breaker counts the stream's final status (an error in the
+/// middle of a stream is a failure, even though its headers were fine); a stream
+/// dropped before its end counts as neither a success nor a failure.
 pub struct ResponseStream<T> {
     inner: Streaming<T>,
     deadline: Option<Pin<Box<Sleep>>>,
     method: &'static str,
     done: bool,
+    outcome: Option<StreamOutcome>,
 }
 
 impl<T> ResponseStream<T> {
@@ -33,12 +42,22 @@ impl<T> ResponseStream<T> {
         inner: Streaming<T>,
         deadline: Option<Instant>,
         method: &'static str,
+        outcome: Option<StreamOutcome>,
     ) -> Self {
         Self {
             inner,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             method,
             done: false,
+            outcome,
+        }
+    }
+
+    /// Ends the stream with `code` as its final status.
+    fn finish(&mut self, code: Code) {
+        self.done = true;
+        if let Some(outcome) = self.outcome.take() {
+            outcome.finish(code);
         }
     }
 
@@ -70,13 +89,19 @@ impl<T> Stream for ResponseStream<T> {
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            this.done = true;
+            this.finish(Code::DeadlineExceeded);
             return Poll::Ready(Some(Err(crate::deadline::exceeded(this.method))));
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(None) => {
-                this.done = true;
+                // tonic ends the stream after OK trailers; any other status is an
+                // error item first.
+                this.finish(Code::Ok);
                 Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(status))) => {
+                this.finish(status.code());
+                Poll::Ready(Some(Err(status)))
             }
             other => other,
         }
@@ -89,5 +114,58 @@ impl<T> std::fmt::Debug for ResponseStream<T> {
             .field("method", &self.method)
             .field("has_deadline", &self.deadline.is_some())
             .finish()
+    }
+}
+
+/// Where a response stream reports its final status: the breaker permit of the
+/// attempt that opened it (the ticket, since the stream outlives the client's
+/// borrow) and the client's retry throttle.
+pub(crate) struct StreamOutcome {
+    state: Arc<ClientState>,
+    index: usize,
+    ticket: Option<Ticket>,
+}
+
+impl StreamOutcome {
+    /// The outcome sink of a stream of method `index`, if there is anything to
+    /// report to (a breaker, a throttle).
+    pub(crate) fn new(
+        state: &Arc<ClientState>,
+        index: usize,
+        permit: Option<Permit<'_>>,
+    ) -> Option<Self> {
+        if permit.is_none() && state.throttle().is_none() {
+            return None;
+        }
+        Some(Self {
+            state: Arc::clone(state),
+            index,
+            ticket: permit.map(Permit::into_ticket),
+        })
+    }
+
+    fn finish(mut self, code: Code) {
+        if let (Some(ticket), Some(breaker)) =
+            (self.ticket.take(), self.state.breaker_at(self.index))
+        {
+            breaker.record(breaker.resume(ticket), breaker.classify(code));
+        }
+        if code == Code::Ok
+            && let Some(t) = self.state.throttle()
+        {
+            t.record_success();
+        }
+    }
+}
+
+impl Drop for StreamOutcome {
+    fn drop(&mut self) {
+        // Dropped before the stream ended: neither a success nor a failure. The
+        // permit, resumed and dropped, releases a half-open probe slot.
+        if let (Some(ticket), Some(breaker)) =
+            (self.ticket.take(), self.state.breaker_at(self.index))
+        {
+            drop(breaker.resume(ticket));
+        }
     }
 }

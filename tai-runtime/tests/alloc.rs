@@ -145,11 +145,12 @@ fn policy_hot_path_allocations() {
             get("tai (deadline + breaker)", pending),
             get("tai (metrics only)", pending)
         );
-        // A retry-enabled call shares its request between attempts through one Arc:
-        // exactly one allocation more than the same call without retry, never a clone.
+        // Every single-request call shares its request between attempts (retries,
+        // hedges, a transparent retry) through one Arc: a retry policy costs no
+        // allocation more, and never a clone.
         assert_eq!(
-            get("tai (all on)", pending) - get("tai (deadline + breaker)", pending),
-            1.0
+            get("tai (all on)", pending),
+            get("tai (deadline + breaker)", pending)
         );
         assert!(
             get("tai (all on)", pending) <= get("raw+deadline", pending),

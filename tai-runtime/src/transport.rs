@@ -1,0 +1,270 @@
+//! The transport of one attempt: the client's transport as tonic sees it, with a
+//! screen between the peer and tonic.
+//!
+//! tonic reads a response in ways a peer can abuse or that lose what the retry
+//! rules need, so every response and every transport error passes through here
+//! first:
+//! - tonic 0.14 panics (`expect`) on a `grpc-status-details-bin` that is not
+//!   base64, in a trailers-only response and in trailers alike. The header is
+//!   dropped; the status code and message stay. Nothing a peer sends may panic us.
+//! - An HTTP response without `grpc-status` that is not gRPC (a proxy's 502/503/504
+//!   page, `text/html`) becomes a trailers-only response with the code grpc-go
+//!   derives from the HTTP status. tonic would read its body first and fail the
+//!   call *after* headers, when gRFC A6 no longer allows a retry.
+//! - Transport errors are classified before tonic flattens them into a `Status`
+//!   (which drops their source): a stream the server refused with REFUSED_STREAM
+//!   was never processed (A6 transparent retry), and tonic's own `grpc-timeout`
+//!   timer (`TimeoutExpired`, which tonic reports as CANCELLED) is the call's
+//!   deadline. Such a failure reaches the attempt as an empty response carrying a
+//!   [`TransportFailure`] extension, which the attempt reads before anything else.
+//!
+//! The attempt's `grpc-timeout` is written here too, straight into the HTTP request
+//! tonic built: through tonic's metadata the same header costs about three times
+//! as much (the name is validated at run time and hashed by each of the removals
+//! of tonic's sanitising pass).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tonic::client::GrpcService;
+use tonic::{Code, Status};
+
+use crate::wire;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The transport of one attempt: the client's transport, the attempt's
+/// `grpc-timeout`, and the screen described in the module docs.
+#[derive(Clone, Debug)]
+pub(crate) struct Screened<T> {
+    inner: T,
+    timeout: Option<HeaderValue>,
+}
+
+impl<T> Screened<T> {
+    pub(crate) fn new(inner: T, timeout: Option<HeaderValue>) -> Self {
+        Self { inner, timeout }
+    }
+}
+
+impl<T> tower::Service<http::Request<tonic::body::Body>> for Screened<T>
+where
+    T: GrpcService<tonic::body::Body, Error: Into<BoxError>>,
+{
+    type Response = http::Response<PeerBody<T::ResponseBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<T::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        GrpcService::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = self.timeout.take() {
+            request.headers_mut().insert(wire::GRPC_TIMEOUT, value);
+        }
+        ResponseFuture {
+            inner: GrpcService::call(&mut self.inner, request),
+        }
+    }
+}
+
+pin_project! {
+    /// The response of one attempt, screened.
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B, E> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<http::Response<PeerBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(match std::task::ready!(self.project().inner.poll(cx)) {
+            Ok(response) => screen(response),
+            Err(error) => failed(TransportFailure::classify(error.into())),
+        }))
+    }
+}
+
+/// A transport failure of an attempt, classified while its source chain is still
+/// there to read.
+#[derive(Clone, Debug)]
+pub(crate) struct TransportFailure {
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    /// The server refused the stream before processing it (HTTP/2 REFUSED_STREAM):
+    /// sending it again is safe even for a call that is not idempotent.
+    pub(crate) unprocessed: bool,
+    /// tonic's own `grpc-timeout` timer ended the attempt: the call's deadline.
+    pub(crate) timed_out: bool,
+}
+
+impl TransportFailure {
+    /// Reads what matters out of a transport error.
+    pub(crate) fn classify(error: BoxError) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        while let Some(e) = source {
+            if e.is::<tonic::TimeoutExpired>() {
+                return Self {
+                    code: Code::DeadlineExceeded,
+                    message: "deadline exceeded (the transport's grpc-timeout timer)".to_owned(),
+                    unprocessed: false,
+                    timed_out: true,
+                };
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>()
+                && h2.is_reset()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+            {
+                return Self {
+                    code: Code::Unavailable,
+                    message: "the server refused the stream before processing it (REFUSED_STREAM)"
+                        .to_owned(),
+                    unprocessed: true,
+                    timed_out: false,
+                };
+            }
+            source = e.source();
+        }
+        // What tonic would have made of it (a `Status` of the transport's, a
+        // connection error, an h2 or hyper error).
+        let status = Status::from_error(error);
+        Self {
+            code: status.code(),
+            message: status.message().to_owned(),
+            unprocessed: false,
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn into_status(self) -> Status {
+        Status::new(self.code, self.message)
+    }
+}
+
+/// An empty response that carries `failure` to the attempt.
+fn failed<B>(failure: TransportFailure) -> http::Response<PeerBody<B>> {
+    let mut response = http::Response::new(PeerBody::Empty);
+    response.extensions_mut().insert(failure);
+    response
+}
+
+/// Screens the head of a response (see the module docs).
+fn screen<B>(mut response: http::Response<B>) -> http::Response<PeerBody<B>> {
+    let headers = response.headers_mut();
+    if headers.contains_key(wire::GRPC_STATUS) {
+        // Trailers-only: tonic reads the status from these headers.
+        drop_invalid_details(headers);
+        return response.map(PeerBody::passthrough);
+    }
+    let http_status = response.status();
+    let grpc_content = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if http_status == StatusCode::OK && grpc_content {
+        return response.map(PeerBody::passthrough);
+    }
+    // Not a gRPC response: a trailers-only one with the code grpc-go derives from
+    // the HTTP status, so that the attempt fails uncommitted, before any body.
+    let code = wire::code_for_http_status(http_status);
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    let message = wire::percent_encode_message(&format!(
+        "the server answered HTTP {http_status} with content-type {content_type}, not gRPC"
+    ));
+    let (mut parts, _body) = response.into_parts();
+    parts.status = StatusCode::OK;
+    parts.headers.clear();
+    parts
+        .headers
+        .insert(wire::GRPC_STATUS, HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        parts.headers.insert(wire::GRPC_MESSAGE, message);
+    }
+    http::Response::from_parts(parts, PeerBody::Empty)
+}
+
+/// Removes a `grpc-status-details-bin` that tonic could not decode (it would
+/// panic); the rest of the status stays.
+fn drop_invalid_details(headers: &mut HeaderMap) {
+    let valid = match headers.get(wire::GRPC_STATUS_DETAILS) {
+        None => return,
+        // tonic decodes with the standard alphabet, padding optional.
+        Some(v) => wire::STATUS_DETAILS_BASE64.decode(v.as_bytes()).is_ok(),
+    };
+    if !valid {
+        tracing::debug!("dropped a grpc-status-details-bin that is not base64");
+        headers.remove(wire::GRPC_STATUS_DETAILS);
+    }
+}
+
+pin_project! {
+    /// A response body whose trailers are screened like trailers-only headers.
+    #[project = PeerBodyProj]
+    pub(crate) enum PeerBody<B> {
+        Passthrough { #[pin] inner: B },
+        Empty,
+    }
+}
+
+impl<B> PeerBody<B> {
+    fn passthrough(inner: B) -> Self {
+        PeerBody::Passthrough { inner }
+    }
+}
+
+impl<B> Body for PeerBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            PeerBodyProj::Passthrough { inner } => {
+                let mut frame = std::task::ready!(inner.poll_frame(cx));
+                if let Some(Ok(frame)) = &mut frame
+                    && let Some(trailers) = frame.trailers_mut()
+                {
+                    drop_invalid_details(trailers);
+                }
+                Poll::Ready(frame)
+            }
+            PeerBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PeerBody::Passthrough { inner } => inner.is_end_stream(),
+            PeerBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            PeerBody::Passthrough { inner } => inner.size_hint(),
+            PeerBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
