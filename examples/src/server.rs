@@ -1,7 +1,8 @@
 //! One server for any of the mesh services, with what every production gRPC
 //! server needs next to them: the standard `grpc.health.v1.Health` service (for
 //! load balancers and `grpc-health-probe`), server reflection (for `grpcurl` and
-//! friends, from the descriptor set tai-build writes), tai-runtime's server
+//! friends, from the descriptor set tai-build writes, by
+//! [`tai_runtime::reflection`]: a file comes with its imports), tai-runtime's server
 //! layer (metrics, deadlines), and a graceful shutdown whose drain is bounded.
 //!
 //! Shutting down goes in this order: health turns NOT_SERVING (so that health
@@ -58,7 +59,7 @@ pub enum ServeError {
     },
     /// Reflection could not read the descriptor set.
     #[error("cannot build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(#[from] tai_runtime::reflection::ReflectionError),
     /// The transport failed.
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -198,14 +199,13 @@ impl<H: TaskHandler> MeshServer<H> {
     ) -> Result<Drained, ServeError> {
         let (closer, closing) = Closing::pair();
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // tai's reflection, not tonic-reflection's: a file is sent with the imports
+        // the stream has not had yet, as grpc-go does, so that clients which never
+        // ask for an import by name can load the services.
+        let reflection = tai_runtime::reflection::Reflection::from_sets([
+            DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])?;
 
         let governor = self
             .governor
@@ -252,8 +252,8 @@ impl<H: TaskHandler> MeshServer<H> {
             .layer(tai_runtime::server::ServerLayer::new())
             .layer(faults.layer())
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha())
             .add_optional_service(governor)
             .add_optional_service(coordinator)
             .add_optional_service(scheduler);

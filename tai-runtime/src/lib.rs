@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod policy;
 mod pushback;
 pub mod rate_limit;
+pub mod reflection;
 mod retry;
 pub mod server;
 mod state;
