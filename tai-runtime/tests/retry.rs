@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::raw_h2::{Answer, H2Server};
 use support::{Echo, Script, echo, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ThrottlePolicy};
@@ -323,4 +324,107 @@ fn hand_built_policies_validate_like_compiled_ones() {
         problems[0].contains("not marked idempotent on ABORTED"),
         "{problems:#?}"
     );
+}
+
+fn throttled(max_tokens: u32) -> Option<ThrottlePolicy> {
+    Some(ThrottlePolicy {
+        max_tokens,
+        token_ratio: 0.1,
+    })
+}
+
+/// tonic 0.14 panics on a `grpc-status-details-bin` that is not base64; tai drops
+/// the header, keeps the status, and retries it like any UNAVAILABLE.
+#[tokio::test(start_paused = true)]
+async fn status_details_that_are_not_base64_do_not_panic() {
+    let server = H2Server::new(|i| match i {
+        0 => Answer::TrailersOnly(vec![
+            ("grpc-status", "14"),
+            ("grpc-message", "try again"),
+            ("grpc-status-details-bin", "!!!"),
+        ]),
+        _ => Answer::ok("second"),
+    });
+    let core = ClientCore::new(
+        server.channel(),
+        service(vec![retrying(3, &[Code::Unavailable])], None),
+    );
+    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(reply.msg, "second");
+    assert_eq!(server.streams(), 2);
+
+    // The same status in trailers, after a message: committed, so not retried,
+    // and still no panic.
+    let server = H2Server::new(|_| Answer::Grpc {
+        delay: Duration::ZERO,
+        message: "m",
+        trailers: vec![
+            ("grpc-status", "14"),
+            ("grpc-message", "late"),
+            ("grpc-status-details-bin", "!!!"),
+        ],
+    });
+    let core = ClientCore::new(
+        server.channel(),
+        service(vec![retrying(3, &[Code::Unavailable])], None),
+    );
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(err.message(), "late");
+    assert_eq!(server.streams(), 1);
+}
+
+/// A proxy's HTTP 503 page (no `grpc-status`) is UNAVAILABLE before any body, as
+/// grpc-go maps it: retryable, not a committed INTERNAL.
+#[tokio::test(start_paused = true)]
+async fn an_http_error_page_is_retried_like_unavailable() {
+    let server = H2Server::new(|i| match i {
+        0 => Answer::Http(503, "text/html", "<html>no healthy upstream</html>"),
+        _ => Answer::ok("through"),
+    });
+    let core = ClientCore::new(
+        server.channel(),
+        service(vec![retrying(3, &[Code::Unavailable])], None),
+    );
+    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(reply.msg, "through");
+    assert_eq!(server.streams(), 2);
+
+    // Without a retry policy the caller sees grpc-go's code and what happened.
+    let server = H2Server::new(|_| Answer::Http(404, "text/html", "<html>not here</html>"));
+    let core = ClientCore::new(server.channel(), service(vec![unary_method()], None));
+    let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err}");
+    assert!(err.message().contains("HTTP 404"), "{err}");
+}
+
+/// gRFC A6 transparent retry: a stream the server refused (REFUSED_STREAM) was
+/// never processed, so it is sent again even without a retry policy, costing no
+/// attempt and no throttle token.
+#[tokio::test(start_paused = true)]
+async fn a_refused_stream_is_retried_transparently() {
+    let server = H2Server::new(|i| match i {
+        0 => Answer::Refuse,
+        _ => Answer::ok("accepted"),
+    });
+    let core = ClientCore::new(server.channel(), service(vec![unary_method()], None));
+    let reply = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(reply.msg, "accepted");
+    assert_eq!(server.streams(), 2);
+
+    // Under a retry policy with throttling: no token spent, no attempt counted.
+    let server = H2Server::new(|i| match i {
+        0 => Answer::Refuse,
+        _ => Answer::ok("accepted"),
+    });
+    let core = ClientCore::new(
+        server.channel(),
+        service(vec![retrying(2, &[Code::Unavailable])], throttled(10)),
+    );
+    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(reply.msg, "accepted");
+    assert_eq!(core.state().throttle().unwrap().tokens(), 10.0);
 }

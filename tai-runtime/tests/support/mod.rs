@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub mod net;
+pub mod raw_h2;
 
 use futures_util::Stream;
 use hyper_util::rt::TokioIo;
