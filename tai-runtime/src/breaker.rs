@@ -232,11 +232,10 @@ impl Window {
             let (calls, failures) = match Self::age(slot, at) {
                 0 => (calls, failures),
                 age => {
-                    // The bucket holds a later slot than this outcome's only if that
-                    // slot is no later than the latest one counted: this outcome was
-                    // timed before a concurrent one that moved the bucket on, and is
-                    // too late to count. Otherwise the bucket is stale, however long
-                    // it was left alone.
+                    // A bucket slot later than this outcome's, yet no later than
+                    // `head`, means this outcome was timed before a concurrent one
+                    // that moved the bucket on: too late to count. Any other slot is
+                    // stale, however long ago it was written: reset the bucket.
                     let ahead = (SLOT_MASK + 1 - age) & SLOT_MASK;
                     let newest = self.head.load(Ordering::Relaxed);
                     if calls > 0 && ahead <= newest.saturating_sub(slot) {
