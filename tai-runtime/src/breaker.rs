@@ -213,16 +213,24 @@ struct Inner {
 /// (a success while closed) never waits for one.
 ///
 /// Each bucket is one atomic word: the low 24 bits of its time slot, then 20 bits
-/// of calls and 20 bits of failures (both saturating at about a million per
-/// bucket). A bucket belongs to the window while its slot is one of the last
+/// of calls and 20 bits of failures. A bucket that would pass about a million calls
+/// halves both counts first, so a saturated bucket keeps its failure ratio (and
+/// weighs recent outcomes more) instead of counting failures past its calls.
+///
+/// A bucket belongs to the window while its slot is one of the last
 /// `WINDOW_BUCKETS`; an older one is reset by the first outcome that lands in it.
-/// Slots are compared modulo 2^24, so a bucket left untouched for exactly a
-/// multiple of 2^24 slots would be read as current once — at the smallest window
-/// (10 ms buckets) that takes two days of silence and only ever replays counts the
-/// window once held.
+/// `head`, the latest slot counted, is kept at full width: an outcome is late (and
+/// dropped, its bucket having moved on to a later slot) only if that later slot is
+/// no later than `head`, so a bucket left untouched for any length of time is
+/// stale, never "from the future". Slots are otherwise compared modulo 2^24, so a
+/// bucket left untouched for within `WINDOW_BUCKETS` slots of a multiple of 2^24
+/// slots would be read as current once — at the smallest window (10 ms buckets)
+/// that takes two days of silence and only ever replays counts the window once held.
 #[derive(Debug)]
 struct Window {
     buckets: [AtomicU64; WINDOW_BUCKETS],
+    /// The latest slot any outcome was counted in (full width, only grows).
+    head: AtomicU64,
     /// Bucket width in nanoseconds.
     width: u64,
 }
@@ -236,6 +244,7 @@ impl Window {
     fn new(window: Duration) -> Self {
         Self {
             buckets: Default::default(),
+            head: AtomicU64::new(0),
             width: (window.as_nanos() / WINDOW_BUCKETS as u128).clamp(1, u128::from(u64::MAX))
                 as u64,
         }
@@ -262,21 +271,41 @@ impl Window {
 
     /// Counts one call (a failure if `failed`) in `slot`'s bucket.
     fn add(&self, slot: u64, failed: bool) {
+        // Once per slot, not per outcome: the common case only reads `head`.
+        if self.head.load(Ordering::Relaxed) < slot {
+            self.head.fetch_max(slot, Ordering::Relaxed);
+        }
         let bucket = &self.buckets[slot as usize % WINDOW_BUCKETS];
-        let mut word = bucket.load(Ordering::Relaxed);
+        // Acquire pairs with the Release below: having seen another outcome's slot
+        // in the bucket, the `head` read after it is at least that slot.
+        let mut word = bucket.load(Ordering::Acquire);
         loop {
             let (at, calls, failures) = Self::unpack(word);
             let (calls, failures) = match Self::age(slot, at) {
                 0 => (calls, failures),
-                // The bucket already moved on to a later slot (this outcome was
-                // timed before a concurrent one): too late to count.
-                age if age > SLOT_MASK / 2 && calls > 0 => return,
-                _ => (0, 0),
+                age => {
+                    // A bucket slot later than this outcome's, yet no later than
+                    // `head`, means this outcome was timed before a concurrent one
+                    // that moved the bucket on: too late to count. Any other slot is
+                    // stale, however long ago it was written: reset the bucket.
+                    let ahead = (SLOT_MASK + 1 - age) & SLOT_MASK;
+                    let newest = self.head.load(Ordering::Relaxed);
+                    if calls > 0 && ahead <= newest.saturating_sub(slot) {
+                        return;
+                    }
+                    (0, 0)
+                }
+            };
+            // Full: halve both counts, so that the ratio holds.
+            let (calls, failures) = if calls == COUNT_MAX {
+                (calls.div_ceil(2), failures.div_ceil(2))
+            } else {
+                (calls, failures)
             };
             let next = (slot & SLOT_MASK) << (2 * COUNT_BITS)
-                | (calls + 1).min(COUNT_MAX) << COUNT_BITS
-                | (failures + u64::from(failed)).min(COUNT_MAX);
-            match bucket.compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed) {
+                | (calls + 1) << COUNT_BITS
+                | (failures + u64::from(failed));
+            match bucket.compare_exchange_weak(word, next, Ordering::Release, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(now) => word = now,
             }
@@ -786,6 +815,36 @@ mod tests {
         w.add(SLOT_MASK, true);
         w.add(SLOT_MASK + 1, false);
         assert_eq!(w.totals(SLOT_MASK + 1), (2, 1));
+    }
+
+    #[test]
+    fn window_counts_again_after_a_long_idle() {
+        // Slot 8_388_615 lands in slot 5's bucket more than 2^23 slots later (9.7
+        // days of silence with 100 ms buckets): the bucket is stale, not "from the
+        // future", and the new outcome must count.
+        let w = Window::new(Duration::from_secs(1));
+        w.add(5, true);
+        w.add(8_388_615, true);
+        assert_eq!(w.totals(8_388_615), (1, 1));
+        // An outcome timed a window before the latest one is still late: dropped.
+        w.add(8_388_605, false);
+        assert_eq!(w.totals(8_388_615), (1, 1));
+    }
+
+    #[test]
+    fn a_saturated_bucket_keeps_its_failure_ratio() {
+        // 2,000,000 calls, 40% of them failures, all in one bucket: more than the
+        // counts can hold, and the ratio must survive.
+        let w = Window::new(Duration::from_secs(10));
+        for i in 0..2_000_000u32 {
+            w.add(42, i % 5 < 2);
+        }
+        let (calls, failures) = w.totals(42);
+        let ratio = f64::from(failures) / f64::from(calls);
+        assert!(
+            (ratio - 0.4).abs() < 1e-4,
+            "{failures} of {calls} calls read as {ratio}"
+        );
     }
 
     #[test]
