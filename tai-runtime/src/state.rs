@@ -1,7 +1,16 @@
 //! The run-time state of one client: a breaker per method, the retry throttle, and
 //! the jitter source. Shared by every clone of the client.
+//!
+//! Breakers and the throttle protect a backend, not a client object: a user who
+//! builds a client per request must still trip a breaker and throttle retries.
+//! gRFC A6 keys retry throttling by server name; tai shares breakers and throttle
+//! between every client of one service policy to one target (the same compiled
+//! policy over channels to the same addresses) in the process. A client over a
+//! transport that names no target (tonic's `Channel`, a tower stack of your own)
+//! keeps its own: build it once and clone it.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -16,20 +25,80 @@ use crate::timer::DeadlineTimer;
 #[derive(Debug)]
 pub struct ClientState {
     policy: &'static ServicePolicy,
-    breakers: Box<[Option<CircuitBreaker>]>,
+    guards: Arc<Guards>,
     metrics: Box<[MethodMetrics]>,
     /// Each method's `grpc-timeout` for its own timeout, encoded once: a call's
     /// first attempt sends a shared copy instead of formatting it again.
     timeout_headers: Box<[Option<http::HeaderValue>]>,
-    throttle: Option<RetryThrottle>,
     rng: Mutex<SmallRng>,
     /// Every call's deadline, on one timer.
     deadlines: DeadlineTimer,
 }
 
+/// What protects a backend: the breakers and the retry throttle, shared by the
+/// clients of one policy to one target.
+#[derive(Debug)]
+struct Guards {
+    breakers: Box<[Option<CircuitBreaker>]>,
+    throttle: Option<RetryThrottle>,
+}
+
+impl Guards {
+    fn new(policy: &'static ServicePolicy, metrics: &[MethodMetrics]) -> Self {
+        Self {
+            breakers: policy
+                .methods
+                .iter()
+                .zip(metrics)
+                .map(|(m, metrics)| {
+                    m.breaker
+                        .map(|b| CircuitBreaker::new(b).with_gauge(metrics.open.clone()))
+                })
+                .collect(),
+            throttle: policy.throttle.as_ref().map(RetryThrottle::new),
+        }
+    }
+}
+
+/// The guards of every live (policy, target) pair. Keyed by what the program's
+/// own code names (its compiled policies, the targets it connects to), never by
+/// anything a peer sends; entries whose clients are all gone are dropped on the
+/// next insert, so it holds at most one entry per pair in use.
+type Registry = Mutex<HashMap<(usize, String), Weak<Guards>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
 impl ClientState {
-    /// Fresh state for `policy`: breakers closed, throttle bucket full.
+    /// Fresh state for `policy`: breakers closed, throttle bucket full, its own.
     pub fn new(policy: &'static ServicePolicy) -> Self {
+        Self::with_guards(policy, |metrics| Arc::new(Guards::new(policy, metrics)))
+    }
+
+    /// State for `policy` over a transport to `target`: the breakers and the
+    /// throttle are those of every other client of the same policy to the same
+    /// target in the process (fresh if there is none).
+    pub fn for_target(policy: &'static ServicePolicy, target: &str) -> Self {
+        Self::with_guards(policy, |metrics| {
+            // The policy's address identifies it: each compiled policy is one static.
+            let key = (std::ptr::from_ref(policy) as usize, target.to_owned());
+            let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(guards) = map.get(&key).and_then(Weak::upgrade) {
+                return guards;
+            }
+            map.retain(|_, guards| guards.strong_count() > 0);
+            let guards = Arc::new(Guards::new(policy, metrics));
+            map.insert(key, Arc::downgrade(&guards));
+            guards
+        })
+    }
+
+    fn with_guards(
+        policy: &'static ServicePolicy,
+        guards: impl FnOnce(&[MethodMetrics]) -> Arc<Guards>,
+    ) -> Self {
         let metrics: Box<[MethodMetrics]> = policy
             .methods
             .iter()
@@ -37,22 +106,13 @@ impl ClientState {
             .collect();
         Self {
             policy,
-            breakers: policy
-                .methods
-                .iter()
-                .zip(metrics.iter())
-                .map(|(m, metrics)| {
-                    m.breaker
-                        .map(|b| CircuitBreaker::new(b).with_gauge(metrics.open.clone()))
-                })
-                .collect(),
+            guards: guards(&metrics),
             metrics,
             timeout_headers: policy
                 .methods
                 .iter()
                 .map(|m| crate::deadline::policy_timeout(m).and_then(crate::deadline::grpc_timeout))
                 .collect(),
-            throttle: policy.throttle.as_ref().map(RetryThrottle::new),
             rng: Mutex::new(SmallRng::from_os_rng()),
             deadlines: DeadlineTimer::default(),
         }
@@ -65,7 +125,7 @@ impl ClientState {
 
     /// The breaker of the method at `index`, if it has one.
     pub(crate) fn breaker_at(&self, index: usize) -> Option<&CircuitBreaker> {
-        self.breakers.get(index).and_then(Option::as_ref)
+        self.guards.breakers.get(index).and_then(Option::as_ref)
     }
 
     pub(crate) fn metrics_at(&self, index: usize) -> &MethodMetrics {
@@ -89,7 +149,7 @@ impl ClientState {
 
     /// The retry throttle, if the service has one.
     pub fn throttle(&self) -> Option<&RetryThrottle> {
-        self.throttle.as_ref()
+        self.guards.throttle.as_ref()
     }
 
     /// Makes retry jitter deterministic, for tests and reproducible benchmarks.

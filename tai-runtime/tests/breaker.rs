@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Echo, Script, echo, service, unary_method};
+use support::{Echo, Script, echo, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RateRule};
 use tai_runtime::{BreakerState, TripReason};
@@ -186,4 +186,125 @@ async fn non_failure_codes_keep_it_closed() {
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     assert_eq!(script.calls(), 10);
+}
+
+fn probing_once(threshold: u32) -> BreakerPolicy {
+    BreakerPolicy {
+        failure_threshold: threshold,
+        open_timeout: Duration::from_secs(1),
+        max_open_timeout: Duration::from_secs(1),
+        half_open_max_calls: 1,
+        rate: None,
+        failure_codes: CodeSet(1 << Code::Unavailable as u32),
+    }
+}
+
+/// A half-open probe whose call is dropped (a caller's timeout around it) never
+/// reports; its slot is released, so the breaker does not stay half-open,
+/// refusing every call, for good.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_releases_its_slot() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 => Err(Status::unavailable("down")),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(echo("too slow to matter"))
+            }
+            _ => Ok(echo("healthy")),
+        }
+    });
+    let policy = MethodPolicy {
+        breaker: Some(probing_once(1)),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let state = || core.state().breaker("Unary").unwrap().state();
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert!(matches!(state(), BreakerState::Open { .. }));
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let probe = core.unary::<Echo, Echo>(0, echo("probe"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), probe)
+            .await
+            .is_err()
+    );
+    assert_eq!(script.calls(), 2, "the probe reached the server");
+
+    // The next call, after at most one more open period, probes and closes it.
+    let mut reply = core.unary::<Echo, Echo>(0, echo("x")).await;
+    if reply.is_err() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        reply = core.unary::<Echo, Echo>(0, echo("x")).await;
+    }
+    assert_eq!(reply.unwrap().msg, "healthy");
+    assert_eq!(state(), BreakerState::Closed);
+}
+
+/// A server stream that fails in the middle is a failure for the breaker: its
+/// final status counts, not its headers.
+#[tokio::test(start_paused = true)]
+async fn a_stream_failing_midway_counts_as_a_failure() {
+    let script = Script::streaming(|_| async {
+        Ok(vec![Ok(echo("first")), Err(Status::unavailable("lost it"))])
+    });
+    let policy = MethodPolicy {
+        breaker: Some(probing_once(1)),
+        ..stream_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let mut stream = core
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
+    assert_eq!(
+        core.state().breaker("Stream").unwrap().state(),
+        BreakerState::Closed
+    );
+    assert_eq!(
+        stream.message().await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    assert!(matches!(
+        core.state().breaker("Stream").unwrap().state(),
+        BreakerState::Open { .. }
+    ));
+}
+
+/// A stream's successful end closes a half-open breaker; a stream dropped before
+/// its end counts as neither and gives its probe slot back.
+#[tokio::test(start_paused = true)]
+async fn a_stream_probe_reports_at_its_end() {
+    let script = Script::streaming(|i| async move {
+        if i == 0 {
+            Err(Status::unavailable("down"))
+        } else {
+            Ok(vec![Ok(echo("a")), Ok(echo("b"))])
+        }
+    });
+    let policy = MethodPolicy {
+        breaker: Some(probing_once(1)),
+        ..stream_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let state = || core.state().breaker("Stream").unwrap().state();
+    core.server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let dropped = core
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap();
+    assert!(matches!(state(), BreakerState::HalfOpen { .. }));
+    drop(dropped);
+    let mut stream = core
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .expect("the dropped probe gave its slot back");
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(state(), BreakerState::Closed);
 }

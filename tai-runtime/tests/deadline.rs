@@ -4,9 +4,10 @@ mod support;
 
 use std::time::Duration;
 
+use support::raw_h2::{Answer, H2Server};
 use support::{Echo, Script, echo, service, unary_method};
 use tai_runtime::__private::ClientCore;
-use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
+use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ThrottlePolicy};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -206,4 +207,78 @@ async fn caller_timeout_is_clamped_by_max_timeout() {
     let seen = script.seen();
     assert_eq!(seen[0].grpc_timeout, Some(Duration::from_millis(300)));
     assert_eq!(seen[1].grpc_timeout, Some(Duration::from_secs(5)));
+}
+
+/// A caller's timeout too far away for `Instant` is no deadline, not a panic.
+#[tokio::test(start_paused = true)]
+async fn a_caller_timeout_of_duration_max_is_no_deadline() {
+    let script = Script::unary(|_, _| async { Ok(echo("ok")) });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![unary_method()], None),
+    );
+    let reply = tai_runtime::with_timeout(Duration::MAX, core.unary::<Echo, Echo>(0, echo("x")))
+        .await
+        .unwrap();
+    assert_eq!(reply.msg, "ok");
+    assert_eq!(script.seen()[0].grpc_timeout, None);
+}
+
+/// A deadline that passes while the response is being read ends a committed
+/// call: no retry, and no throttle token is charged for it.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_while_reading_is_committed() {
+    let server = H2Server::new(|_| Answer::Grpc {
+        delay: Duration::from_secs(5),
+        message: "too late",
+        trailers: vec![],
+    });
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_millis(200)),
+        retry: Some(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            multiplier: 1.0,
+            retryable: CodeSet(1 << Code::DeadlineExceeded as u32 | 1 << Code::Unavailable as u32),
+        }),
+        ..unary_method()
+    };
+    let core = ClientCore::new(
+        server.channel(),
+        service(
+            vec![policy],
+            Some(ThrottlePolicy {
+                max_tokens: 10,
+                token_ratio: 0.1,
+            }),
+        ),
+    );
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(server.streams(), 1);
+    assert_eq!(core.state().throttle().unwrap().tokens(), 10.0);
+}
+
+/// tonic's channel runs its own timer on the `grpc-timeout` tai sends, which is
+/// rounded down, so it can fire before tai's own: still DEADLINE_EXCEEDED, never
+/// CANCELLED.
+#[tokio::test(start_paused = true)]
+async fn tonics_own_timer_firing_first_is_deadline_exceeded() {
+    let script = Script::unary(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(echo("too late"))
+    });
+    // `grpc-timeout` carries whole microseconds: tonic's timer gets 1 s, tai's
+    // deadline is half a microsecond later.
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_nanos(1_000_000_500)),
+        ..unary_method()
+    };
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
 }
