@@ -12,16 +12,13 @@
 //! assert_eq!(config.connection.pool_size, 10);
 //! ```
 //!
-//! The presets are connection-level settings (`connection`, `balancer`,
-//! `outlier`, `health_check`) plus a suggested `retry`/`breaker`/`timeout` for
-//! clients without compiled-in policies; a generated client's own per-method
-//! policies always win over these suggestions.
+//! The presets are connection-level settings only (`connection`, `balancer`,
+//! `outlier`, `health_check`); retry, hedging, breaker and timeouts are per-method
+//! policies, compiled into a generated client (see [`crate::policy`]).
 
 use std::time::Duration;
 
 use tai_model::{Code, CodeSet};
-
-use crate::policy::{BreakerPolicy, RateRule, RetryPolicy};
 
 /// How a client picks an endpoint for each call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,35 +154,12 @@ pub struct ClientConfig {
     pub outlier: Option<OutlierConfig>,
     /// Active health checks; `None` disables them.
     pub health_check: Option<HealthCheckConfig>,
-    /// Suggested retry for calls without a compiled-in policy.
-    pub retry: Option<RetryPolicy>,
-    /// Suggested breaker for calls without a compiled-in policy.
-    pub breaker: Option<BreakerPolicy>,
-    /// Suggested whole-call timeout.
-    pub timeout: Option<Duration>,
-    /// Upper bound on any timeout.
-    pub max_timeout: Option<Duration>,
 }
 
 const MIB: usize = 1 << 20;
 
 fn unavailable() -> CodeSet {
     CodeSet::of(&[Code::Unavailable])
-}
-
-fn retry(
-    max_attempts: u32,
-    initial: Duration,
-    max: Duration,
-    multiplier: f64,
-) -> Option<RetryPolicy> {
-    Some(RetryPolicy {
-        max_attempts,
-        initial_backoff: initial,
-        max_backoff: max,
-        multiplier,
-        retryable: unavailable(),
-    })
 }
 
 impl Default for OutlierConfig {
@@ -232,15 +206,11 @@ impl ClientConfig {
             balancer: BalancerKind::RoundRobin,
             outlier: Some(OutlierConfig::default()),
             health_check: None,
-            retry: None,
-            breaker: None,
-            timeout: None,
-            max_timeout: None,
         }
     }
 
     /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, 10s/5s
-    /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling, 5-attempt retry.
+    /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling.
     pub fn production() -> Self {
         let mut c = Self::factory();
         c.connection.connect_timeout = Duration::from_secs(30);
@@ -250,19 +220,17 @@ impl ClientConfig {
             jitter: 0.2,
             max: Duration::from_secs(120),
         };
-        c.retry = retry(5, Duration::from_secs(1), Duration::from_secs(30), 2.0);
         c
     }
 
     /// Development: 5s connect timeout, 500ms..10s reconnect backoff, 5 min idle
-    /// timeout, 3-attempt retry — fast feedback.
+    /// timeout — fast feedback.
     pub fn development() -> Self {
         let mut c = Self::production();
         c.connection.connect_timeout = Duration::from_secs(5);
         c.connection.backoff.base = Duration::from_millis(500);
         c.connection.backoff.max = Duration::from_secs(10);
         c.connection.idle_timeout = Some(Duration::from_secs(5 * 60));
-        c.retry = retry(3, Duration::from_millis(500), Duration::from_secs(10), 2.0);
         c
     }
 
@@ -283,39 +251,18 @@ impl ClientConfig {
         c
     }
 
-    /// High reliability: least-loaded, 5 attempts from 50ms to 5s at 1.5x, breaker
-    /// at 3 failures / 60s open / 5 probes.
+    /// High reliability: production with least-loaded balancing (P2C on in-flight
+    /// counts), so a struggling endpoint gets fewer calls.
     pub fn high_reliability() -> Self {
         let mut c = Self::production();
         c.balancer = BalancerKind::LeastLoaded;
-        c.retry = retry(5, Duration::from_millis(50), Duration::from_secs(5), 1.5);
-        c.breaker = Some(BreakerPolicy {
-            failure_threshold: 3,
-            open_timeout: Duration::from_secs(60),
-            max_open_timeout: Duration::from_secs(300),
-            half_open_max_calls: 5,
-            rate: Some(RateRule {
-                threshold: 0.5,
-                window: Duration::from_secs(10),
-                min_calls: 20,
-            }),
-            failure_codes: CodeSet::of(&[
-                Code::Unavailable,
-                Code::DeadlineExceeded,
-                Code::Internal,
-                Code::Unknown,
-                Code::ResourceExhausted,
-            ]),
-        });
         c
     }
 
-    /// Low latency: 100ms default and 500ms max timeout, random pick.
+    /// Low latency: production with a random pick (no shared cursor or load reads).
     pub fn low_latency() -> Self {
         let mut c = Self::production();
         c.balancer = BalancerKind::Random;
-        c.timeout = Some(Duration::from_millis(100));
-        c.max_timeout = Some(Duration::from_millis(500));
         c
     }
 
@@ -357,13 +304,11 @@ mod tests {
         );
         assert_eq!(p.connection.idle_timeout, Some(Duration::from_secs(1800)));
         assert_eq!(p.connection.max_receive_message_size, 4 << 20);
-        assert_eq!(p.retry.unwrap().max_attempts, 5);
 
         let d = ClientConfig::development();
         assert_eq!(d.connection.connect_timeout, Duration::from_secs(5));
         assert_eq!(d.connection.backoff.base, Duration::from_millis(500));
         assert_eq!(d.connection.backoff.max, Duration::from_secs(10));
-        assert_eq!(d.retry.unwrap().max_attempts, 3);
 
         let h = ClientConfig::high_throughput();
         assert_eq!(h.connection.pool_size, 10);
@@ -376,31 +321,9 @@ mod tests {
 
         let r = ClientConfig::high_reliability();
         assert_eq!(r.balancer, BalancerKind::LeastLoaded);
-        let b = r.breaker.unwrap();
-        assert_eq!(
-            (b.failure_threshold, b.open_timeout, b.half_open_max_calls),
-            (3, Duration::from_secs(60), 5)
-        );
-        let rr = r.retry.unwrap();
-        assert_eq!(
-            (
-                rr.max_attempts,
-                rr.initial_backoff,
-                rr.max_backoff,
-                rr.multiplier
-            ),
-            (5, Duration::from_millis(50), Duration::from_secs(5), 1.5)
-        );
 
         let l = ClientConfig::low_latency();
         assert_eq!(l.balancer, BalancerKind::Random);
-        assert_eq!(
-            (l.timeout, l.max_timeout),
-            (
-                Some(Duration::from_millis(100)),
-                Some(Duration::from_millis(500))
-            )
-        );
 
         let f = ClientConfig::factory();
         assert_eq!(
