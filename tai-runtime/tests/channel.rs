@@ -668,3 +668,119 @@ async fn generated_connect_uses_the_service_balancer() {
         .unwrap_err();
     assert!(err.to_string().contains("no port"), "{err}");
 }
+
+/// What a [`NotHttp2`] peer does once it has read the client's preface.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// Closes the connection: a proxy with no backend.
+    Closes,
+    /// Answers in HTTP/1.1 and closes: a port that is not HTTP/2.
+    Garbage,
+    /// Says nothing and keeps the connection open.
+    Silent,
+}
+
+/// Accepts every connection and never sends an HTTP/2 SETTINGS frame; records
+/// when it was asked to connect.
+#[derive(Clone)]
+struct NotHttp2 {
+    peer: Peer,
+    dials: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Connector for NotHttp2 {
+    fn connect(&self, _address: &str) -> ConnectFuture {
+        let peer = self.peer;
+        let dials = {
+            let mut dials = self.dials.lock().unwrap();
+            dials.push(Instant::now());
+            dials.len()
+        };
+        Box::pin(async move {
+            if dials > 100 {
+                // A client that re-dials at once never lets paused time advance, so
+                // the test would hang instead of failing: stop answering after 100.
+                return std::future::pending().await;
+            }
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut preface = [0u8; 1024];
+                let _ = server.read(&mut preface).await;
+                match peer {
+                    Peer::Closes => {}
+                    Peer::Garbage => {
+                        let _ = server
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                    Peer::Silent => std::future::pending::<()>().await,
+                }
+            });
+            Ok(Box::new(client) as BoxIo)
+        })
+    }
+}
+
+/// A connection is Ready only once the server's SETTINGS frame has arrived; a peer
+/// that accepts and closes, or is not HTTP/2, is re-dialled on the reconnect
+/// backoff, not at once forever.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_sends_settings_is_redialled_on_the_backoff() {
+    for peer in [Peer::Closes, Peer::Garbage] {
+        let connector = NotHttp2 {
+            peer,
+            dials: Arc::default(),
+        };
+        let config = ClientConfig::development();
+        let ch = Channel::builder(Endpoints::one("proxy:1"))
+            .config(config.clone())
+            .connector(connector.clone())
+            .seed(3)
+            .build()
+            .unwrap();
+        assert!(
+            !ch.ready(Duration::from_secs(5)).await,
+            "{peer:?}: never Ready"
+        );
+        let times = connector.dials.lock().unwrap().clone();
+        // 500ms × 1.6^n ± 20%: 4 or 5 dials in 5 s.
+        assert!(
+            (4..=5).contains(&times.len()),
+            "{peer:?}: {} dials in 5 s",
+            times.len()
+        );
+        assert_eq!(ch.connect_attempts("proxy:1"), times.len() as u64);
+        for (n, pair) in times.windows(2).enumerate() {
+            let gap = (pair[1] - pair[0]).as_secs_f64();
+            let nominal = config.connection.backoff.delay(n as u32, 0.5).as_secs_f64();
+            assert!(
+                gap >= nominal * 0.8 - 1e-6 && gap <= nominal * 1.2 + 1e-6,
+                "{peer:?}: gap {n}: {gap}s, nominal {nominal}s"
+            );
+        }
+        let err = core(ch, service(vec![unary_method()], None))
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("SETTINGS"), "{}", err.message());
+    }
+
+    // A peer that says nothing is Connecting until the connect timeout, not Ready.
+    let connector = NotHttp2 {
+        peer: Peer::Silent,
+        dials: Arc::default(),
+    };
+    let ch = Channel::builder(Endpoints::one("silent:1"))
+        .config(ClientConfig::development())
+        .connector(connector.clone())
+        .build()
+        .unwrap();
+    assert!(!ch.ready(Duration::from_secs(4)).await);
+    assert_eq!(ch.state(), ConnectivityState::Connecting);
+    // The 5 s connect timeout covers the wait for SETTINGS; the backoff follows.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(ch.state(), ConnectivityState::TransientFailure);
+    assert_eq!(connector.dials.lock().unwrap().len(), 1);
+}
