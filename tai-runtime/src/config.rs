@@ -81,15 +81,28 @@ impl BackoffConfig {
     }
 }
 
-/// HTTP/2 keepalive pings.
+/// HTTP/2 keepalive pings (gRFC A8).
+///
+/// gRPC servers police pings: grpc-go and grpc-java allow one every 5 minutes by
+/// default (and none without calls in flight) and close a connection that pings
+/// more often with GOAWAY ENHANCE_YOUR_CALM `too_many_pings`. When that happens the
+/// channel doubles `time` for that endpoint's next connections, as A8 specifies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KeepaliveConfig {
-    /// Ping after this long without frames.
+    /// Ping after this long without frames; at least [`KeepaliveConfig::MIN_TIME`].
     pub time: Duration,
     /// Close the connection if the ping is not answered within this.
     pub timeout: Duration,
-    /// Ping even when no call is in flight.
+    /// Ping even when no call is in flight (most servers forbid it by default).
     pub while_idle: bool,
+}
+
+impl KeepaliveConfig {
+    /// The shortest keepalive time accepted (gRFC A8's floor).
+    pub const MIN_TIME: Duration = Duration::from_secs(10);
+    /// The longest keepalive time or timeout accepted, and the cap of the doubling
+    /// on `too_many_pings` (longer would overflow the HTTP/2 layer's clock).
+    pub const MAX_TIME: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 /// One endpoint's connections.
@@ -99,7 +112,8 @@ pub struct ConnectionConfig {
     pub connect_timeout: Duration,
     /// Reconnect backoff.
     pub backoff: BackoffConfig,
-    /// HTTP/2 keepalive; `None` sends no pings.
+    /// HTTP/2 keepalive; `None` (the default of every preset but high-throughput)
+    /// sends no pings, as gRFC A8 recommends.
     pub keepalive: Option<KeepaliveConfig>,
     /// Close a connection after this long with no call; `None` keeps it open.
     pub idle_timeout: Option<Duration>,
@@ -177,7 +191,7 @@ impl Default for OutlierConfig {
 
 impl ClientConfig {
     /// The connection-factory defaults: 100ms/1.6x/±0.2/2s reconnect backoff, 20s
-    /// connect timeout, 10s/5s keepalive, 4 MiB messages, one connection per
+    /// connect timeout, no keepalive, 4 MiB messages, one connection per
     /// endpoint, round-robin, outlier ejection on.
     pub fn factory() -> Self {
         Self {
@@ -189,11 +203,8 @@ impl ClientConfig {
                     jitter: 0.2,
                     max: Duration::from_secs(2),
                 },
-                keepalive: Some(KeepaliveConfig {
-                    time: Duration::from_secs(10),
-                    timeout: Duration::from_secs(5),
-                    while_idle: true,
-                }),
+                // gRFC A8: no keepalive unless asked for; servers police pings.
+                keepalive: None,
                 idle_timeout: Some(Duration::from_secs(30 * 60)),
                 pool_size: 1,
                 initial_stream_window: 1 << 20,
@@ -209,7 +220,7 @@ impl ClientConfig {
         }
     }
 
-    /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, 10s/5s
+    /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, no
     /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling.
     pub fn production() -> Self {
         let mut c = Self::factory();
@@ -234,14 +245,16 @@ impl ClientConfig {
         c
     }
 
-    /// High throughput: 10s connect timeout, 30s keepalive, no idle timeout, 16 MiB
-    /// messages, a pool of 10 connections per endpoint.
+    /// High throughput: 10s connect timeout, a keepalive ping every 5 min (20s to
+    /// answer) while calls are in flight — the most grpc-go and grpc-java servers
+    /// allow by default — no idle timeout, 16 MiB messages, a pool of 10
+    /// connections per endpoint.
     pub fn high_throughput() -> Self {
         let mut c = Self::production();
         c.connection.connect_timeout = Duration::from_secs(10);
         c.connection.keepalive = Some(KeepaliveConfig {
-            time: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
+            time: Duration::from_secs(5 * 60),
+            timeout: Duration::from_secs(20),
             while_idle: false,
         });
         c.connection.idle_timeout = None;
@@ -281,6 +294,56 @@ impl ClientConfig {
     }
 }
 
+/// A [`ClientConfig`] that cannot work: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidConfig {
+    field: &'static str,
+    problem: String,
+}
+
+impl InvalidConfig {
+    /// The field at fault, e.g. `connection.keepalive.time`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid client config: {}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+impl ClientConfig {
+    /// Checks what would otherwise fail at run time; `Channel`'s builder calls it.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if let Some(k) = &self.connection.keepalive {
+            let (min, max) = (KeepaliveConfig::MIN_TIME, KeepaliveConfig::MAX_TIME);
+            if k.time < min || k.time > max {
+                return Err(InvalidConfig {
+                    field: "connection.keepalive.time",
+                    problem: format!(
+                        "is {:?}, must be between {min:?} and {max:?} (gRFC A8: servers close connections that ping more often)",
+                        k.time
+                    ),
+                });
+            }
+            if k.timeout.is_zero() || k.timeout > max {
+                return Err(InvalidConfig {
+                    field: "connection.keepalive.timeout",
+                    problem: format!(
+                        "is {:?}, must be more than zero and at most {max:?}",
+                        k.timeout
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClientConfig {
     /// The production preset.
     fn default() -> Self {
@@ -298,10 +361,7 @@ mod tests {
         assert_eq!(p.connection.connect_timeout, Duration::from_secs(30));
         assert_eq!(p.connection.backoff.base, Duration::from_secs(1));
         assert_eq!(p.connection.backoff.max, Duration::from_secs(120));
-        assert_eq!(
-            p.connection.keepalive.unwrap().time,
-            Duration::from_secs(10)
-        );
+        assert_eq!(p.connection.keepalive, None);
         assert_eq!(p.connection.idle_timeout, Some(Duration::from_secs(1800)));
         assert_eq!(p.connection.max_receive_message_size, 4 << 20);
 
@@ -315,8 +375,12 @@ mod tests {
         assert_eq!(h.connection.idle_timeout, None);
         assert_eq!(h.connection.max_send_message_size, 16 << 20);
         assert_eq!(
-            h.connection.keepalive.unwrap().time,
-            Duration::from_secs(30)
+            h.connection.keepalive,
+            Some(KeepaliveConfig {
+                time: Duration::from_secs(300),
+                timeout: Duration::from_secs(20),
+                while_idle: false
+            })
         );
 
         let r = ClientConfig::high_reliability();
@@ -335,6 +399,56 @@ mod tests {
                 max: Duration::from_secs(2)
             }
         );
+    }
+
+    /// gRFC A8: no preset pings more than once a minute, or while idle.
+    #[test]
+    fn presets_keep_keepalive_within_what_servers_allow() {
+        for name in [
+            "production",
+            "development",
+            "high-throughput",
+            "high-reliability",
+            "low-latency",
+            "factory",
+        ] {
+            let c = ClientConfig::preset(name).unwrap();
+            assert_eq!(c.validate(), Ok(()), "{name}");
+            if let Some(k) = c.connection.keepalive {
+                assert!(k.time >= Duration::from_secs(60), "{name}: {k:?}");
+                assert!(!k.while_idle, "{name}: {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keepalive_out_of_bounds_is_invalid() {
+        let mut c = ClientConfig::default();
+        let k = |time, timeout| {
+            Some(KeepaliveConfig {
+                time,
+                timeout,
+                while_idle: false,
+            })
+        };
+        c.connection.keepalive = k(Duration::from_secs(9), Duration::from_secs(20));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field(), "connection.keepalive.time");
+        assert!(e.to_string().contains("10s"), "{e}");
+        c.connection.keepalive = k(Duration::MAX, Duration::from_secs(20));
+        assert_eq!(
+            c.validate().unwrap_err().field(),
+            "connection.keepalive.time"
+        );
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::ZERO);
+        assert_eq!(
+            c.validate().unwrap_err().field(),
+            "connection.keepalive.timeout"
+        );
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::MAX);
+        assert!(c.validate().is_err());
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::from_secs(1));
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

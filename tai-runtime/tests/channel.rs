@@ -784,3 +784,231 @@ async fn a_peer_that_never_sends_settings_is_redialled_on_the_backoff() {
     assert_eq!(ch.state(), ConnectivityState::TransientFailure);
     assert_eq!(connector.dials.lock().unwrap().len(), 1);
 }
+
+/// Finds the frame headers in one direction of an HTTP/2 byte stream.
+struct Frames {
+    /// Bytes of the client's connection preface still to skip.
+    preface: usize,
+    header: Vec<u8>,
+    payload: usize,
+}
+
+impl Frames {
+    fn new(preface: usize) -> Self {
+        Self {
+            preface,
+            header: Vec::with_capacity(9),
+            payload: 0,
+        }
+    }
+
+    /// Feeds bytes; calls `frame(type, flags)` at each frame header.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8)) {
+        while !bytes.is_empty() {
+            let skip = if self.preface > 0 {
+                &mut self.preface
+            } else {
+                &mut self.payload
+            };
+            if *skip > 0 {
+                let n = (*skip).min(bytes.len());
+                *skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if let [l0, l1, l2, kind, flags, _, _, _, _] = self.header[..] {
+                self.payload = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+                frame(kind, flags);
+                self.header.clear();
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.preface == 0 && self.payload == 0 && self.header.is_empty()
+    }
+}
+
+/// The server half of a connection, policing keepalive pings as grpc-go and
+/// grpc-java servers do: after `limit` pings it answers GOAWAY ENHANCE_YOUR_CALM
+/// with debug data `too_many_pings` (written between two of the h2 server's own
+/// frames: h2 has no API for GOAWAY debug data) and closes the connection.
+struct PingPolice {
+    io: tokio::io::DuplexStream,
+    inbound: Frames,
+    outbound: Frames,
+    pings: Arc<Mutex<Vec<Vec<Instant>>>>,
+    connection: usize,
+    limit: usize,
+    goaway: Option<Vec<u8>>,
+    closed: bool,
+}
+
+impl tokio::io::AsyncRead for PingPolice {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        let (pings, connection) = (&this.pings, this.connection);
+        let mut count = 0;
+        this.inbound.feed(&buf.filled()[before..], |kind, flags| {
+            // PING (0x6) without ACK: a keepalive ping from the client.
+            if kind == 0x6 && flags & 0x1 == 0 {
+                let mut pings = pings.lock().unwrap();
+                pings[connection].push(Instant::now());
+                count = pings[connection].len();
+            }
+        });
+        if count >= this.limit && this.goaway.is_none() {
+            let debug = b"too_many_pings";
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&(8 + debug.len() as u32).to_be_bytes()[1..]);
+            frame.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]); // GOAWAY on stream 0
+            frame.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+            frame.extend_from_slice(&0xbu32.to_be_bytes()); // ENHANCE_YOUR_CALM
+            frame.extend_from_slice(debug);
+            this.goaway = Some(frame);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for PingPolice {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.outbound.at_boundary()
+            && let Some(frame) = this.goaway.as_mut()
+            && !frame.is_empty()
+        {
+            while !frame.is_empty() {
+                match std::pin::Pin::new(&mut this.io).poll_write(cx, frame) {
+                    Poll::Ready(Ok(n)) => drop(frame.drain(..n)),
+                    other => return other,
+                }
+            }
+            // Closed after the GOAWAY, as grpc-go does: h2 fails and drops the pipe.
+            this.closed = true;
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let written = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.outbound.feed(&buf[..n], |_, _| {});
+        }
+        written
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// gRFC A8: a server that says `too_many_pings` gets half as many pings from the
+/// endpoint's next connection, and half as many again after that.
+#[tokio::test(start_paused = true)]
+async fn too_many_pings_doubles_the_keepalive_time_of_the_next_connection() {
+    use futures_util::StreamExt;
+
+    let net = Net::default();
+    let pings: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::default();
+    {
+        let pings = Arc::clone(&pings);
+        net.serve("policed:1", move |mut incoming| async move {
+            while let Some(Ok(io)) = incoming.next().await {
+                let connection = {
+                    let mut pings = pings.lock().unwrap();
+                    pings.push(Vec::new());
+                    pings.len() - 1
+                };
+                let io = PingPolice {
+                    io,
+                    inbound: Frames::new(24),
+                    outbound: Frames::new(0),
+                    pings: Arc::clone(&pings),
+                    connection,
+                    limit: 3,
+                    goaway: None,
+                    closed: false,
+                };
+                tokio::spawn(async move {
+                    let Ok(mut h2) = h2::server::handshake(io).await else {
+                        return;
+                    };
+                    while let Some(Ok(_request)) = h2.accept().await {}
+                });
+            }
+        });
+    }
+    let mut config = ClientConfig::factory();
+    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
+        time: Duration::from_secs(10),
+        timeout: Duration::from_secs(20),
+        while_idle: true,
+    });
+    let ch = channel(&net, &["policed:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    // Pings every 10 s, GOAWAY at the third (30 s); then every 20 s (GOAWAY at
+    // 90 s), then every 40 s (GOAWAY at 210 s).
+    tokio::time::sleep(Duration::from_secs(215)).await;
+
+    let pings = pings.lock().unwrap().clone();
+    assert!(pings.len() >= 3, "{} connections", pings.len());
+    for (n, expected) in [10, 20, 40].into_iter().enumerate() {
+        let times = &pings[n];
+        assert_eq!(times.len(), 3, "connection {n}: {} pings", times.len());
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_secs(expected) && gap < Duration::from_secs(expected + 1),
+                "connection {n}: pings {gap:?} apart, expected {expected}s"
+            );
+        }
+    }
+    assert_eq!(
+        ch.endpoint_stats()[0].keepalive,
+        Some(Duration::from_secs(80))
+    );
+}
+
+/// gRFC A8: no keepalive time below 10 s.
+#[tokio::test]
+async fn a_keepalive_below_ten_seconds_is_refused_at_build() {
+    let mut config = ClientConfig::factory();
+    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
+        time: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
+        while_idle: false,
+    });
+    let err = Channel::builder(Endpoints::one("a:1"))
+        .config(config)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("keepalive.time"), "{err}");
+}

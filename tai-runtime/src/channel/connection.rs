@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::connectivity::ConnectivityState;
 use super::connector::{BoxIo, SharedConnector};
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, KeepaliveConfig};
 
 pub(crate) type Sender = SendRequest<tonic::body::Body>;
 
@@ -138,6 +138,7 @@ enum Ended {
 pub(crate) async fn drive(
     conn: Arc<Connection>,
     address: String,
+    keepalive: Arc<KeepaliveTime>,
     cx: Arc<DriverContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -151,8 +152,9 @@ pub(crate) async fn drive(
         conn.attempts.fetch_add(1, Ordering::Relaxed);
         // One connect timeout covers the dial, the HTTP/2 handshake and the wait for
         // the server's SETTINGS.
+        let keepalive_time = keepalive.get();
         let dialed = tokio::select! {
-            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address)) => r,
+            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address, keepalive_time)) => r,
             _ = shutdown.changed() => break,
         };
         let (sender, mut connection) = match dialed {
@@ -195,6 +197,11 @@ pub(crate) async fn drive(
             Ended::Closed(error) => {
                 // A connection that worked is re-dialled at once; the backoff is
                 // for endpoints that cannot be reached.
+                if let (Some(e), Some(used)) = (&error, keepalive_time)
+                    && too_many_pings(e)
+                {
+                    keepalive.slow_down(used, &address);
+                }
                 let reason =
                     error.map_or_else(|| "connection closed by peer".to_owned(), |e| e.to_string());
                 conn.fail(format!("{address}: {reason}"), &cx.changed);
@@ -249,6 +256,7 @@ type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, 
 async fn dial(
     cx: &DriverContext,
     address: &str,
+    keepalive_time: Option<Duration>,
 ) -> Result<(Sender, Pin<Box<HttpConnection>>), BoxError> {
     let io = cx.connector.connect(address).await?;
     let (io, mut first_frame) = FirstFrame::watch(io);
@@ -258,9 +266,9 @@ async fn dial(
         .timer(TokioTimer::new())
         .initial_stream_window_size(cfg.initial_stream_window)
         .initial_connection_window_size(cfg.initial_connection_window);
-    if let Some(k) = cfg.keepalive {
+    if let (Some(k), Some(time)) = (cfg.keepalive, keepalive_time) {
         builder
-            .keep_alive_interval(k.time)
+            .keep_alive_interval(time)
             .keep_alive_timeout(k.timeout)
             .keep_alive_while_idle(k.while_idle);
     }
@@ -388,6 +396,62 @@ impl AsyncWrite for FirstFrame {
     fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(task)
     }
+}
+
+/// The keepalive time of an endpoint's next connections, in milliseconds (0: no
+/// keepalive), shared by its pool.
+pub(crate) struct KeepaliveTime(AtomicU64);
+
+impl KeepaliveTime {
+    pub(crate) fn new(time: Option<Duration>) -> Self {
+        Self(AtomicU64::new(time.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+        })))
+    }
+
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// gRFC A8: the server said `too_many_pings` to a connection that pinged every
+    /// `used`; the next connections ping half as often (capped where the HTTP/2
+    /// layer's clock is still safe). Relative to `used`, not to the current time:
+    /// every connection of a pool hears the same complaint, and it is one
+    /// complaint about one interval, so the pool doubles once, not once each.
+    fn slow_down(&self, used: Duration, address: &str) {
+        let used = u64::try_from(used.as_millis()).unwrap_or(u64::MAX);
+        let doubled = used
+            .saturating_mul(2)
+            .min(KeepaliveConfig::MAX_TIME.as_millis() as u64);
+        if self.0.fetch_max(doubled, Ordering::AcqRel) < doubled {
+            tracing::warn!(
+                endpoint = %address,
+                keepalive = ?Duration::from_millis(doubled),
+                "server sent GOAWAY too_many_pings: keepalive time doubled",
+            );
+        }
+    }
+}
+
+/// Whether a connection ended with the server's GOAWAY ENHANCE_YOUR_CALM whose
+/// debug data is `too_many_pings` (how grpc servers police keepalive pings).
+fn too_many_pings(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // h2 has no accessor for a GOAWAY's debug data; its message ends with
+            // it, as `(b"too_many_pings")`.
+            return h2.is_go_away()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                && h2.to_string().contains("too_many_pings");
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Waits out the reconnect backoff; `false` if shut down meanwhile.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
 
-use super::connection::{Connection, Sender};
+use super::connection::{Connection, KeepaliveTime, Sender};
 use super::connectivity::ConnectivityState;
 use crate::config::OutlierConfig;
 
@@ -49,6 +49,10 @@ pub struct EndpointStats {
     pub not_serving: bool,
     /// Connections in its pool.
     pub connections: usize,
+    /// The keepalive time its next connections use: the configured one, doubled
+    /// each time a server closed a connection with `too_many_pings` (gRFC A8);
+    /// `None` without keepalive.
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +92,8 @@ pub(crate) struct Endpoint {
     ejected: AtomicBool,
     not_serving: AtomicBool,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Shared with its connections' drivers.
+    pub(crate) keepalive: Arc<KeepaliveTime>,
 }
 
 impl Endpoint {
@@ -96,6 +102,7 @@ impl Endpoint {
         scheme: Scheme,
         authority: Authority,
         pool_size: usize,
+        keepalive: Option<Duration>,
     ) -> Self {
         Self {
             address,
@@ -113,6 +120,7 @@ impl Endpoint {
             ejected: AtomicBool::new(false),
             not_serving: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
+            keepalive: Arc::new(KeepaliveTime::new(keepalive)),
         }
     }
 
@@ -318,6 +326,7 @@ impl Endpoint {
             ejected_for: o.until.filter(|u| *u > now).map(|u| u - now),
             not_serving: self.not_serving.load(Ordering::Relaxed),
             connections: self.connections.len(),
+            keepalive: self.keepalive.get(),
         }
     }
 }

@@ -139,11 +139,13 @@ impl EndpointSet {
             scheme,
             authority,
             self.config.connection.pool_size,
+            self.config.connection.keepalive.map(|k| k.time),
         ));
         for connection in endpoint.connections.iter() {
             tokio::spawn(connection::drive(
                 Arc::clone(connection),
                 address.clone(),
+                Arc::clone(&endpoint.keepalive),
                 Arc::clone(&self.driver),
                 endpoint.shutdown.subscribe(),
             ));
@@ -537,7 +539,16 @@ impl ChannelBuilder {
 
     /// Builds the channel without waiting for any connection; the first call waits
     /// for one (bounded by its deadline). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid ([`ClientConfig::validate`]) or an endpoint
+    /// address is.
     pub fn build(self) -> Result<Channel, crate::ConnectError> {
+        let description = format!("{:?}", self.endpoints);
+        self.config
+            .validate()
+            .map_err(|e| crate::ConnectError::new(&description, e))?;
         let config = Arc::new(self.config);
         let rng = Arc::new(
             self.seed
@@ -567,7 +578,6 @@ impl ChannelBuilder {
             config,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let description = format!("{:?}", self.endpoints);
         self.endpoints
             .start(Arc::clone(&set), shutdown_rx)
             .map_err(|e| crate::ConnectError::new(&description, e))?;
