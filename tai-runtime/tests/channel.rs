@@ -1012,3 +1012,48 @@ async fn a_keepalive_below_ten_seconds_is_refused_at_build() {
         .unwrap_err();
     assert!(err.to_string().contains("keepalive.time"), "{err}");
 }
+
+/// A far deadline is no deadline: `Duration::MAX` (or any time past what `Instant`
+/// holds) waits forever instead of panicking, wherever the channel takes one.
+#[tokio::test(start_paused = true)]
+async fn durations_past_what_instant_holds_saturate() {
+    let net = Net::default();
+    let server = ok_server();
+    net.start("up:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.idle_timeout = Some(Duration::MAX);
+    let ch = channel(&net, &["up:1"], config);
+    assert!(ch.ready(Duration::MAX).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(ch.connect_attempts("up:1"), 1, "never idle");
+
+    // Nothing to connect to: waits forever (cut short here), does not panic.
+    let down = channel(&net, &["down:1"], test_config(BalancerKind::RoundRobin));
+    let waited = tokio::time::timeout(Duration::from_secs(60), down.ready(Duration::MAX)).await;
+    assert!(waited.is_err(), "still waiting after 60 s");
+
+    // Ejection times past what Instant holds: ejected for as long as it can be.
+    let bad = Script::unary(|_, _| async { Err(Status::unavailable("sick")) });
+    net.start("bad:1", &bad);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.outlier = Some(OutlierConfig {
+        consecutive_failures: 1,
+        base_ejection_time: Duration::MAX,
+        max_ejection_time: Duration::MAX,
+        max_ejection_percent: 100,
+        failure_codes: CodeSet(1 << Code::Unavailable as u32),
+    });
+    let ch = channel(&net, &["bad:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    let err = client.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let ejected = ch.endpoint_stats()[0].ejected_for.expect("ejected");
+    assert!(
+        ejected > Duration::from_secs(365 * 24 * 3600),
+        "{ejected:?}"
+    );
+}

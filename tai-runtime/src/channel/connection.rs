@@ -475,11 +475,21 @@ async fn idle(conn: &Connection, timeout: Option<Duration>) {
     };
     loop {
         let last = Duration::from_millis(conn.last_active.load(Ordering::Relaxed));
-        let quiet_until = conn.epoch + last + timeout;
-        if conn.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= quiet_until {
+        // An idle timeout past what `Instant` can hold never expires (no panic).
+        let Some(quiet_until) = conn
+            .epoch
+            .checked_add(last)
+            .and_then(|t| t.checked_add(timeout))
+        else {
+            return std::future::pending().await;
+        };
+        let now = Instant::now();
+        if conn.in_flight.load(Ordering::Acquire) == 0 && now >= quiet_until {
             return;
         }
-        let next = quiet_until.max(Instant::now() + timeout / 4);
+        let next = now
+            .checked_add(timeout / 4)
+            .map_or(quiet_until, |t| t.max(quiet_until));
         tokio::time::sleep_until(next).await;
     }
 }

@@ -15,6 +15,9 @@ use super::connection::{Connection, KeepaliveTime, Sender};
 use super::connectivity::ConnectivityState;
 use crate::config::OutlierConfig;
 
+/// The longest an ejection lasts when the configured time cannot be represented.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// Peak-EWMA decay time: how long a latency spike keeps weighing on an endpoint.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
@@ -291,8 +294,18 @@ impl Endpoint {
             return;
         }
         o.ejections += 1;
-        let time = (cfg.base_ejection_time * o.ejections).min(cfg.max_ejection_time);
-        o.until = Some(Instant::now() + time);
+        let time = cfg
+            .base_ejection_time
+            .saturating_mul(o.ejections)
+            .min(cfg.max_ejection_time);
+        // An ejection time past what `Instant` can hold ejects for as long as it can
+        // (30 years, as tokio's far future), never panics.
+        let now = Instant::now();
+        o.until = Some(
+            now.checked_add(time)
+                .or_else(|| now.checked_add(FAR_FUTURE))
+                .unwrap_or(now),
+        );
         o.consecutive = 0;
         self.ejected.store(true, Ordering::Release);
         tracing::warn!(endpoint = %self.address, ejection = o.ejections, ?time, "endpoint ejected");

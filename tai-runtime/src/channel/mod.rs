@@ -627,26 +627,39 @@ impl Channel {
     /// Waits until the state differs from `from`, or `deadline` passes; returns
     /// whether it changed (grpc's `WaitForStateChange`).
     pub async fn wait_for_state_change(&self, from: ConnectivityState, deadline: Instant) -> bool {
+        self.wait_change(from, Some(deadline)).await
+    }
+
+    /// [`Channel::wait_for_state_change`] with `None` for no deadline.
+    async fn wait_change(&self, from: ConnectivityState, deadline: Option<Instant>) -> bool {
         let mut changes = self.shared.set.changed.subscribe();
         loop {
             if self.state() != from {
                 return true;
             }
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return false },
-                () = tokio::time::sleep_until(deadline) => return self.state() != from,
+                () = expired => return self.state() != from,
             }
         }
     }
 
-    /// Waits until the channel is `Ready` or `timeout` passes.
+    /// Waits until the channel is `Ready` or `timeout` passes; a `timeout` too long
+    /// for the clock (`Duration::MAX`, say) waits as long as it takes.
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A deadline past what `Instant` can hold is no deadline, not a panic.
+        let deadline = Instant::now().checked_add(timeout);
         for e in self.shared.set.snapshot().iter() {
             e.want();
         }
         while self.state() != ConnectivityState::Ready {
-            if !self.wait_for_state_change(self.state(), deadline).await {
+            if !self.wait_change(self.state(), deadline).await {
                 return false;
             }
         }
