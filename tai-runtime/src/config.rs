@@ -12,16 +12,13 @@
 //! assert_eq!(config.connection.pool_size, 10);
 //! ```
 //!
-//! The presets are connection-level settings (`connection`, `balancer`,
-//! `outlier`, `health_check`) plus a suggested `retry`/`breaker`/`timeout` for
-//! clients without compiled-in policies; a generated client's own per-method
-//! policies always win over these suggestions.
+//! The presets are connection-level settings only (`connection`, `balancer`,
+//! `outlier`, `health_check`); retry, hedging, breaker and timeouts are per-method
+//! policies, compiled into a generated client (see [`crate::policy`]).
 
 use std::time::Duration;
 
 use tai_model::{Code, CodeSet};
-
-use crate::policy::{BreakerPolicy, RateRule, RetryPolicy};
 
 /// How a client picks an endpoint for each call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,15 +81,28 @@ impl BackoffConfig {
     }
 }
 
-/// HTTP/2 keepalive pings.
+/// HTTP/2 keepalive pings (gRFC A8).
+///
+/// gRPC servers police pings: grpc-go and grpc-java allow one every 5 minutes by
+/// default (and none without calls in flight) and close a connection that pings
+/// more often with GOAWAY ENHANCE_YOUR_CALM `too_many_pings`. When that happens the
+/// channel doubles `time` for that endpoint's next connections, as A8 specifies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KeepaliveConfig {
-    /// Ping after this long without frames.
+    /// Ping after this long without frames; at least [`KeepaliveConfig::MIN_TIME`].
     pub time: Duration,
     /// Close the connection if the ping is not answered within this.
     pub timeout: Duration,
-    /// Ping even when no call is in flight.
+    /// Ping even when no call is in flight (most servers forbid it by default).
     pub while_idle: bool,
+}
+
+impl KeepaliveConfig {
+    /// The shortest keepalive time accepted (gRFC A8's floor).
+    pub const MIN_TIME: Duration = Duration::from_secs(10);
+    /// The longest keepalive time or timeout accepted, and the cap of the doubling
+    /// on `too_many_pings` (longer would overflow the HTTP/2 layer's clock).
+    pub const MAX_TIME: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 /// One endpoint's connections.
@@ -102,7 +112,8 @@ pub struct ConnectionConfig {
     pub connect_timeout: Duration,
     /// Reconnect backoff.
     pub backoff: BackoffConfig,
-    /// HTTP/2 keepalive; `None` sends no pings.
+    /// HTTP/2 keepalive; `None` (the default of every preset but high-throughput)
+    /// sends no pings, as gRFC A8 recommends.
     pub keepalive: Option<KeepaliveConfig>,
     /// Close a connection after this long with no call; `None` keeps it open.
     pub idle_timeout: Option<Duration>,
@@ -157,35 +168,12 @@ pub struct ClientConfig {
     pub outlier: Option<OutlierConfig>,
     /// Active health checks; `None` disables them.
     pub health_check: Option<HealthCheckConfig>,
-    /// Suggested retry for calls without a compiled-in policy.
-    pub retry: Option<RetryPolicy>,
-    /// Suggested breaker for calls without a compiled-in policy.
-    pub breaker: Option<BreakerPolicy>,
-    /// Suggested whole-call timeout.
-    pub timeout: Option<Duration>,
-    /// Upper bound on any timeout.
-    pub max_timeout: Option<Duration>,
 }
 
 const MIB: usize = 1 << 20;
 
 fn unavailable() -> CodeSet {
     CodeSet::of(&[Code::Unavailable])
-}
-
-fn retry(
-    max_attempts: u32,
-    initial: Duration,
-    max: Duration,
-    multiplier: f64,
-) -> Option<RetryPolicy> {
-    Some(RetryPolicy {
-        max_attempts,
-        initial_backoff: initial,
-        max_backoff: max,
-        multiplier,
-        retryable: unavailable(),
-    })
 }
 
 impl Default for OutlierConfig {
@@ -203,7 +191,7 @@ impl Default for OutlierConfig {
 
 impl ClientConfig {
     /// The connection-factory defaults: 100ms/1.6x/±0.2/2s reconnect backoff, 20s
-    /// connect timeout, 10s/5s keepalive, 4 MiB messages, one connection per
+    /// connect timeout, no keepalive, 4 MiB messages, one connection per
     /// endpoint, round-robin, outlier ejection on.
     pub fn factory() -> Self {
         Self {
@@ -215,11 +203,8 @@ impl ClientConfig {
                     jitter: 0.2,
                     max: Duration::from_secs(2),
                 },
-                keepalive: Some(KeepaliveConfig {
-                    time: Duration::from_secs(10),
-                    timeout: Duration::from_secs(5),
-                    while_idle: true,
-                }),
+                // gRFC A8: no keepalive unless asked for; servers police pings.
+                keepalive: None,
                 idle_timeout: Some(Duration::from_secs(30 * 60)),
                 pool_size: 1,
                 initial_stream_window: 1 << 20,
@@ -232,15 +217,11 @@ impl ClientConfig {
             balancer: BalancerKind::RoundRobin,
             outlier: Some(OutlierConfig::default()),
             health_check: None,
-            retry: None,
-            breaker: None,
-            timeout: None,
-            max_timeout: None,
         }
     }
 
-    /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, 10s/5s
-    /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling, 5-attempt retry.
+    /// Production: 30s connect timeout, 1s/1.6x/±0.2/120s reconnect backoff, no
+    /// keepalive, 30 min idle timeout, 4 MiB messages, no pooling.
     pub fn production() -> Self {
         let mut c = Self::factory();
         c.connection.connect_timeout = Duration::from_secs(30);
@@ -250,30 +231,30 @@ impl ClientConfig {
             jitter: 0.2,
             max: Duration::from_secs(120),
         };
-        c.retry = retry(5, Duration::from_secs(1), Duration::from_secs(30), 2.0);
         c
     }
 
     /// Development: 5s connect timeout, 500ms..10s reconnect backoff, 5 min idle
-    /// timeout, 3-attempt retry — fast feedback.
+    /// timeout — fast feedback.
     pub fn development() -> Self {
         let mut c = Self::production();
         c.connection.connect_timeout = Duration::from_secs(5);
         c.connection.backoff.base = Duration::from_millis(500);
         c.connection.backoff.max = Duration::from_secs(10);
         c.connection.idle_timeout = Some(Duration::from_secs(5 * 60));
-        c.retry = retry(3, Duration::from_millis(500), Duration::from_secs(10), 2.0);
         c
     }
 
-    /// High throughput: 10s connect timeout, 30s keepalive, no idle timeout, 16 MiB
-    /// messages, a pool of 10 connections per endpoint.
+    /// High throughput: 10s connect timeout, a keepalive ping every 5 min (20s to
+    /// answer) while calls are in flight — the most grpc-go and grpc-java servers
+    /// allow by default — no idle timeout, 16 MiB messages, a pool of 10
+    /// connections per endpoint.
     pub fn high_throughput() -> Self {
         let mut c = Self::production();
         c.connection.connect_timeout = Duration::from_secs(10);
         c.connection.keepalive = Some(KeepaliveConfig {
-            time: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
+            time: Duration::from_secs(5 * 60),
+            timeout: Duration::from_secs(20),
             while_idle: false,
         });
         c.connection.idle_timeout = None;
@@ -283,39 +264,18 @@ impl ClientConfig {
         c
     }
 
-    /// High reliability: least-loaded, 5 attempts from 50ms to 5s at 1.5x, breaker
-    /// at 3 failures / 60s open / 5 probes.
+    /// High reliability: production with least-loaded balancing (P2C on in-flight
+    /// counts), so a struggling endpoint gets fewer calls.
     pub fn high_reliability() -> Self {
         let mut c = Self::production();
         c.balancer = BalancerKind::LeastLoaded;
-        c.retry = retry(5, Duration::from_millis(50), Duration::from_secs(5), 1.5);
-        c.breaker = Some(BreakerPolicy {
-            failure_threshold: 3,
-            open_timeout: Duration::from_secs(60),
-            max_open_timeout: Duration::from_secs(300),
-            half_open_max_calls: 5,
-            rate: Some(RateRule {
-                threshold: 0.5,
-                window: Duration::from_secs(10),
-                min_calls: 20,
-            }),
-            failure_codes: CodeSet::of(&[
-                Code::Unavailable,
-                Code::DeadlineExceeded,
-                Code::Internal,
-                Code::Unknown,
-                Code::ResourceExhausted,
-            ]),
-        });
         c
     }
 
-    /// Low latency: 100ms default and 500ms max timeout, random pick.
+    /// Low latency: production with a random pick (no shared cursor or load reads).
     pub fn low_latency() -> Self {
         let mut c = Self::production();
         c.balancer = BalancerKind::Random;
-        c.timeout = Some(Duration::from_millis(100));
-        c.max_timeout = Some(Duration::from_millis(500));
         c
     }
 
@@ -331,6 +291,56 @@ impl ClientConfig {
             "factory" => Some(Self::factory()),
             _ => None,
         }
+    }
+}
+
+/// A [`ClientConfig`] that cannot work: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidConfig {
+    field: &'static str,
+    problem: String,
+}
+
+impl InvalidConfig {
+    /// The field at fault, e.g. `connection.keepalive.time`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid client config: {}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+impl ClientConfig {
+    /// Checks what would otherwise fail at run time; `Channel`'s builder calls it.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if let Some(k) = &self.connection.keepalive {
+            let (min, max) = (KeepaliveConfig::MIN_TIME, KeepaliveConfig::MAX_TIME);
+            if k.time < min || k.time > max {
+                return Err(InvalidConfig {
+                    field: "connection.keepalive.time",
+                    problem: format!(
+                        "is {:?}, must be between {min:?} and {max:?} (gRFC A8: servers close connections that ping more often)",
+                        k.time
+                    ),
+                });
+            }
+            if k.timeout.is_zero() || k.timeout > max {
+                return Err(InvalidConfig {
+                    field: "connection.keepalive.timeout",
+                    problem: format!(
+                        "is {:?}, must be more than zero and at most {max:?}",
+                        k.timeout
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -351,56 +361,33 @@ mod tests {
         assert_eq!(p.connection.connect_timeout, Duration::from_secs(30));
         assert_eq!(p.connection.backoff.base, Duration::from_secs(1));
         assert_eq!(p.connection.backoff.max, Duration::from_secs(120));
-        assert_eq!(
-            p.connection.keepalive.unwrap().time,
-            Duration::from_secs(10)
-        );
+        assert_eq!(p.connection.keepalive, None);
         assert_eq!(p.connection.idle_timeout, Some(Duration::from_secs(1800)));
         assert_eq!(p.connection.max_receive_message_size, 4 << 20);
-        assert_eq!(p.retry.unwrap().max_attempts, 5);
 
         let d = ClientConfig::development();
         assert_eq!(d.connection.connect_timeout, Duration::from_secs(5));
         assert_eq!(d.connection.backoff.base, Duration::from_millis(500));
         assert_eq!(d.connection.backoff.max, Duration::from_secs(10));
-        assert_eq!(d.retry.unwrap().max_attempts, 3);
 
         let h = ClientConfig::high_throughput();
         assert_eq!(h.connection.pool_size, 10);
         assert_eq!(h.connection.idle_timeout, None);
         assert_eq!(h.connection.max_send_message_size, 16 << 20);
         assert_eq!(
-            h.connection.keepalive.unwrap().time,
-            Duration::from_secs(30)
+            h.connection.keepalive,
+            Some(KeepaliveConfig {
+                time: Duration::from_secs(300),
+                timeout: Duration::from_secs(20),
+                while_idle: false
+            })
         );
 
         let r = ClientConfig::high_reliability();
         assert_eq!(r.balancer, BalancerKind::LeastLoaded);
-        let b = r.breaker.unwrap();
-        assert_eq!(
-            (b.failure_threshold, b.open_timeout, b.half_open_max_calls),
-            (3, Duration::from_secs(60), 5)
-        );
-        let rr = r.retry.unwrap();
-        assert_eq!(
-            (
-                rr.max_attempts,
-                rr.initial_backoff,
-                rr.max_backoff,
-                rr.multiplier
-            ),
-            (5, Duration::from_millis(50), Duration::from_secs(5), 1.5)
-        );
 
         let l = ClientConfig::low_latency();
         assert_eq!(l.balancer, BalancerKind::Random);
-        assert_eq!(
-            (l.timeout, l.max_timeout),
-            (
-                Some(Duration::from_millis(100)),
-                Some(Duration::from_millis(500))
-            )
-        );
 
         let f = ClientConfig::factory();
         assert_eq!(
@@ -412,6 +399,56 @@ mod tests {
                 max: Duration::from_secs(2)
             }
         );
+    }
+
+    /// gRFC A8: no preset pings more than once a minute, or while idle.
+    #[test]
+    fn presets_keep_keepalive_within_what_servers_allow() {
+        for name in [
+            "production",
+            "development",
+            "high-throughput",
+            "high-reliability",
+            "low-latency",
+            "factory",
+        ] {
+            let c = ClientConfig::preset(name).unwrap();
+            assert_eq!(c.validate(), Ok(()), "{name}");
+            if let Some(k) = c.connection.keepalive {
+                assert!(k.time >= Duration::from_secs(60), "{name}: {k:?}");
+                assert!(!k.while_idle, "{name}: {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keepalive_out_of_bounds_is_invalid() {
+        let mut c = ClientConfig::default();
+        let k = |time, timeout| {
+            Some(KeepaliveConfig {
+                time,
+                timeout,
+                while_idle: false,
+            })
+        };
+        c.connection.keepalive = k(Duration::from_secs(9), Duration::from_secs(20));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field(), "connection.keepalive.time");
+        assert!(e.to_string().contains("10s"), "{e}");
+        c.connection.keepalive = k(Duration::MAX, Duration::from_secs(20));
+        assert_eq!(
+            c.validate().unwrap_err().field(),
+            "connection.keepalive.time"
+        );
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::ZERO);
+        assert_eq!(
+            c.validate().unwrap_err().field(),
+            "connection.keepalive.timeout"
+        );
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::MAX);
+        assert!(c.validate().is_err());
+        c.connection.keepalive = k(Duration::from_secs(10), Duration::from_secs(1));
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -668,3 +668,392 @@ async fn generated_connect_uses_the_service_balancer() {
         .unwrap_err();
     assert!(err.to_string().contains("no port"), "{err}");
 }
+
+/// What a [`NotHttp2`] peer does once it has read the client's preface.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// Closes the connection: a proxy with no backend.
+    Closes,
+    /// Answers in HTTP/1.1 and closes: a port that is not HTTP/2.
+    Garbage,
+    /// Says nothing and keeps the connection open.
+    Silent,
+}
+
+/// Accepts every connection and never sends an HTTP/2 SETTINGS frame; records
+/// when it was asked to connect.
+#[derive(Clone)]
+struct NotHttp2 {
+    peer: Peer,
+    dials: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Connector for NotHttp2 {
+    fn connect(&self, _address: &str) -> ConnectFuture {
+        let peer = self.peer;
+        let dials = {
+            let mut dials = self.dials.lock().unwrap();
+            dials.push(Instant::now());
+            dials.len()
+        };
+        Box::pin(async move {
+            if dials > 100 {
+                // A client that re-dials at once never lets paused time advance, so
+                // the test would hang instead of failing: stop answering after 100.
+                return std::future::pending().await;
+            }
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut preface = [0u8; 1024];
+                let _ = server.read(&mut preface).await;
+                match peer {
+                    Peer::Closes => {}
+                    Peer::Garbage => {
+                        let _ = server
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                    Peer::Silent => std::future::pending::<()>().await,
+                }
+            });
+            Ok(Box::new(client) as BoxIo)
+        })
+    }
+}
+
+/// A connection is Ready only once the server's SETTINGS frame has arrived; a peer
+/// that accepts and closes, or is not HTTP/2, is re-dialled on the reconnect
+/// backoff, not at once forever.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_sends_settings_is_redialled_on_the_backoff() {
+    for peer in [Peer::Closes, Peer::Garbage] {
+        let connector = NotHttp2 {
+            peer,
+            dials: Arc::default(),
+        };
+        let config = ClientConfig::development();
+        let ch = Channel::builder(Endpoints::one("proxy:1"))
+            .config(config.clone())
+            .connector(connector.clone())
+            .seed(3)
+            .build()
+            .unwrap();
+        assert!(
+            !ch.ready(Duration::from_secs(5)).await,
+            "{peer:?}: never Ready"
+        );
+        let times = connector.dials.lock().unwrap().clone();
+        // 500ms × 1.6^n ± 20%: 4 or 5 dials in 5 s.
+        assert!(
+            (4..=5).contains(&times.len()),
+            "{peer:?}: {} dials in 5 s",
+            times.len()
+        );
+        assert_eq!(ch.connect_attempts("proxy:1"), times.len() as u64);
+        for (n, pair) in times.windows(2).enumerate() {
+            let gap = (pair[1] - pair[0]).as_secs_f64();
+            let nominal = config.connection.backoff.delay(n as u32, 0.5).as_secs_f64();
+            assert!(
+                gap >= nominal * 0.8 - 1e-6 && gap <= nominal * 1.2 + 1e-6,
+                "{peer:?}: gap {n}: {gap}s, nominal {nominal}s"
+            );
+        }
+        let err = core(ch, service(vec![unary_method()], None))
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("SETTINGS"), "{}", err.message());
+    }
+
+    // A peer that says nothing is Connecting until the connect timeout, not Ready.
+    let connector = NotHttp2 {
+        peer: Peer::Silent,
+        dials: Arc::default(),
+    };
+    let ch = Channel::builder(Endpoints::one("silent:1"))
+        .config(ClientConfig::development())
+        .connector(connector.clone())
+        .build()
+        .unwrap();
+    assert!(!ch.ready(Duration::from_secs(4)).await);
+    assert_eq!(ch.state(), ConnectivityState::Connecting);
+    // The 5 s connect timeout covers the wait for SETTINGS; the backoff follows.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(ch.state(), ConnectivityState::TransientFailure);
+    assert_eq!(connector.dials.lock().unwrap().len(), 1);
+}
+
+/// Finds the frame headers in one direction of an HTTP/2 byte stream.
+struct Frames {
+    /// Bytes of the client's connection preface still to skip.
+    preface: usize,
+    header: Vec<u8>,
+    payload: usize,
+}
+
+impl Frames {
+    fn new(preface: usize) -> Self {
+        Self {
+            preface,
+            header: Vec::with_capacity(9),
+            payload: 0,
+        }
+    }
+
+    /// Feeds bytes; calls `frame(type, flags)` at each frame header.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8)) {
+        while !bytes.is_empty() {
+            let skip = if self.preface > 0 {
+                &mut self.preface
+            } else {
+                &mut self.payload
+            };
+            if *skip > 0 {
+                let n = (*skip).min(bytes.len());
+                *skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if let [l0, l1, l2, kind, flags, _, _, _, _] = self.header[..] {
+                self.payload = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+                frame(kind, flags);
+                self.header.clear();
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.preface == 0 && self.payload == 0 && self.header.is_empty()
+    }
+}
+
+/// The server half of a connection, policing keepalive pings as grpc-go and
+/// grpc-java servers do: after `limit` pings it answers GOAWAY ENHANCE_YOUR_CALM
+/// with debug data `too_many_pings` (written between two of the h2 server's own
+/// frames: h2 has no API for GOAWAY debug data) and closes the connection.
+struct PingPolice {
+    io: tokio::io::DuplexStream,
+    inbound: Frames,
+    outbound: Frames,
+    pings: Arc<Mutex<Vec<Vec<Instant>>>>,
+    connection: usize,
+    limit: usize,
+    goaway: Option<Vec<u8>>,
+    closed: bool,
+}
+
+impl tokio::io::AsyncRead for PingPolice {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        let (pings, connection) = (&this.pings, this.connection);
+        let mut count = 0;
+        this.inbound.feed(&buf.filled()[before..], |kind, flags| {
+            // PING (0x6) without ACK: a keepalive ping from the client.
+            if kind == 0x6 && flags & 0x1 == 0 {
+                let mut pings = pings.lock().unwrap();
+                pings[connection].push(Instant::now());
+                count = pings[connection].len();
+            }
+        });
+        if count >= this.limit && this.goaway.is_none() {
+            let debug = b"too_many_pings";
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&(8 + debug.len() as u32).to_be_bytes()[1..]);
+            frame.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]); // GOAWAY on stream 0
+            frame.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+            frame.extend_from_slice(&0xbu32.to_be_bytes()); // ENHANCE_YOUR_CALM
+            frame.extend_from_slice(debug);
+            this.goaway = Some(frame);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for PingPolice {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.outbound.at_boundary()
+            && let Some(frame) = this.goaway.as_mut()
+            && !frame.is_empty()
+        {
+            while !frame.is_empty() {
+                match std::pin::Pin::new(&mut this.io).poll_write(cx, frame) {
+                    Poll::Ready(Ok(n)) => drop(frame.drain(..n)),
+                    other => return other,
+                }
+            }
+            // Closed after the GOAWAY, as grpc-go does: h2 fails and drops the pipe.
+            this.closed = true;
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let written = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.outbound.feed(&buf[..n], |_, _| {});
+        }
+        written
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// gRFC A8: a server that says `too_many_pings` gets half as many pings from the
+/// endpoint's next connection, and half as many again after that.
+#[tokio::test(start_paused = true)]
+async fn too_many_pings_doubles_the_keepalive_time_of_the_next_connection() {
+    use futures_util::StreamExt;
+
+    let net = Net::default();
+    let pings: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::default();
+    {
+        let pings = Arc::clone(&pings);
+        net.serve("policed:1", move |mut incoming| async move {
+            while let Some(Ok(io)) = incoming.next().await {
+                let connection = {
+                    let mut pings = pings.lock().unwrap();
+                    pings.push(Vec::new());
+                    pings.len() - 1
+                };
+                let io = PingPolice {
+                    io,
+                    inbound: Frames::new(24),
+                    outbound: Frames::new(0),
+                    pings: Arc::clone(&pings),
+                    connection,
+                    limit: 3,
+                    goaway: None,
+                    closed: false,
+                };
+                tokio::spawn(async move {
+                    let Ok(mut h2) = h2::server::handshake(io).await else {
+                        return;
+                    };
+                    while let Some(Ok(_request)) = h2.accept().await {}
+                });
+            }
+        });
+    }
+    let mut config = ClientConfig::factory();
+    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
+        time: Duration::from_secs(10),
+        timeout: Duration::from_secs(20),
+        while_idle: true,
+    });
+    let ch = channel(&net, &["policed:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    // Pings every 10 s, GOAWAY at the third (30 s); then every 20 s (GOAWAY at
+    // 90 s), then every 40 s (GOAWAY at 210 s).
+    tokio::time::sleep(Duration::from_secs(215)).await;
+
+    let pings = pings.lock().unwrap().clone();
+    assert!(pings.len() >= 3, "{} connections", pings.len());
+    for (n, expected) in [10, 20, 40].into_iter().enumerate() {
+        let times = &pings[n];
+        assert_eq!(times.len(), 3, "connection {n}: {} pings", times.len());
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_secs(expected) && gap < Duration::from_secs(expected + 1),
+                "connection {n}: pings {gap:?} apart, expected {expected}s"
+            );
+        }
+    }
+    assert_eq!(
+        ch.endpoint_stats()[0].keepalive,
+        Some(Duration::from_secs(80))
+    );
+}
+
+/// gRFC A8: no keepalive time below 10 s.
+#[tokio::test]
+async fn a_keepalive_below_ten_seconds_is_refused_at_build() {
+    let mut config = ClientConfig::factory();
+    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
+        time: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
+        while_idle: false,
+    });
+    let err = Channel::builder(Endpoints::one("a:1"))
+        .config(config)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("keepalive.time"), "{err}");
+}
+
+/// A far deadline is no deadline: `Duration::MAX` (or any time past what `Instant`
+/// holds) waits forever instead of panicking, wherever the channel takes one.
+#[tokio::test(start_paused = true)]
+async fn durations_past_what_instant_holds_saturate() {
+    let net = Net::default();
+    let server = ok_server();
+    net.start("up:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.idle_timeout = Some(Duration::MAX);
+    let ch = channel(&net, &["up:1"], config);
+    assert!(ch.ready(Duration::MAX).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    assert_eq!(ch.connect_attempts("up:1"), 1, "never idle");
+
+    // Nothing to connect to: waits forever (cut short here), does not panic.
+    let down = channel(&net, &["down:1"], test_config(BalancerKind::RoundRobin));
+    let waited = tokio::time::timeout(Duration::from_secs(60), down.ready(Duration::MAX)).await;
+    assert!(waited.is_err(), "still waiting after 60 s");
+
+    // Ejection times past what Instant holds: ejected for as long as it can be.
+    let bad = Script::unary(|_, _| async { Err(Status::unavailable("sick")) });
+    net.start("bad:1", &bad);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.outlier = Some(OutlierConfig {
+        consecutive_failures: 1,
+        base_ejection_time: Duration::MAX,
+        max_ejection_time: Duration::MAX,
+        max_ejection_percent: 100,
+        failure_codes: CodeSet(1 << Code::Unavailable as u32),
+    });
+    let ch = channel(&net, &["bad:1"], config);
+    assert!(ch.ready(Duration::from_secs(1)).await);
+    let client = core(ch.clone(), service(vec![unary_method()], None));
+    let err = client.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let ejected = ch.endpoint_stats()[0].ejected_for.expect("ejected");
+    assert!(
+        ejected > Duration::from_secs(365 * 24 * 3600),
+        "{ejected:?}"
+    );
+}

@@ -8,22 +8,28 @@
 //! wants it again. Calls read that state (one atomic load) and never pick a
 //! connection that is not `Ready`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{Notify, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use super::connectivity::ConnectivityState;
-use super::connector::SharedConnector;
-use crate::config::ConnectionConfig;
+use super::connector::{BoxIo, SharedConnector};
+use crate::config::{ConnectionConfig, KeepaliveConfig};
 
 pub(crate) type Sender = SendRequest<tonic::body::Body>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A connection slot and what its driver publishes about it.
 pub(crate) struct Connection {
@@ -132,6 +138,7 @@ enum Ended {
 pub(crate) async fn drive(
     conn: Arc<Connection>,
     address: String,
+    keepalive: Arc<KeepaliveTime>,
     cx: Arc<DriverContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -143,11 +150,14 @@ pub(crate) async fn drive(
         }
         conn.set_state(ConnectivityState::Connecting, &cx.changed);
         conn.attempts.fetch_add(1, Ordering::Relaxed);
+        // One connect timeout covers the dial, the HTTP/2 handshake and the wait for
+        // the server's SETTINGS.
+        let keepalive_time = keepalive.get();
         let dialed = tokio::select! {
-            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address)) => r,
+            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address, keepalive_time)) => r,
             _ = shutdown.changed() => break,
         };
-        let (sender, connection) = match dialed {
+        let (sender, mut connection) = match dialed {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 conn.fail(format!("{address}: {e}"), &cx.changed);
@@ -159,7 +169,7 @@ pub(crate) async fn drive(
             Err(_) => {
                 conn.fail(
                     format!(
-                        "{address}: connect timed out after {:?}",
+                        "{address}: connect timed out after {:?} (no HTTP/2 SETTINGS from the server)",
                         cfg.connect_timeout
                     ),
                     &cx.changed,
@@ -170,12 +180,13 @@ pub(crate) async fn drive(
                 continue;
             }
         };
+        // The server has spoken HTTP/2: only now is the endpoint reachable, so only
+        // now does the backoff start over.
         failures = 0;
         conn.sender.store(Some(Arc::new(sender)));
         conn.last_active
             .store(conn.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         conn.set_state(ConnectivityState::Ready, &cx.changed);
-        tokio::pin!(connection);
         let ended = tokio::select! {
             r = &mut connection => Ended::Closed(r.err()),
             () = idle(&conn, cfg.idle_timeout) => Ended::Idle,
@@ -186,6 +197,11 @@ pub(crate) async fn drive(
             Ended::Closed(error) => {
                 // A connection that worked is re-dialled at once; the backoff is
                 // for endpoints that cannot be reached.
+                if let (Some(e), Some(used)) = (&error, keepalive_time)
+                    && too_many_pings(e)
+                {
+                    keepalive.slow_down(used, &address);
+                }
                 let reason =
                     error.map_or_else(|| "connection closed by peer".to_owned(), |e| e.to_string());
                 conn.fail(format!("{address}: {reason}"), &cx.changed);
@@ -228,29 +244,214 @@ pub(crate) async fn drive(
     conn.set_state(ConnectivityState::Shutdown, &cx.changed);
 }
 
-type Handshake = (
-    Sender,
-    http2::Connection<TokioIo<super::connector::BoxIo>, tonic::body::Body, TokioExecutor>,
-);
+type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, TokioExecutor>;
 
+/// Opens a connection and waits until the server's HTTP/2 preface has arrived.
+///
+/// hyper's handshake returns once the client's preface is written, before the
+/// server has said anything; a peer that accepts and then closes (a proxy with no
+/// backend, a port that is not HTTP/2) would look connected. As grpc-go does, a
+/// connection counts only once the server's SETTINGS frame has been received;
+/// until then a failure is a failed attempt, subject to the reconnect backoff.
 async fn dial(
     cx: &DriverContext,
     address: &str,
-) -> Result<Handshake, Box<dyn std::error::Error + Send + Sync>> {
+    keepalive_time: Option<Duration>,
+) -> Result<(Sender, Pin<Box<HttpConnection>>), BoxError> {
     let io = cx.connector.connect(address).await?;
+    let (io, mut first_frame) = FirstFrame::watch(io);
     let cfg = &cx.config;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(cfg.initial_stream_window)
         .initial_connection_window_size(cfg.initial_connection_window);
-    if let Some(k) = cfg.keepalive {
+    if let (Some(k), Some(time)) = (cfg.keepalive, keepalive_time) {
         builder
-            .keep_alive_interval(k.time)
+            .keep_alive_interval(time)
             .keep_alive_timeout(k.timeout)
             .keep_alive_while_idle(k.while_idle);
     }
-    Ok(builder.handshake(TokioIo::new(io)).await?)
+    let (sender, connection) = builder.handshake(TokioIo::new(io)).await?;
+    // Boxed once per connection so that it can be polled here and kept afterwards.
+    let mut connection = Box::pin(connection);
+    // The connection must be polled for the server's frames to be read at all.
+    std::future::poll_fn(|task| {
+        if let Poll::Ready(ended) = connection.as_mut().poll(task) {
+            let why = match (first_frame.try_recv(), ended) {
+                (Ok(false), _) => NOT_HTTP2.to_owned(),
+                (_, Err(e)) => format!("{e} before the server's HTTP/2 SETTINGS"),
+                (_, Ok(())) => "connection closed before the server's HTTP/2 SETTINGS".to_owned(),
+            };
+            return Poll::Ready(Err(BoxError::from(why)));
+        }
+        Pin::new(&mut first_frame)
+            .poll(task)
+            .map(|seen| match seen {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(NOT_HTTP2.into()),
+                // The IO, and with it the sender, lives in the connection polled above.
+                Err(_) => Err("connection closed before the server's HTTP/2 SETTINGS".into()),
+            })
+    })
+    .await?;
+    Ok((sender, connection))
+}
+
+const NOT_HTTP2: &str = "the server's first frame is not HTTP/2 SETTINGS (not an HTTP/2 server?)";
+
+/// The connection's byte stream, watching the first 9 bytes the server sends: the
+/// header of its first frame, which RFC 9113 §3.4 requires to be a SETTINGS frame
+/// (type 0x4, no ACK flag, stream 0). Reports once, then only passes bytes through.
+pub(crate) struct FirstFrame {
+    io: BoxIo,
+    watch: Option<Box<Watch>>,
+}
+
+struct Watch {
+    header: [u8; 9],
+    filled: usize,
+    seen: oneshot::Sender<bool>,
+}
+
+impl FirstFrame {
+    fn watch(io: BoxIo) -> (Self, oneshot::Receiver<bool>) {
+        let (seen, rx) = oneshot::channel();
+        let watch = Watch {
+            header: [0; 9],
+            filled: 0,
+            seen,
+        };
+        (
+            Self {
+                io,
+                watch: Some(Box::new(watch)),
+            },
+            rx,
+        )
+    }
+
+    fn observe(&mut self, read: &[u8]) {
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        let n = read.len().min(w.header.len() - w.filled);
+        w.header[w.filled..w.filled + n].copy_from_slice(&read[..n]);
+        w.filled += n;
+        if w.filled == w.header.len()
+            && let Some(w) = self.watch.take()
+        {
+            let h = w.header;
+            let length = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            let settings =
+                h[3] == 0x4 && h[4] & 0x1 == 0 && stream == 0 && length.is_multiple_of(6);
+            // The receiver is gone once the connection is up; nothing to tell then.
+            let _ = w.seen.send(settings);
+        }
+    }
+}
+
+impl AsyncRead for FirstFrame {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(task, buf);
+        if this.watch.is_some() && matches!(polled, Poll::Ready(Ok(()))) {
+            this.observe(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for FirstFrame {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(task, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(task, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(task)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(task)
+    }
+}
+
+/// The keepalive time of an endpoint's next connections, in milliseconds (0: no
+/// keepalive), shared by its pool.
+pub(crate) struct KeepaliveTime(AtomicU64);
+
+impl KeepaliveTime {
+    pub(crate) fn new(time: Option<Duration>) -> Self {
+        Self(AtomicU64::new(time.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+        })))
+    }
+
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// gRFC A8: the server said `too_many_pings` to a connection that pinged every
+    /// `used`; the next connections ping half as often (capped where the HTTP/2
+    /// layer's clock is still safe). Relative to `used`, not to the current time:
+    /// every connection of a pool hears the same complaint, and it is one
+    /// complaint about one interval, so the pool doubles once, not once each.
+    fn slow_down(&self, used: Duration, address: &str) {
+        let used = u64::try_from(used.as_millis()).unwrap_or(u64::MAX);
+        let doubled = used
+            .saturating_mul(2)
+            .min(KeepaliveConfig::MAX_TIME.as_millis() as u64);
+        if self.0.fetch_max(doubled, Ordering::AcqRel) < doubled {
+            tracing::warn!(
+                endpoint = %address,
+                keepalive = ?Duration::from_millis(doubled),
+                "server sent GOAWAY too_many_pings: keepalive time doubled",
+            );
+        }
+    }
+}
+
+/// Whether a connection ended with the server's GOAWAY ENHANCE_YOUR_CALM whose
+/// debug data is `too_many_pings` (how grpc servers police keepalive pings).
+fn too_many_pings(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // h2 has no accessor for a GOAWAY's debug data; its message ends with
+            // it, as `(b"too_many_pings")`.
+            return h2.is_go_away()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                && h2.to_string().contains("too_many_pings");
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Waits out the reconnect backoff; `false` if shut down meanwhile.
@@ -274,11 +475,21 @@ async fn idle(conn: &Connection, timeout: Option<Duration>) {
     };
     loop {
         let last = Duration::from_millis(conn.last_active.load(Ordering::Relaxed));
-        let quiet_until = conn.epoch + last + timeout;
-        if conn.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= quiet_until {
+        // An idle timeout past what `Instant` can hold never expires (no panic).
+        let Some(quiet_until) = conn
+            .epoch
+            .checked_add(last)
+            .and_then(|t| t.checked_add(timeout))
+        else {
+            return std::future::pending().await;
+        };
+        let now = Instant::now();
+        if conn.in_flight.load(Ordering::Acquire) == 0 && now >= quiet_until {
             return;
         }
-        let next = quiet_until.max(Instant::now() + timeout / 4);
+        let next = now
+            .checked_add(timeout / 4)
+            .map_or(quiet_until, |t| t.max(quiet_until));
         tokio::time::sleep_until(next).await;
     }
 }

@@ -11,9 +11,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
 
-use super::connection::{Connection, Sender};
+use super::connection::{Connection, KeepaliveTime, Sender};
 use super::connectivity::ConnectivityState;
 use crate::config::OutlierConfig;
+
+/// The longest an ejection lasts when the configured time cannot be represented.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Peak-EWMA decay time: how long a latency spike keeps weighing on an endpoint.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -49,6 +52,10 @@ pub struct EndpointStats {
     pub not_serving: bool,
     /// Connections in its pool.
     pub connections: usize,
+    /// The keepalive time its next connections use: the configured one, doubled
+    /// each time a server closed a connection with `too_many_pings` (gRFC A8);
+    /// `None` without keepalive.
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +95,8 @@ pub(crate) struct Endpoint {
     ejected: AtomicBool,
     not_serving: AtomicBool,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Shared with its connections' drivers.
+    pub(crate) keepalive: Arc<KeepaliveTime>,
 }
 
 impl Endpoint {
@@ -96,6 +105,7 @@ impl Endpoint {
         scheme: Scheme,
         authority: Authority,
         pool_size: usize,
+        keepalive: Option<Duration>,
     ) -> Self {
         Self {
             address,
@@ -113,6 +123,7 @@ impl Endpoint {
             ejected: AtomicBool::new(false),
             not_serving: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
+            keepalive: Arc::new(KeepaliveTime::new(keepalive)),
         }
     }
 
@@ -283,8 +294,18 @@ impl Endpoint {
             return;
         }
         o.ejections += 1;
-        let time = (cfg.base_ejection_time * o.ejections).min(cfg.max_ejection_time);
-        o.until = Some(Instant::now() + time);
+        let time = cfg
+            .base_ejection_time
+            .saturating_mul(o.ejections)
+            .min(cfg.max_ejection_time);
+        // An ejection time past what `Instant` can hold ejects for as long as it can
+        // (30 years, as tokio's far future), never panics.
+        let now = Instant::now();
+        o.until = Some(
+            now.checked_add(time)
+                .or_else(|| now.checked_add(FAR_FUTURE))
+                .unwrap_or(now),
+        );
         o.consecutive = 0;
         self.ejected.store(true, Ordering::Release);
         tracing::warn!(endpoint = %self.address, ejection = o.ejections, ?time, "endpoint ejected");
@@ -318,6 +339,7 @@ impl Endpoint {
             ejected_for: o.until.filter(|u| *u > now).map(|u| u - now),
             not_serving: self.not_serving.load(Ordering::Relaxed),
             connections: self.connections.len(),
+            keepalive: self.keepalive.get(),
         }
     }
 }

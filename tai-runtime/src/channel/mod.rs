@@ -139,11 +139,13 @@ impl EndpointSet {
             scheme,
             authority,
             self.config.connection.pool_size,
+            self.config.connection.keepalive.map(|k| k.time),
         ));
         for connection in endpoint.connections.iter() {
             tokio::spawn(connection::drive(
                 Arc::clone(connection),
                 address.clone(),
+                Arc::clone(&endpoint.keepalive),
                 Arc::clone(&self.driver),
                 endpoint.shutdown.subscribe(),
             ));
@@ -537,7 +539,16 @@ impl ChannelBuilder {
 
     /// Builds the channel without waiting for any connection; the first call waits
     /// for one (bounded by its deadline). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid ([`ClientConfig::validate`]) or an endpoint
+    /// address is.
     pub fn build(self) -> Result<Channel, crate::ConnectError> {
+        let description = format!("{:?}", self.endpoints);
+        self.config
+            .validate()
+            .map_err(|e| crate::ConnectError::new(&description, e))?;
         let config = Arc::new(self.config);
         let rng = Arc::new(
             self.seed
@@ -567,7 +578,6 @@ impl ChannelBuilder {
             config,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let description = format!("{:?}", self.endpoints);
         self.endpoints
             .start(Arc::clone(&set), shutdown_rx)
             .map_err(|e| crate::ConnectError::new(&description, e))?;
@@ -617,26 +627,39 @@ impl Channel {
     /// Waits until the state differs from `from`, or `deadline` passes; returns
     /// whether it changed (grpc's `WaitForStateChange`).
     pub async fn wait_for_state_change(&self, from: ConnectivityState, deadline: Instant) -> bool {
+        self.wait_change(from, Some(deadline)).await
+    }
+
+    /// [`Channel::wait_for_state_change`] with `None` for no deadline.
+    async fn wait_change(&self, from: ConnectivityState, deadline: Option<Instant>) -> bool {
         let mut changes = self.shared.set.changed.subscribe();
         loop {
             if self.state() != from {
                 return true;
             }
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return false },
-                () = tokio::time::sleep_until(deadline) => return self.state() != from,
+                () = expired => return self.state() != from,
             }
         }
     }
 
-    /// Waits until the channel is `Ready` or `timeout` passes.
+    /// Waits until the channel is `Ready` or `timeout` passes; a `timeout` too long
+    /// for the clock (`Duration::MAX`, say) waits as long as it takes.
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A deadline past what `Instant` can hold is no deadline, not a panic.
+        let deadline = Instant::now().checked_add(timeout);
         for e in self.shared.set.snapshot().iter() {
             e.want();
         }
         while self.state() != ConnectivityState::Ready {
-            if !self.wait_for_state_change(self.state(), deadline).await {
+            if !self.wait_change(self.state(), deadline).await {
                 return false;
             }
         }
