@@ -227,16 +227,24 @@ impl<T: Transport> ClientCore<T> {
     /// A client core over `transport` running `policy`. Over a tai
     /// [`Channel`](crate::Channel) the message size limits come from its
     /// configuration; over any other transport they are 4 MiB each way.
+    ///
+    /// Over a tai `Channel` to named addresses, the breakers and the retry
+    /// throttle are shared with every other client of `policy` to the same
+    /// target (see [`ClientState`]); over any other transport they are this
+    /// client's (and its clones').
     pub fn new(transport: T, policy: &'static crate::policy::ServicePolicy) -> Self {
-        let limits = (&transport as &dyn std::any::Any)
-            .downcast_ref::<crate::Channel>()
-            .map_or(MessageLimits::DEFAULT, |c| MessageLimits {
-                send: c.config().connection.max_send_message_size,
-                receive: c.config().connection.max_receive_message_size,
-            });
+        let channel = (&transport as &dyn std::any::Any).downcast_ref::<crate::Channel>();
+        let limits = channel.map_or(MessageLimits::DEFAULT, |c| MessageLimits {
+            send: c.config().connection.max_send_message_size,
+            receive: c.config().connection.max_receive_message_size,
+        });
+        let state = match channel.and_then(crate::Channel::target) {
+            Some(target) => ClientState::for_target(policy, target),
+            None => ClientState::new(policy),
+        };
         Self {
             transport,
-            state: Arc::new(ClientState::new(policy)),
+            state: Arc::new(state),
             limits,
         }
     }
@@ -914,12 +922,11 @@ where
                             continue;
                         }
                         Poll::Ready(Err(error)) => {
-                            // The transport failed before the request left the
-                            // client: safe to send again.
-                            let mut failure =
-                                Failure::transport(TransportFailure::classify(error), path);
-                            failure.unprocessed = true;
-                            break Err(failure);
+                            // The transport could not take the call (no endpoint,
+                            // a channel shut down): nothing reached the server, so
+                            // the breaker learns nothing; the permit is released.
+                            this.permit.take();
+                            break Err(Failure::transport(TransportFailure::classify(error), path));
                         }
                         Poll::Pending => {}
                     }

@@ -10,7 +10,7 @@
 //! keeps its own: build it once and clone it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -60,11 +60,17 @@ impl Guards {
     }
 }
 
-/// The guards of every live (policy, target) pair. Keyed by what the program's
-/// own code names (its compiled policies, the targets it connects to), never by
-/// anything a peer sends; entries whose clients are all gone are dropped on the
-/// next insert, so it holds at most one entry per pair in use.
-type Registry = Mutex<HashMap<(usize, String), Weak<Guards>>>;
+/// The guards of every (policy, target) pair in use. They outlive their clients
+/// (a client built per request must find the breaker the previous one tripped),
+/// so the map is bounded: keyed by what the program's own code names (its
+/// compiled policies, the targets it connects to), never by anything a peer
+/// sends, and capped at [`MAX_SHARED_GUARDS`] pairs; when full, pairs no client
+/// holds any more are dropped, and if all are held a new pair gets guards of its
+/// own.
+type Registry = Mutex<HashMap<(usize, String), Arc<Guards>>>;
+
+/// The most (policy, target) pairs whose guards are kept for sharing.
+const MAX_SHARED_GUARDS: usize = 1024;
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -85,12 +91,16 @@ impl ClientState {
             // The policy's address identifies it: each compiled policy is one static.
             let key = (std::ptr::from_ref(policy) as usize, target.to_owned());
             let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(guards) = map.get(&key).and_then(Weak::upgrade) {
-                return guards;
+            if let Some(guards) = map.get(&key) {
+                return Arc::clone(guards);
             }
-            map.retain(|_, guards| guards.strong_count() > 0);
+            if map.len() >= MAX_SHARED_GUARDS {
+                map.retain(|_, guards| Arc::strong_count(guards) > 1);
+            }
             let guards = Arc::new(Guards::new(policy, metrics));
-            map.insert(key, Arc::downgrade(&guards));
+            if map.len() < MAX_SHARED_GUARDS {
+                map.insert(key, Arc::clone(&guards));
+            }
             guards
         })
     }

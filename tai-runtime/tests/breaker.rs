@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use support::{Echo, Script, echo, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
-use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RateRule};
-use tai_runtime::{BreakerState, TripReason};
+use tai_runtime::channel::BoxIo;
+use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RateRule, ThrottlePolicy};
+use tai_runtime::{BreakerState, Channel, Endpoints, TripReason};
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
@@ -307,4 +308,73 @@ async fn a_stream_probe_reports_at_its_end() {
         .expect("the dropped probe gave its slot back");
     while stream.message().await.unwrap().is_some() {}
     assert_eq!(state(), BreakerState::Closed);
+}
+
+/// A deadline that passes while the attempt is still waiting for a connection
+/// is not the server's failure: nothing was sent, so the breaker stays closed.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_while_waiting_for_a_connection_is_no_breaker_failure() {
+    // A backend whose connection never completes.
+    let never = |_address: String| std::future::pending::<std::io::Result<BoxIo>>();
+    let channel = Channel::builder(Endpoints::one("unreachable.test:80"))
+        .connector(never)
+        .build()
+        .unwrap();
+    let mut breaker = probing_once(1);
+    breaker.failure_codes =
+        CodeSet(1 << Code::Unavailable as u32 | 1 << Code::DeadlineExceeded as u32);
+    let policy = MethodPolicy {
+        timeout: Some(Duration::from_millis(100)),
+        breaker: Some(breaker),
+        ..unary_method()
+    };
+    let core = ClientCore::new(channel, service(vec![policy], None));
+    for _ in 0..3 {
+        let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    }
+    assert_eq!(
+        core.state().breaker("Unary").unwrap().state(),
+        BreakerState::Closed
+    );
+}
+
+/// Breakers and the retry throttle protect a backend, not a client object: two
+/// clients of one policy over channels to the same address share them (A6 keys
+/// throttling by server name), so a client built per request still trips.
+#[tokio::test]
+async fn clients_of_one_policy_to_one_target_share_breakers_and_throttle() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let addr = script.serve_tcp().await;
+    let policy = service(
+        vec![MethodPolicy {
+            breaker: Some(probing_once(2)),
+            ..unary_method()
+        }],
+        Some(ThrottlePolicy {
+            max_tokens: 10,
+            token_ratio: 0.1,
+        }),
+    );
+    let client = || ClientCore::new(Channel::to(addr.to_string()).unwrap(), policy);
+    client()
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    client()
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    let third = client();
+    assert!(matches!(
+        third.state().breaker("Unary").unwrap().state(),
+        BreakerState::Open { .. }
+    ));
+    let err = third.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert!(err.message().contains("circuit breaker"), "{err}");
+    assert_eq!(script.calls(), 2);
+    assert!(std::ptr::eq(
+        third.state().throttle().unwrap(),
+        client().state().throttle().unwrap()
+    ));
 }

@@ -83,6 +83,16 @@ impl fmt::Debug for Endpoints {
 }
 
 impl Endpoints {
+    /// What these endpoints name: the addresses of a fixed list, the name a
+    /// resolver resolves; `None` for a stream of changes.
+    pub(crate) fn target(&self) -> Option<String> {
+        match &self.0 {
+            Source::Static(addresses) => Some(addresses.join(",")),
+            Source::Resolve { target, .. } => Some(target.clone()),
+            Source::Stream(_) => None,
+        }
+    }
+
     /// One address.
     pub fn one(address: impl Into<String>) -> Self {
         Self(Source::Static(vec![address.into()]))

@@ -190,7 +190,7 @@ impl EndpointSet {
         ConnectivityState::aggregate(endpoints.iter().map(|e| e.state()))
     }
 
-    fn pick(&self) -> Option<(Arc<Endpoint>, Arc<Connection>, connection::Sender)> {
+    fn pick(&self) -> Option<Pick> {
         let endpoints = self.snapshot();
         for _ in 0..2 {
             let endpoint = balance::pick(
@@ -242,9 +242,7 @@ impl EndpointSet {
 
     /// Waits until an endpoint can take a call; fails fast when all are failing and
     /// the call does not wait for ready.
-    async fn wait_for_pick(
-        &self,
-    ) -> Result<(Arc<Endpoint>, Arc<Connection>, connection::Sender), Status> {
+    async fn wait_for_pick(&self) -> Result<Pick, Status> {
         let mut changes = self.changed.subscribe();
         loop {
             for e in self.snapshot().iter() {
@@ -473,6 +471,9 @@ impl Body for ResponseBody {
 struct Shared {
     set: Arc<EndpointSet>,
     shutdown: watch::Sender<bool>,
+    /// What the channel reaches, when that names a backend (see
+    /// [`Channel::target`]).
+    target: Option<String>,
 }
 
 impl Drop for Shared {
@@ -486,9 +487,36 @@ impl Drop for Shared {
 
 /// A load-balanced gRPC channel; cheap to clone (clones share endpoints and
 /// connections). Dropping the last clone closes its connections after their calls.
-#[derive(Clone)]
 pub struct Channel {
     shared: Arc<Shared>,
+    /// What `poll_ready` picked for the next call of this clone.
+    picked: Option<Pick>,
+    /// `poll_ready` waiting for an endpoint that can take a call (boxed: only
+    /// when none can). In a `Mutex` only to keep the channel `Sync`; `get_mut`
+    /// never locks.
+    waiting: Mutex<Option<WaitForPick>>,
+}
+
+/// An endpoint, a connection of it, and the connection's request sender.
+type Pick = (Arc<Endpoint>, Arc<Connection>, connection::Sender);
+
+type WaitForPick = Pin<Box<dyn Future<Output = Result<Pick, Status>> + Send>>;
+
+impl Clone for Channel {
+    /// A clone shares everything but its own readiness.
+    fn clone(&self) -> Self {
+        Self::from_shared(Arc::clone(&self.shared))
+    }
+}
+
+impl Channel {
+    fn from_shared(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            picked: None,
+            waiting: Mutex::new(None),
+        }
+    }
 }
 
 impl fmt::Debug for Channel {
@@ -546,6 +574,13 @@ impl ChannelBuilder {
     /// address is.
     pub fn build(self) -> Result<Channel, crate::ConnectError> {
         let description = format!("{:?}", self.endpoints);
+        // A connector of the user's own may reach anything (an in-memory pipe, a
+        // proxy): only TCP to named addresses identifies a backend.
+        let target = self
+            .connector
+            .is_none()
+            .then(|| self.endpoints.target())
+            .flatten();
         self.config
             .validate()
             .map_err(|e| crate::ConnectError::new(&description, e))?;
@@ -581,9 +616,11 @@ impl ChannelBuilder {
         self.endpoints
             .start(Arc::clone(&set), shutdown_rx)
             .map_err(|e| crate::ConnectError::new(&description, e))?;
-        Ok(Channel {
-            shared: Arc::new(Shared { set, shutdown }),
-        })
+        Ok(Channel::from_shared(Arc::new(Shared {
+            set,
+            shutdown,
+            target,
+        })))
     }
 }
 
@@ -688,6 +725,14 @@ impl Channel {
             .sum()
     }
 
+    /// The backend this channel reaches, as clients key what they share by it
+    /// (breakers and retry throttling, see
+    /// [`ClientState`](crate::ClientState)): its addresses or the DNS name it
+    /// resolves. `None` over a connector of your own or a stream of endpoints.
+    pub fn target(&self) -> Option<&str> {
+        self.shared.target.as_deref()
+    }
+
     /// Reseeds the balancing and jitter randomness.
     pub fn reseed(&self, seed: u64) {
         self.shared.set.rng.reseed(seed);
@@ -703,18 +748,41 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     type Error = BoxError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Readiness is per call: a call picks a ready endpoint or waits for one,
-        // bounded by its own deadline, so one slow endpoint never blocks the rest.
+    /// Ready once an endpoint can take the call: the pick is made here and kept
+    /// for the next `call`. Waiting for a connection happens here, not inside the
+    /// call's future, so the caller knows that nothing was sent while it waited
+    /// (the tai engine then counts a deadline that passes meanwhile as no
+    /// failure of the server's). Readiness is per clone (the engine clones the
+    /// channel for each attempt), so one waiting call never blocks the others.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.picked.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let waiting = self.waiting.get_mut().unwrap_or_else(|e| e.into_inner());
+        if waiting.is_none() {
+            if let Some(pick) = self.shared.set.pick() {
+                self.picked = Some(pick);
+                return Poll::Ready(Ok(()));
+            }
+            let set = Arc::clone(&self.shared.set);
+            *waiting = Some(Box::pin(async move { set.wait_for_pick().await }));
+        }
+        let Some(wait) = waiting.as_mut() else {
+            unreachable!("set above")
+        };
+        let picked = std::task::ready!(wait.as_mut().poll(cx));
+        *waiting = None;
+        self.picked = Some(picked?);
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> ResponseFuture {
         let set = Arc::clone(&self.shared.set);
+        let mut picked = self.picked.take();
         Box::pin(async move {
             let mut request = request;
             for _ in 0..=MAX_TRANSPARENT_RETRIES {
-                let pick = match set.pick() {
+                let pick = match picked.take().or_else(|| set.pick()) {
                     Some(p) => p,
                     None => set.wait_for_pick().await?,
                 };
