@@ -49,6 +49,7 @@ mod retry;
 pub mod server;
 mod state;
 mod stream;
+mod sync;
 pub mod throttle;
 mod timer;
 mod transport;

@@ -78,7 +78,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,6 +94,8 @@ use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
+
+use crate::sync::lock;
 
 pub use governor::Quota;
 pub use governor::clock::{Clock, DefaultClock, FakeRelativeClock};
@@ -554,7 +556,7 @@ impl<C: Clock> StoreInner<C> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut inserts = self.inserts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inserts = lock(&self.inserts);
         // Another call may have inserted it since the lookup.
         if !self.map.contains_key(key) {
             if inserts.len >= self.max {
@@ -637,20 +639,12 @@ impl<C: Clock> StateStore for ClientStore<C> {
 
 impl<C: Clock> ShrinkableKeyedStateStore<ClientKey> for ClientStore<C> {
     fn retain_recent(&self, drop_below: Nanos) {
-        let mut inserts = self
-            .0
-            .inserts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut inserts = lock(&self.0.inserts);
         self.0.sweep(drop_below, &mut inserts);
     }
 
     fn shrink_to_fit(&self) {
-        let _inserts = self
-            .0
-            .inserts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _inserts = lock(&self.0.inserts);
         self.0.map.shrink_to_fit();
     }
 

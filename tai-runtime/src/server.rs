@@ -107,7 +107,7 @@ impl MethodTable {
         if code == Code::Unimplemented {
             return overflow();
         }
-        let _writer = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::sync::lock(&self.insert);
         let known = self.known.load_full();
         if let Some(m) = known.get(path) {
             return Arc::clone(m);

@@ -372,7 +372,7 @@ impl Drop for CallGuard {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(m)
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
