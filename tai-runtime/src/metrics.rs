@@ -155,6 +155,7 @@ impl Metrics {
     }
 
     /// Handles for one server method.
+    #[cfg(feature = "server")]
     pub(crate) fn server_method(&self, service: &str, method: &str) -> ServerMethodMetrics {
         let labels = MethodLabels {
             service: service.to_owned(),
@@ -198,12 +199,14 @@ impl MethodMetrics {
 }
 
 /// Pre-resolved metric handles of one server method.
+#[cfg(feature = "server")]
 #[derive(Debug, Clone)]
 pub(crate) struct ServerMethodMetrics {
     calls: Box<[Counter; 17]>,
     latency: Histogram,
 }
 
+#[cfg(feature = "server")]
 impl ServerMethodMetrics {
     pub(crate) fn record(&self, code: Code, elapsed: Duration) {
         self.calls[(code as usize).min(16)].inc();
