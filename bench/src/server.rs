@@ -8,8 +8,8 @@
 use std::pin::Pin;
 
 use futures_util::Stream;
-use tai_runtime::rate_limit::{Quota, RateLimitLayer};
 use tai_runtime::server::ServerLayer;
+use tai_runtime::server::rate_limit::{Quota, RateLimitLayer};
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 

@@ -2,8 +2,9 @@
 //! server needs next to them: the standard `grpc.health.v1.Health` service (for
 //! load balancers and `grpc-health-probe`), server reflection (for `grpcurl` and
 //! friends, from the descriptor set tai-build writes, by
-//! [`tai_runtime::reflection`]: a file comes with its imports), tai-runtime's server
-//! layer (metrics, deadlines), and a graceful shutdown whose drain is bounded.
+//! [`tai_runtime::server::reflection`]: a file comes with its imports),
+//! tai-runtime's server layer (metrics, deadlines), and a graceful shutdown whose
+//! drain is bounded.
 //!
 //! Shutting down goes in this order: health turns NOT_SERVING (so that health
 //! checking clients stop sending), health Watch streams end and open
@@ -59,7 +60,7 @@ pub enum ServeError {
     },
     /// Reflection could not read the descriptor set.
     #[error("cannot build the reflection service: {0}")]
-    Reflection(#[from] tai_runtime::reflection::ReflectionError),
+    Reflection(#[from] tai_runtime::server::reflection::ReflectionError),
     /// The transport failed.
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -202,7 +203,7 @@ impl<H: TaskHandler> MeshServer<H> {
         // tai's reflection, not tonic-reflection's: a file is sent with the imports
         // the stream has not had yet, as grpc-go does, so that clients which never
         // ask for an import by name can load the services.
-        let reflection = tai_runtime::reflection::Reflection::from_sets([
+        let reflection = tai_runtime::server::reflection::Reflection::from_sets([
             DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ])?;

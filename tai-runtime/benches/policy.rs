@@ -26,7 +26,8 @@ use tai_runtime::bench_support::{
 };
 use tai_runtime::breaker::CircuitBreaker;
 use tai_runtime::config::BalancerKind;
-use tai_runtime::rate_limit::{ClientKey, Quota, RateLimitLayer};
+#[cfg(feature = "server")]
+use tai_runtime::server::rate_limit::{ClientKey, Quota, RateLimitLayer};
 use tai_runtime::throttle::RetryThrottle;
 use tonic::metadata::MetadataMap;
 
@@ -186,6 +187,7 @@ fn deadline(c: &mut Criterion) {
 /// What the rate limit layer adds to an admitted call once it knows the client's key
 /// (a peer address already in the table; about half of it is SipHash, kept because
 /// keys come from peers). The quota is so high nothing is refused.
+#[cfg(feature = "server")]
 fn rate_limit(c: &mut Criterion) {
     let layer = RateLimitLayer::per_client(Quota::per_second(std::num::NonZeroU32::MAX));
     let key = ClientKey::peer(std::net::IpAddr::from([10, 0, 0, 7]));
@@ -194,6 +196,10 @@ fn rate_limit(c: &mut Criterion) {
         b.iter(|| black_box(&layer).check(black_box(&key)).is_ok())
     });
 }
+
+/// Without the `server` feature there is no rate limit layer to measure.
+#[cfg(not(feature = "server"))]
+fn rate_limit(_: &mut Criterion) {}
 
 /// The whole per-call path.
 fn path(c: &mut Criterion) {

@@ -32,7 +32,7 @@ impl RetryDecider {
     /// The backoff before retry `n` (1-based), drawn the way the engine draws it
     /// (under the client's jitter lock).
     pub fn backoff(&self, policy: &RetryPolicy, n: u32) -> Duration {
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = crate::sync::lock(&self.rng);
         crate::backoff::delay(policy, n, &mut *rng)
     }
 
@@ -51,7 +51,7 @@ impl RetryDecider {
     /// attempt limit, backoff), without throttling: `Some(delay)` to retry.
     pub fn decide(&self, policy: &RetryPolicy, status: &Status, previous: u32) -> Option<Duration> {
         let mut retries = crate::retry::Retries::after(previous);
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = crate::sync::lock(&self.rng);
         retries.next_delay(policy, status, None, &mut *rng)
     }
 }

@@ -391,7 +391,7 @@ impl CircuitBreaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves only counters behind, never a broken
         // invariant worth propagating; keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Asks to make a call.

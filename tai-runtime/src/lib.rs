@@ -43,12 +43,12 @@ mod error;
 pub mod metrics;
 pub mod policy;
 mod pushback;
-pub mod rate_limit;
-pub mod reflection;
 mod retry;
+#[cfg(feature = "server")]
 pub mod server;
 mod state;
 mod stream;
+mod sync;
 pub mod throttle;
 mod timer;
 mod transport;

@@ -78,7 +78,7 @@ impl Metrics {
             server_latency: Family::new_with_constructor(new_histogram),
         };
         {
-            let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = crate::sync::lock(&m.registry);
             r.register(
                 "client_calls",
                 "Client calls by final status code",
@@ -132,7 +132,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = crate::sync::lock(&self.registry);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
@@ -155,6 +155,7 @@ impl Metrics {
     }
 
     /// Handles for one server method.
+    #[cfg(feature = "server")]
     pub(crate) fn server_method(&self, service: &str, method: &str) -> ServerMethodMetrics {
         let labels = MethodLabels {
             service: service.to_owned(),
@@ -198,12 +199,14 @@ impl MethodMetrics {
 }
 
 /// Pre-resolved metric handles of one server method.
+#[cfg(feature = "server")]
 #[derive(Debug, Clone)]
 pub(crate) struct ServerMethodMetrics {
     calls: Box<[Counter; 17]>,
     latency: Histogram,
 }
 
+#[cfg(feature = "server")]
 impl ServerMethodMetrics {
     pub(crate) fn record(&self, code: Code, elapsed: Duration) {
         self.calls[(code as usize).min(16)].inc();

@@ -164,11 +164,11 @@ impl ClientState {
 
     /// Makes retry jitter deterministic, for tests and reproducible benchmarks.
     pub fn seed_jitter(&self, seed: u64) {
-        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = SmallRng::seed_from_u64(seed);
+        *crate::sync::lock(&self.rng) = SmallRng::seed_from_u64(seed);
     }
 
     pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut SmallRng) -> R) -> R {
-        f(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut crate::sync::lock(&self.rng))
     }
 }
 

@@ -216,7 +216,7 @@ impl<T: Deref<Target = DeadlineTimer>> Drop for Registration<T> {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // The table holds no invariant a panic elsewhere could break halfway.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.table)
     }
 }
 

@@ -116,6 +116,7 @@ async fn deadline_cuts_an_attempt_short() {
 
 /// With tai's server layer the server itself ends an overdue call with
 /// DEADLINE_EXCEEDED (tonic alone would say CANCELLED) and drops the handler.
+#[cfg(feature = "server")]
 #[tokio::test(start_paused = true)]
 async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
     use std::sync::Arc;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
-use tai_runtime::rate_limit::{ClientKey, FakeRelativeClock, Quota, RateLimitLayer};
+use tai_runtime::server::rate_limit::{ClientKey, FakeRelativeClock, Quota, RateLimitLayer};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;

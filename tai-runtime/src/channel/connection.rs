@@ -73,10 +73,7 @@ impl Connection {
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.last_error).clone()
     }
 
     /// Asks an idle connection to connect.
@@ -113,7 +110,7 @@ impl Connection {
 
     fn fail(&self, error: String, changed: &watch::Sender<u64>) {
         tracing::debug!(%error, "connection failed");
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        *crate::sync::lock(&self.last_error) = Some(error);
         self.set_state(ConnectivityState::TransientFailure, changed);
     }
 }

@@ -345,5 +345,5 @@ impl Endpoint {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(m)
 }

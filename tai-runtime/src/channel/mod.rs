@@ -372,7 +372,7 @@ impl Drop for CallGuard {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(m)
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
@@ -400,7 +400,11 @@ fn connection_status(address: &str, error: hyper::Error) -> Status {
     let status = Status::from_error(Box::new(error));
     match status.code() {
         Code::Unknown | Code::Internal => {
-            Status::unavailable(format!("{address}: {}", status.message()))
+            // The error stays reachable as the source: the call engine reads it
+            // (an HTTP/2 REFUSED_STREAM is retried transparently).
+            let mut unavailable = Status::unavailable(format!("{address}: {}", status.message()));
+            unavailable.set_source(Arc::new(status));
+            unavailable
         }
         _ => status,
     }

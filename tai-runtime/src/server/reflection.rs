@@ -23,7 +23,7 @@
 //! // In a crate that tai-build compiles protos for, this would be
 //! // `tai_runtime::include_descriptor_set!()`.
 //! const DESCRIPTORS: &[u8] = tonic_health::pb::FILE_DESCRIPTOR_SET;
-//! let reflection = tai_runtime::reflection::Reflection::new(DESCRIPTORS)?;
+//! let reflection = tai_runtime::server::reflection::Reflection::new(DESCRIPTORS)?;
 //! tonic::transport::Server::builder()
 //!     .add_service(reflection.v1())
 //!     .add_service(reflection.v1alpha())
@@ -71,7 +71,7 @@ impl Reflection {
     /// and described, as tonic-reflection does).
     ///
     /// ```
-    /// use tai_runtime::reflection::Reflection;
+    /// use tai_runtime::server::reflection::Reflection;
     ///
     /// let reflection = Reflection::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
     /// assert!(reflection.services().any(|s| s == "grpc.health.v1.Health"));
@@ -92,7 +92,7 @@ impl Reflection {
     /// the sets before it.
     ///
     /// ```
-    /// use tai_runtime::reflection::Reflection;
+    /// use tai_runtime::server::reflection::Reflection;
     ///
     /// let reflection = Reflection::from_sets([
     ///     tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -131,7 +131,7 @@ impl Reflection {
     ///
     /// ```
     /// let reflection =
-    ///     tai_runtime::reflection::Reflection::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    ///     tai_runtime::server::reflection::Reflection::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
     /// let router = tonic::transport::Server::builder().add_service(reflection.v1());
     /// # drop(router);
     /// ```
@@ -146,7 +146,7 @@ impl Reflection {
     ///
     /// ```
     /// let reflection =
-    ///     tai_runtime::reflection::Reflection::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    ///     tai_runtime::server::reflection::Reflection::new(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
     /// let router = tonic::transport::Server::builder().add_service(reflection.v1alpha());
     /// # drop(router);
     /// ```

@@ -1,0 +1,252 @@
+//! Server metrics: every call counted by method and status code, and timed to
+//! its response headers (`tai_server_calls`, `tai_server_call_duration_seconds`
+//! in [`Metrics::global`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (_, health) = tonic_health::server::health_reporter();
+//! use tai_runtime::server::metrics::MetricsLayer;
+//!
+//! tonic::transport::Server::builder()
+//!     .layer(MetricsLayer::new())
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Why it is shaped so: the method comes from the request path, which a peer
+//! chooses, and labels must stay bounded. So a path gets its own handles only
+//! once a service has answered it with anything but UNIMPLEMENTED, and at most
+//! 1024 of them per layer; every other call is counted as
+//! `unknown/unknown`. Looking the handles up is on every call, so the table is
+//! read without a lock (an `ArcSwap` snapshot and a fast hash) and written
+//! copy-on-write, once per method; recording is then a few atomic additions,
+//! from a concrete future (no `Box` per call).
+//!
+//! Put it outside the [deadline](super::deadline) and
+//! [rate limit](super::rate_limit) layers (add it first), so that the answers
+//! they give (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are counted too.
+//! [`ServerLayer`](super::ServerLayer) does so for deadlines, with one clock read
+//! per call for both.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use arc_swap::ArcSwap;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use crate::metrics::{Metrics, ServerMethodMetrics};
+use crate::sync::lock;
+use crate::wire::GRPC_STATUS;
+
+/// Distinct methods tracked per layer; calls to further paths are counted
+/// together as `unknown/unknown`. Only paths a service answered (anything but
+/// UNIMPLEMENTED) are tracked, so a peer cannot fill the table with made-up ones.
+const MAX_TRACKED_METHODS: usize = 1024;
+
+/// Records every call's status code and latency; see the [module docs](self).
+///
+/// Clones, and every service the layer wraps, share one table of methods.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLayer {
+    methods: Arc<MethodTable>,
+}
+
+impl MetricsLayer {
+    /// A layer with its own table of methods (the metrics are the process's).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What a call to `request`'s path records into.
+    pub(super) fn recorder<B>(&self, request: &http::Request<B>) -> Recorder {
+        match self.methods.get(request.uri().path()) {
+            Some(m) => Recorder::Known(m),
+            // A `Uri` clone shares its bytes.
+            None => Recorder::FirstSeen(Arc::clone(&self.methods), request.uri().clone()),
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Metered<S> {
+        Metered {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+type MethodMap = HashMap<Box<str>, Arc<ServerMethodMetrics>, foldhash::fast::RandomState>;
+
+/// Metric handles by request path. Read on every call without a lock (an
+/// `ArcSwap` snapshot and a fast hash); written copy-on-write, once per method.
+#[derive(Debug, Default)]
+pub(super) struct MethodTable {
+    known: ArcSwap<MethodMap>,
+    insert: Mutex<()>,
+    overflow: OnceLock<Arc<ServerMethodMetrics>>,
+}
+
+impl MethodTable {
+    fn get(&self, path: &str) -> Option<Arc<ServerMethodMetrics>> {
+        self.known.load().get(path).cloned()
+    }
+
+    /// The handles for a path first seen now, answered with `code`.
+    fn resolve(&self, path: &str, code: Code) -> Arc<ServerMethodMetrics> {
+        let overflow =
+            || {
+                Arc::clone(self.overflow.get_or_init(|| {
+                    Arc::new(Metrics::global().server_method("unknown", "unknown"))
+                }))
+            };
+        if code == Code::Unimplemented {
+            return overflow();
+        }
+        let _writer = lock(&self.insert);
+        let known = self.known.load_full();
+        if let Some(m) = known.get(path) {
+            return Arc::clone(m);
+        }
+        if known.len() >= MAX_TRACKED_METHODS {
+            return overflow();
+        }
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", path));
+        let metrics = Arc::new(Metrics::global().server_method(service, method));
+        let mut next = MethodMap::clone(&known);
+        next.insert(path.into(), Arc::clone(&metrics));
+        self.known.store(Arc::new(next));
+        metrics
+    }
+}
+
+/// The service [`MetricsLayer`] wraps around a server.
+#[derive(Clone, Debug)]
+pub struct Metered<S> {
+    inner: S,
+    layer: MetricsLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let recorder = self.layer.recorder(&request);
+        ResponseFuture::new(self.inner.call(request), Instant::now(), recorder)
+    }
+}
+
+/// Where a call's outcome is recorded.
+#[derive(Debug)]
+pub(super) enum Recorder {
+    /// Nowhere: [`ServerLayer::without_metrics`](super::ServerLayer::without_metrics).
+    Off,
+    Known(Arc<ServerMethodMetrics>),
+    /// Not in the table yet: resolved when the answer shows the path is served.
+    FirstSeen(Arc<MethodTable>, http::Uri),
+}
+
+impl Recorder {
+    fn record<B>(&self, response: &http::Response<B>, start: Instant) {
+        let code = || {
+            response
+                .headers()
+                .get(GRPC_STATUS)
+                .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+        };
+        match self {
+            Recorder::Off => {}
+            Recorder::Known(m) => m.record(code(), start.elapsed()),
+            Recorder::FirstSeen(table, uri) => {
+                let code = code();
+                table
+                    .resolve(uri.path(), code)
+                    .record(code, start.elapsed());
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a call through [`Metered`]: the inner future, with the call's
+    /// status code and latency recorded when it answers.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        call: F,
+        start: Instant,
+        recorder: Recorder,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// `call`, timed from `start`.
+    pub(super) fn new(call: F, start: Instant, recorder: Recorder) -> Self {
+        Self {
+            call,
+            start,
+            recorder,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        if let Ok(response) = &result {
+            this.recorder.record(response, *this.start);
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_paths_are_tracked() {
+        let table = MethodTable::default();
+        for i in 0..10 {
+            table.resolve(&format!("/made.Up/M{i}"), Code::Unimplemented);
+        }
+        assert_eq!(
+            table.known.load().len(),
+            0,
+            "UNIMPLEMENTED paths share one entry"
+        );
+        let served = table.resolve("/test.Echo/Unary", Code::NotFound);
+        assert!(Arc::ptr_eq(
+            &served,
+            &table.get("/test.Echo/Unary").unwrap()
+        ));
+        assert_eq!(table.known.load().len(), 1);
+    }
+}

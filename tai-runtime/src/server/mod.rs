@@ -1,0 +1,40 @@
+//! The server side of tai: tower layers for any tonic server, and reflection.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (_, health) = tonic_health::server::health_reporter();
+//! use std::num::NonZeroU32;
+//! use tai_runtime::server::ServerLayer;
+//! use tai_runtime::server::rate_limit::{Quota, RateLimitLayer};
+//!
+//! const PER_CLIENT: Quota = Quota::per_second(NonZeroU32::new(50).unwrap());
+//!
+//! tonic::transport::Server::builder()
+//!     // Outermost first: metrics see what the layers below them answer.
+//!     .layer(ServerLayer::new())
+//!     .layer(RateLimitLayer::per_client(PER_CLIENT))
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! One concept per module, each with its layer, service and future, as in tower:
+//! - [`deadline`]: DEADLINE_EXCEEDED when the caller's `grpc-timeout` passes;
+//! - [`metrics`]: calls by method and status code, and their latency;
+//! - [`ServerLayer`]: the two above as one, sharing a clock read per call;
+//! - [`rate_limit`]: a quota per client (and optionally for all clients);
+//! - [`reflection`]: `grpc.reflection.v1` and `v1alpha`, files sent with their
+//!   imports.
+//!
+//! All of it is behind the `server` feature (on by default); a client-only build
+//! turns default features off and builds none of it.
+
+pub mod deadline;
+mod layer;
+pub mod metrics;
+pub mod rate_limit;
+pub mod reflection;
+
+pub use deadline::parse_grpc_timeout;
+pub use layer::{ServerFuture, ServerLayer, ServerService};
