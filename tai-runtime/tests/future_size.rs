@@ -38,7 +38,10 @@ async fn a_call_in_flight_is_about_as_big_as_tonics() {
 
     // Deadline, breaker, metrics and span on top of tonic's own call: a few
     // hundred bytes, not a multiple (before the flat engine: 3.7 KB and 4.0 KB).
-    assert!(unary <= tonic + 256, "unary: {unary} B vs tonic {tonic} B");
+    // The attempt's own clone of the channel holds the endpoint its readiness
+    // picked (about 60 B), which is how the engine knows nothing was sent while
+    // it waited.
+    assert!(unary <= tonic + 320, "unary: {unary} B vs tonic {tonic} B");
     assert!(
         unary_retry <= tonic + 768,
         "unary with retry: {unary_retry} B vs tonic {tonic} B"

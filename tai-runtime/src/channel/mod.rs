@@ -493,18 +493,22 @@ impl Drop for Shared {
 /// connections). Dropping the last clone closes its connections after their calls.
 pub struct Channel {
     shared: Arc<Shared>,
-    /// What `poll_ready` picked for the next call of this clone.
-    picked: Option<Pick>,
-    /// `poll_ready` waiting for an endpoint that can take a call (boxed: only
-    /// when none can). In a `Mutex` only to keep the channel `Sync`; `get_mut`
-    /// never locks.
-    waiting: Mutex<Option<WaitForPick>>,
+    /// Where this clone's `poll_ready` stands.
+    readiness: Readiness,
 }
 
 /// An endpoint, a connection of it, and the connection's request sender.
 type Pick = (Arc<Endpoint>, Arc<Connection>, connection::Sender);
 
-type WaitForPick = Pin<Box<dyn Future<Output = Result<Pick, Status>> + Send>>;
+/// Where a clone's `poll_ready` stands.
+enum Readiness {
+    /// Not asked since the last call.
+    Unasked,
+    /// Waiting for an endpoint that can take a call (boxed: only when none can).
+    Waiting(Pin<Box<dyn Future<Output = Result<Pick, Status>> + Send + Sync>>),
+    /// Ready: what the next call goes to.
+    Picked(Pick),
+}
 
 impl Clone for Channel {
     /// A clone shares everything but its own readiness.
@@ -517,8 +521,7 @@ impl Channel {
     fn from_shared(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            picked: None,
-            waiting: Mutex::new(None),
+            readiness: Readiness::Unasked,
         }
     }
 }
@@ -759,30 +762,35 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     /// failure of the server's). Readiness is per clone (the engine clones the
     /// channel for each attempt), so one waiting call never blocks the others.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.picked.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        let waiting = self.waiting.get_mut().unwrap_or_else(|e| e.into_inner());
-        if waiting.is_none() {
-            if let Some(pick) = self.shared.set.pick() {
-                self.picked = Some(pick);
-                return Poll::Ready(Ok(()));
+        loop {
+            match &mut self.readiness {
+                Readiness::Picked(_) => return Poll::Ready(Ok(())),
+                Readiness::Unasked => {
+                    self.readiness = match self.shared.set.pick() {
+                        Some(pick) => Readiness::Picked(pick),
+                        None => {
+                            let set = Arc::clone(&self.shared.set);
+                            Readiness::Waiting(Box::pin(async move { set.wait_for_pick().await }))
+                        }
+                    };
+                }
+                Readiness::Waiting(wait) => match std::task::ready!(wait.as_mut().poll(cx)) {
+                    Ok(pick) => self.readiness = Readiness::Picked(pick),
+                    Err(status) => {
+                        self.readiness = Readiness::Unasked;
+                        return Poll::Ready(Err(status.into()));
+                    }
+                },
             }
-            let set = Arc::clone(&self.shared.set);
-            *waiting = Some(Box::pin(async move { set.wait_for_pick().await }));
         }
-        let Some(wait) = waiting.as_mut() else {
-            unreachable!("set above")
-        };
-        let picked = std::task::ready!(wait.as_mut().poll(cx));
-        *waiting = None;
-        self.picked = Some(picked?);
-        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> ResponseFuture {
         let set = Arc::clone(&self.shared.set);
-        let mut picked = self.picked.take();
+        let mut picked = match std::mem::replace(&mut self.readiness, Readiness::Unasked) {
+            Readiness::Picked(pick) => Some(pick),
+            _ => None,
+        };
         Box::pin(async move {
             let mut request = request;
             for _ in 0..=MAX_TRANSPARENT_RETRIES {
