@@ -908,18 +908,27 @@ fn option(value: Option<TokenStream>) -> TokenStream {
     }
 }
 
+/// A duration in the coarsest unit that holds it exactly: `from_secs(30)`,
+/// `from_millis(250)`, as a person would write it.
 fn duration(d: Duration) -> TokenStream {
-    match u64::try_from(d.as_nanos()) {
-        Ok(nanos) => {
-            let nanos = Literal::u64_unsuffixed(nanos);
-            quote!(::core::time::Duration::from_nanos(#nanos))
-        }
-        Err(_) => {
-            let secs = Literal::u64_unsuffixed(d.as_secs());
-            let nanos = Literal::u32_unsuffixed(d.subsec_nanos());
-            quote!(::core::time::Duration::new(#secs, #nanos))
+    let nanos = d.as_nanos();
+    for (scale, unit) in [
+        (1_000_000_000, "from_secs"),
+        (1_000_000, "from_millis"),
+        (1_000, "from_micros"),
+        (1, "from_nanos"),
+    ] {
+        if nanos % scale == 0
+            && let Ok(value) = u64::try_from(nanos / scale)
+        {
+            let unit = Ident::new(unit, Span::call_site());
+            let value = Literal::u64_unsuffixed(value);
+            return quote!(::core::time::Duration::#unit(#value));
         }
     }
+    let secs = Literal::u64_unsuffixed(d.as_secs());
+    let nanos = Literal::u32_unsuffixed(d.subsec_nanos());
+    quote!(::core::time::Duration::new(#secs, #nanos))
 }
 
 fn float(value: f64) -> Literal {
@@ -928,9 +937,16 @@ fn float(value: f64) -> Literal {
     Literal::f64_unsuffixed(if value.is_finite() { value } else { 0.0 })
 }
 
+/// `CodeSet::of(&[Code::Unavailable, Code::Aborted])`, or `CodeSet::EMPTY`.
 fn code_set(set: CodeSet) -> TokenStream {
-    let bits = Literal::u32_unsuffixed(set.0);
-    quote!(::tai_runtime::policy::CodeSet(#bits))
+    if set.is_empty() {
+        return quote!(::tai_runtime::policy::CodeSet::EMPTY);
+    }
+    let codes = set
+        .codes()
+        .into_iter()
+        .map(|c| Ident::new(c.variant(), Span::call_site()));
+    quote!(::tai_runtime::policy::CodeSet::of(&[#(::tai_runtime::Code::#codes),*]))
 }
 
 fn retry(r: &ResolvedRetry) -> TokenStream {
