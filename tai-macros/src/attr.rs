@@ -81,10 +81,7 @@ impl Level {
 
     /// A [`Problem`] the validator found at this level, as a spanned error.
     pub(crate) fn error(&self, problem: &Problem) -> syn::Error {
-        syn::Error::new(
-            self.span_of(problem.field),
-            format!("{}: {}", problem.field.attr_path(), problem.message),
-        )
+        syn::Error::new(self.span_of(problem.field), problem.in_attribute())
     }
 }
 

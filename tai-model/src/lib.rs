@@ -14,15 +14,17 @@
 mod code;
 mod duration;
 mod grammar;
+mod problem;
 mod spec;
 mod validate;
 
 pub use code::{Code, CodeSet};
 pub use duration::{format_duration, parse_duration};
 pub use grammar::{FIELDS, Field, FieldDef, Value, ValueKind, attribute_args};
+pub use problem::{Problem, ProblemKind};
 pub use spec::{
     Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
     ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry,
     ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
 };
-pub use validate::{MAX_ATTEMPTS_CAP, Problem, validate};
+pub use validate::{MAX_ATTEMPTS_CAP, validate};

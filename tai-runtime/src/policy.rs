@@ -274,12 +274,7 @@ impl MethodPolicy {
 fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Result<(), Vec<String>> {
     tai_model::validate(levels, kind, Some(levels.len() - 1))
         .map(drop)
-        .map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("{}: {}", p.field.attr_path(), p.message))
-                .collect()
-        })
+        .map_err(|problems| problems.into_iter().map(|p| p.in_attribute()).collect())
 }
 
 impl ServicePolicy {
