@@ -12,7 +12,8 @@
 //!
 //! The table is a `const` slice of plain rows with `fn` pointers for access, not a
 //! trait per field: a front end walks it generically, and a row reads like the
-//! documentation table it replaces.
+//! documentation table it replaces. The file is one concept — the table, the
+//! accessors its rows use, and its printer — and is long because the table is.
 
 use std::time::Duration;
 
@@ -293,18 +294,11 @@ macro_rules! policy {
 
 /// Every policy field, in the order keys are listed and printed. A sub-policy's
 /// fields follow it.
+#[rustfmt::skip] // one row a few lines, so that the table reads as one
 pub const FIELDS: &[FieldDef] = &[
-    row!(
-        Idempotent,
-        None,
-        "idempotent",
-        "idempotent",
-        K::Flag,
-        "false",
+    row!(Idempotent, None, "idempotent", "idempotent", K::Flag, "false",
         "The method is safe to run more than once.",
-        |s| Some(&s.idempotent),
-        |s| Some(&mut s.idempotent)
-    ),
+        |s| Some(&s.idempotent), |s| Some(&mut s.idempotent)),
     FieldDef {
         field: F::Timeout,
         key: "timeout",
@@ -324,162 +318,50 @@ pub const FIELDS: &[FieldDef] = &[
             _ => {}
         },
     },
-    row!(
-        MaxTimeout,
-        None,
-        "max_timeout",
-        "max_timeout",
-        K::Duration,
-        "",
+    row!(MaxTimeout, None, "max_timeout", "max_timeout", K::Duration, "",
         "Upper bound on any deadline, including one a caller asks for; also clamps `timeout`.",
-        |s| Some(&s.max_timeout),
-        |s| Some(&mut s.max_timeout)
-    ),
-    policy!(
-        Retry,
-        retry,
-        Some(F::RetryMaxAttempts),
-        "gRFC A6 retry; `retry = N` sets `max_attempts`."
-    ),
-    row!(
-        RetryMaxAttempts,
-        Some(F::Retry),
-        "max_attempts",
-        "max_attempts",
-        K::Count,
-        "3",
+        |s| Some(&s.max_timeout), |s| Some(&mut s.max_timeout)),
+    policy!(Retry, retry, Some(F::RetryMaxAttempts),
+        "gRFC A6 retry; `retry = N` sets `max_attempts`."),
+    row!(RetryMaxAttempts, Some(F::Retry), "max_attempts", "max_attempts", K::Count, "3",
         "Attempts including the first; at least 2; above 5 runs as 5.",
-        |s| retry(s).map(|r| &r.max_attempts),
-        |s| retry_mut(s).map(|r| &mut r.max_attempts)
-    ),
-    row!(
-        RetryInitialBackoff,
-        Some(F::Retry),
-        "initial_backoff",
-        "initial_backoff",
-        K::Duration,
-        "\"100ms\"",
+        |s| retry(s).map(|r| &r.max_attempts), |s| retry_mut(s).map(|r| &mut r.max_attempts)),
+    row!(RetryInitialBackoff, Some(F::Retry), "initial_backoff", "initial_backoff", K::Duration, "\"100ms\"",
         "Backoff before the first retry.",
-        |s| retry(s).map(|r| &r.initial_backoff),
-        |s| retry_mut(s).map(|r| &mut r.initial_backoff)
-    ),
-    row!(
-        RetryMaxBackoff,
-        Some(F::Retry),
-        "max_backoff",
-        "max_backoff",
-        K::Duration,
-        "\"10s\"",
+        |s| retry(s).map(|r| &r.initial_backoff), |s| retry_mut(s).map(|r| &mut r.initial_backoff)),
+    row!(RetryMaxBackoff, Some(F::Retry), "max_backoff", "max_backoff", K::Duration, "\"10s\"",
         "Cap on the backoff before the ±20 % jitter.",
-        |s| retry(s).map(|r| &r.max_backoff),
-        |s| retry_mut(s).map(|r| &mut r.max_backoff)
-    ),
-    row!(
-        RetryMultiplier,
-        Some(F::Retry),
-        "multiplier",
-        "backoff_multiplier",
-        K::Number,
-        "2.0",
+        |s| retry(s).map(|r| &r.max_backoff), |s| retry_mut(s).map(|r| &mut r.max_backoff)),
+    row!(RetryMultiplier, Some(F::Retry), "multiplier", "backoff_multiplier", K::Number, "2.0",
         "Growth of the backoff per retry; greater than 0.",
-        |s| retry(s).map(|r| &r.multiplier),
-        |s| retry_mut(s).map(|r| &mut r.multiplier)
-    ),
-    row!(
-        RetryCodes,
-        Some(F::Retry),
-        "codes",
-        "retryable_codes",
-        K::Codes,
-        "[UNAVAILABLE]",
+        |s| retry(s).map(|r| &r.multiplier), |s| retry_mut(s).map(|r| &mut r.multiplier)),
+    row!(RetryCodes, Some(F::Retry), "codes", "retryable_codes", K::Codes, "[UNAVAILABLE]",
         "Retried status codes; not empty.",
-        |s| retry(s).map(|r| &r.codes),
-        |s| retry_mut(s).map(|r| &mut r.codes)
-    ),
-    policy!(
-        Hedging,
-        hedging,
-        None,
-        "gRFC A6 hedging: send again after `delay` without waiting for a failure."
-    ),
-    row!(
-        HedgingMaxAttempts,
-        Some(F::Hedging),
-        "max_attempts",
-        "max_attempts",
-        K::Count,
-        "2",
+        |s| retry(s).map(|r| &r.codes), |s| retry_mut(s).map(|r| &mut r.codes)),
+    policy!(Hedging, hedging, None,
+        "gRFC A6 hedging: send again after `delay` without waiting for a failure."),
+    row!(HedgingMaxAttempts, Some(F::Hedging), "max_attempts", "max_attempts", K::Count, "2",
         "Attempts including the first; at least 2.",
-        |s| hedging(s).map(|h| &h.max_attempts),
-        |s| hedging_mut(s).map(|h| &mut h.max_attempts)
-    ),
-    row!(
-        HedgingDelay,
-        Some(F::Hedging),
-        "delay",
-        "delay",
-        K::Duration,
-        "\"100ms\"",
+        |s| hedging(s).map(|h| &h.max_attempts), |s| hedging_mut(s).map(|h| &mut h.max_attempts)),
+    row!(HedgingDelay, Some(F::Hedging), "delay", "delay", K::Duration, "\"100ms\"",
         "Delay between starting one attempt and the next.",
-        |s| hedging(s).map(|h| &h.delay),
-        |s| hedging_mut(s).map(|h| &mut h.delay)
-    ),
-    row!(
-        HedgingNonFatalCodes,
-        Some(F::Hedging),
-        "non_fatal_codes",
-        "non_fatal_codes",
-        K::Codes,
-        "[]",
+        |s| hedging(s).map(|h| &h.delay), |s| hedging_mut(s).map(|h| &mut h.delay)),
+    row!(HedgingNonFatalCodes, Some(F::Hedging), "non_fatal_codes", "non_fatal_codes", K::Codes, "[]",
         "Codes that let the other attempts go on.",
-        |s| hedging(s).map(|h| &h.non_fatal_codes),
-        |s| hedging_mut(s).map(|h| &mut h.non_fatal_codes)
-    ),
+        |s| hedging(s).map(|h| &h.non_fatal_codes), |s| hedging_mut(s).map(|h| &mut h.non_fatal_codes)),
     policy!(Breaker, breaker, None, "Circuit breaker per method."),
-    row!(
-        BreakerFailureThreshold,
-        Some(F::Breaker),
-        "failure_threshold",
-        "failure_threshold",
-        K::Count,
-        "5",
+    row!(BreakerFailureThreshold, Some(F::Breaker), "failure_threshold", "failure_threshold", K::Count, "5",
         "Consecutive failures that trip it.",
-        |s| breaker(s).map(|b| &b.failure_threshold),
-        |s| breaker_mut(s).map(|b| &mut b.failure_threshold)
-    ),
-    row!(
-        BreakerOpenTimeout,
-        Some(F::Breaker),
-        "open_timeout",
-        "open_timeout",
-        K::Duration,
-        "\"30s\"",
+        |s| breaker(s).map(|b| &b.failure_threshold), |s| breaker_mut(s).map(|b| &mut b.failure_threshold)),
+    row!(BreakerOpenTimeout, Some(F::Breaker), "open_timeout", "open_timeout", K::Duration, "\"30s\"",
         "Open time before probing; doubles per failed probe.",
-        |s| breaker(s).map(|b| &b.open_timeout),
-        |s| breaker_mut(s).map(|b| &mut b.open_timeout)
-    ),
-    row!(
-        BreakerMaxOpenTimeout,
-        Some(F::Breaker),
-        "max_open_timeout",
-        "max_open_timeout",
-        K::Duration,
-        "\"5m\"",
+        |s| breaker(s).map(|b| &b.open_timeout), |s| breaker_mut(s).map(|b| &mut b.open_timeout)),
+    row!(BreakerMaxOpenTimeout, Some(F::Breaker), "max_open_timeout", "max_open_timeout", K::Duration, "\"5m\"",
         "Cap on the open time.",
-        |s| breaker(s).map(|b| &b.max_open_timeout),
-        |s| breaker_mut(s).map(|b| &mut b.max_open_timeout)
-    ),
-    row!(
-        BreakerHalfOpenMaxCalls,
-        Some(F::Breaker),
-        "half_open_max_calls",
-        "half_open_max_calls",
-        K::Count,
-        "3",
+        |s| breaker(s).map(|b| &b.max_open_timeout), |s| breaker_mut(s).map(|b| &mut b.max_open_timeout)),
+    row!(BreakerHalfOpenMaxCalls, Some(F::Breaker), "half_open_max_calls", "half_open_max_calls", K::Count, "3",
         "Probes while half-open; all must succeed to close.",
-        |s| breaker(s).map(|b| &b.half_open_max_calls),
-        |s| breaker_mut(s).map(|b| &mut b.half_open_max_calls)
-    ),
+        |s| breaker(s).map(|b| &b.half_open_max_calls), |s| breaker_mut(s).map(|b| &mut b.half_open_max_calls)),
     FieldDef {
         field: F::BreakerFailureRate,
         key: "failure_rate",
@@ -505,78 +387,26 @@ pub const FIELDS: &[FieldDef] = &[
             v => put(rate_mut(s).map(|r| &mut r.threshold), v),
         },
     },
-    row!(
-        BreakerWindow,
-        Some(F::Breaker),
-        "window",
-        "window",
-        K::Duration,
-        "\"10s\"",
+    row!(BreakerWindow, Some(F::Breaker), "window", "window", K::Duration, "\"10s\"",
         "Sliding window of the failure-rate rule.",
-        |s| rate(s).map(|r| &r.window),
-        |s| rate_mut(s).map(|r| &mut r.window)
-    ),
-    row!(
-        BreakerMinCalls,
-        Some(F::Breaker),
-        "min_calls",
-        "min_calls",
-        K::Count,
-        "20",
+        |s| rate(s).map(|r| &r.window), |s| rate_mut(s).map(|r| &mut r.window)),
+    row!(BreakerMinCalls, Some(F::Breaker), "min_calls", "min_calls", K::Count, "20",
         "Calls in the window before the failure-rate rule may trip.",
-        |s| rate(s).map(|r| &r.min_calls),
-        |s| rate_mut(s).map(|r| &mut r.min_calls)
-    ),
-    row!(
-        BreakerFailureCodes,
-        Some(F::Breaker),
-        "failure_codes",
-        "failure_codes",
-        K::Codes,
-        "[UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED]",
+        |s| rate(s).map(|r| &r.min_calls), |s| rate_mut(s).map(|r| &mut r.min_calls)),
+    row!(BreakerFailureCodes, Some(F::Breaker), "failure_codes", "failure_codes", K::Codes, "[UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED]",
         "Codes that count as failures; not empty.",
-        |s| breaker(s).map(|b| &b.failure_codes),
-        |s| breaker_mut(s).map(|b| &mut b.failure_codes)
-    ),
-    policy!(
-        Throttle,
-        throttle,
-        None,
-        "gRFC A6 retry throttling, shared by the whole client: service or file only."
-    ),
-    row!(
-        ThrottleMaxTokens,
-        Some(F::Throttle),
-        "max_tokens",
-        "max_tokens",
-        K::Count,
-        "10",
+        |s| breaker(s).map(|b| &b.failure_codes), |s| breaker_mut(s).map(|b| &mut b.failure_codes)),
+    policy!(Throttle, throttle, None,
+        "gRFC A6 retry throttling, shared by the whole client: service or file only."),
+    row!(ThrottleMaxTokens, Some(F::Throttle), "max_tokens", "max_tokens", K::Count, "10",
         "Token bucket size, 1..=1000.",
-        |s| throttle(s).map(|t| &t.max_tokens),
-        |s| throttle_mut(s).map(|t| &mut t.max_tokens)
-    ),
-    row!(
-        ThrottleTokenRatio,
-        Some(F::Throttle),
-        "token_ratio",
-        "token_ratio",
-        K::Number,
-        "0.1",
+        |s| throttle(s).map(|t| &t.max_tokens), |s| throttle_mut(s).map(|t| &mut t.max_tokens)),
+    row!(ThrottleTokenRatio, Some(F::Throttle), "token_ratio", "token_ratio", K::Number, "0.1",
         "Tokens returned per success; greater than 0.",
-        |s| throttle(s).map(|t| &t.token_ratio),
-        |s| throttle_mut(s).map(|t| &mut t.token_ratio)
-    ),
-    row!(
-        Balancer,
-        None,
-        "balancer",
-        "balancer",
-        K::Balancer,
-        "\"round_robin\"",
+        |s| throttle(s).map(|t| &t.token_ratio), |s| throttle_mut(s).map(|t| &mut t.token_ratio)),
+    row!(Balancer, None, "balancer", "balancer", K::Balancer, "\"round_robin\"",
         "The client's default load balancer: service or file only.",
-        |s| Some(&s.balancer),
-        |s| Some(&mut s.balancer)
-    ),
+        |s| Some(&s.balancer), |s| Some(&mut s.balancer)),
 ];
 
 impl Field {

@@ -7,6 +7,10 @@
 //! [`Field`]; each front end maps the field back to its own location (a token span or
 //! a `.proto` file and option path), so messages agree while locations stay precise.
 //!
+//! The grammar itself — every field's attribute key, proto field, kind of value,
+//! parent, default and doc — is one table, [`FIELDS`]; both front ends read their
+//! keys from it, and [`attribute_args`] prints a level back in the attribute grammar.
+//!
 //! It has no dependencies so that it costs nothing at build time.
 
 #![forbid(unsafe_code)]
