@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
+use tai_runtime::Code;
 use tai_runtime::channel::Endpoints;
 use tai_runtime::config::{BalancerKind, ClientConfig, HealthCheckConfig, OutlierConfig};
-use tai_runtime::policy::{CodeSet, ModelCode};
+use tai_runtime::policy::CodeSet;
 use tai_runtime::{Channel, ConnectError};
 
 use crate::proto::scheduler_client::SchedulerClient;
@@ -80,7 +81,7 @@ pub fn replicated_config(
         max_ejection_time: policy.max_ejection,
         // Round up to one replica: with three, 34% lets one be ejected at a time.
         max_ejection_percent: (one_replica + 1).min(100),
-        failure_codes: CodeSet::of(&[ModelCode::Unavailable]),
+        failure_codes: CodeSet::of(&[Code::Unavailable]),
     });
     base.connection.backoff.base = base.connection.backoff.base.min(Duration::from_millis(100));
     base.connection.backoff.max = policy.max_reconnect_backoff;

@@ -306,7 +306,7 @@ pub(crate) fn check(
                         };
                         let read = ReadProblem {
                             field: problem.field.proto_path().to_owned(),
-                            message: problem.message,
+                            message: problem.kind.to_string(),
                         };
                         let method = Some((method_name.as_str(), covers));
                         report(&mut locator, scope, options_path, owner, read, method);

@@ -7,12 +7,10 @@
 //! method attribute carries that method's own level. Only what the `.proto` file
 //! wrote is emitted, never filled-in defaults, so the output reads like the source.
 
-use std::time::Duration;
-
 use heck::ToSnakeCase;
-use proc_macro2::{Literal, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
-use tai_model::{Code, PolicySpec, Toggle, format_duration};
+use tai_model::{PolicySpec, Toggle};
 
 use crate::check::ServicePolicy;
 
@@ -137,146 +135,26 @@ pub(crate) fn message_type(rust_type: &str) -> TokenStream {
         .unwrap_or_else(|_| quote!(()))
 }
 
-/// The `#[resilient]` arguments for what one level sets, in the attribute grammar.
+/// The `#[resilient]` arguments for what one level sets, printed by the grammar
+/// table ([`tai_model::attribute_args`]), so that the keys are spelled in one place.
 pub(crate) fn policy_args(spec: &PolicySpec) -> Vec<TokenStream> {
-    let mut args = Vec::new();
-    match spec.idempotent {
-        Some(true) => args.push(quote!(idempotent)),
-        Some(false) => args.push(quote!(idempotent = false)),
-        None => {}
-    }
-    match &spec.timeout {
-        Some(Toggle::On(d)) => {
-            let d = duration(*d);
-            args.push(quote!(timeout = #d));
-        }
-        Some(Toggle::Off) => args.push(quote!(timeout = none)),
-        None => {}
-    }
-    if let Some(d) = spec.max_timeout {
-        let d = duration(d);
-        args.push(quote!(max_timeout = #d));
-    }
-    if let Some(retry) = &spec.retry {
-        args.push(sub_policy("retry", retry, |r| {
-            let mut a = Vec::new();
-            push_count(&mut a, "max_attempts", r.max_attempts);
-            push_duration(&mut a, "initial_backoff", r.initial_backoff);
-            push_duration(&mut a, "max_backoff", r.max_backoff);
-            push_float(&mut a, "multiplier", r.multiplier);
-            push_codes(&mut a, "codes", &r.codes);
-            a
-        }));
-    }
-    if let Some(hedging) = &spec.hedging {
-        args.push(sub_policy("hedging", hedging, |h| {
-            let mut a = Vec::new();
-            push_count(&mut a, "max_attempts", h.max_attempts);
-            push_duration(&mut a, "delay", h.delay);
-            push_codes(&mut a, "non_fatal_codes", &h.non_fatal_codes);
-            a
-        }));
-    }
-    if let Some(breaker) = &spec.breaker {
-        args.push(sub_policy("breaker", breaker, |b| {
-            let mut a = Vec::new();
-            push_count(&mut a, "failure_threshold", b.failure_threshold);
-            push_duration(&mut a, "open_timeout", b.open_timeout);
-            push_duration(&mut a, "max_open_timeout", b.max_open_timeout);
-            push_count(&mut a, "half_open_max_calls", b.half_open_max_calls);
-            match &b.rate {
-                Some(Toggle::Off) => a.push(quote!(failure_rate = none)),
-                Some(Toggle::On(rate)) => {
-                    push_float(&mut a, "failure_rate", rate.threshold);
-                    push_duration(&mut a, "window", rate.window);
-                    push_count(&mut a, "min_calls", rate.min_calls);
-                }
-                None => {}
-            }
-            push_codes(&mut a, "failure_codes", &b.failure_codes);
-            a
-        }));
-    }
-    if let Some(balancer) = spec.balancer {
-        let name = balancer.name();
-        args.push(quote!(balancer = #name));
-    }
-    if let Some(throttle) = &spec.throttle {
-        args.push(sub_policy("throttle", throttle, |t| {
-            let mut a = Vec::new();
-            push_count(&mut a, "max_tokens", t.max_tokens);
-            push_float(&mut a, "token_ratio", t.token_ratio);
-            a
-        }));
-    }
-    args
-}
-
-/// `key = none`, `key = default` (on, nothing set) or `key(a = .., b = ..)`.
-fn sub_policy<T>(
-    key: &str,
-    toggle: &Toggle<T>,
-    fields: impl FnOnce(&T) -> Vec<TokenStream>,
-) -> TokenStream {
-    let key = format_ident!("{key}");
-    match toggle {
-        Toggle::Off => quote!(#key = none),
-        Toggle::On(spec) => {
-            let fields = fields(spec);
-            if fields.is_empty() {
-                quote!(#key = default)
-            } else {
-                quote!(#key(#(#fields),*))
-            }
-        }
-    }
-}
-
-fn duration(d: Duration) -> Literal {
-    Literal::string(&format_duration(d))
-}
-
-fn push_count(args: &mut Vec<TokenStream>, key: &str, value: Option<u32>) {
-    if let Some(n) = value {
-        let key = format_ident!("{key}");
-        let n = Literal::u32_unsuffixed(n);
-        args.push(quote!(#key = #n));
-    }
-}
-
-fn push_duration(args: &mut Vec<TokenStream>, key: &str, value: Option<Duration>) {
-    if let Some(d) = value {
-        let key = format_ident!("{key}");
-        let d = duration(d);
-        args.push(quote!(#key = #d));
-    }
-}
-
-/// Floats always render with a decimal point or exponent (`2.0`, never `2`); a
-/// negative value keeps its sign as a separate `-` token, which the grammar reads.
-fn push_float(args: &mut Vec<TokenStream>, key: &str, value: Option<f64>) {
-    if let Some(f) = value {
-        let key = format_ident!("{key}");
-        let lit = Literal::f64_unsuffixed(f.abs());
-        if f.is_sign_negative() {
-            args.push(quote!(#key = -#lit));
-        } else {
-            args.push(quote!(#key = #lit));
-        }
-    }
-}
-
-fn push_codes(args: &mut Vec<TokenStream>, key: &str, value: &Option<Vec<Code>>) {
-    if let Some(codes) = value {
-        let key = format_ident!("{key}");
-        let codes = codes.iter().map(|c| format_ident!("{}", c.name()));
-        args.push(quote!(#key = [#(#codes),*]));
-    }
+    tai_model::attribute_args(spec)
+        .into_iter()
+        .map(|arg| {
+            // The printer writes the attribute grammar, which is Rust tokens; should it
+            // ever not be, the macro reports this at the generated attribute.
+            arg.parse().unwrap_or_else(|_| {
+                let message = format!("tai-build wrote an argument that is not Rust tokens: {arg}");
+                quote!(compile_error!(#message))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tai_model::{BreakerSpec, HedgingSpec, RateRuleSpec, RetrySpec, ThrottleSpec};
     use tai_model::{Code, resolve};
 

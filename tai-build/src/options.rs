@@ -5,15 +5,13 @@
 //! because that pool keeps extension options (`prost_types` descriptors drop them).
 //! This is only the proto front end: it turns fields into values and reports values
 //! it cannot read (a bad duration, an unknown code). Every rule about what a policy
-//! may say lives in `tai_model::validate`.
+//! may say lives in `tai_model::validate`. Which fields exist, and what they are
+//! called in the proto, comes from the grammar table (`tai_model::FIELDS`).
 
 use std::time::Duration;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, Value};
-use tai_model::{
-    Balancer, BreakerSpec, Code, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, ThrottleSpec,
-    Toggle, parse_duration,
-};
+use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, Value as ProtoValue};
+use tai_model::{Balancer, Code, Field, FieldDef, PolicySpec, Value, ValueKind, parse_duration};
 
 /// A level of policy: the file, a service or a method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,7 +78,7 @@ impl Extensions {
         let mut problems = Vec::new();
         let spec = match self.get(scope) {
             Some(ext) if options.has_extension(ext) => match &*options.get_extension(ext) {
-                Value::Message(policy) => read_policy(policy, &mut problems),
+                ProtoValue::Message(policy) => read_policy(policy, &mut problems),
                 _ => PolicySpec::default(),
             },
             _ => PolicySpec::default(),
@@ -114,7 +112,7 @@ impl Reader<'_> {
         self.msg.has_field_by_name(name)
     }
 
-    fn value(&self, name: &str) -> Option<Value> {
+    fn value(&self, name: &str) -> Option<ProtoValue> {
         if self.has(name) {
             self.msg.get_field_by_name(name).map(|v| v.into_owned())
         } else {
@@ -207,129 +205,116 @@ impl Reader<'_> {
         balancer
     }
 
-    /// `disabled: true` turns the sub-policy off; any other field beside it would be
-    /// silently ignored, so it is reported.
-    fn toggle<T>(&mut self, off_field: &str, read: impl FnOnce(&mut Self) -> T) -> Toggle<T> {
-        if self.bool(off_field) == Some(true) {
-            let others: Vec<String> = self
-                .msg
-                .fields()
-                .map(|(field, _)| field.name().to_owned())
-                .filter(|name| name != off_field)
-                .collect();
-            if !others.is_empty() {
-                self.problem(
-                    off_field,
-                    format!(
-                        "turns {} off here, so {} {} no effect; remove {} or `{off_field}`",
-                        self.prefix,
-                        others.join(", "),
-                        if others.len() == 1 { "has" } else { "have" },
-                        if others.len() == 1 { "it" } else { "them" },
-                    ),
-                );
+    /// The names of the fields this message sets, but `except`.
+    fn set_fields_except(&self, except: &str) -> Vec<String> {
+        self.msg
+            .fields()
+            .map(|(field, _)| field.name().to_owned())
+            .filter(|name| name != except)
+            .collect()
+    }
+
+    /// Reports that `off_field` turns `what` off, so the `others` set beside it do nothing.
+    fn no_effect(&mut self, off_field: &str, what: &str, others: &[String]) {
+        if others.is_empty() {
+            return;
+        }
+        let one = others.len() == 1;
+        self.problem(
+            off_field,
+            format!(
+                "turns {what} off{}, so {} {} no effect; remove {} or `{off_field}`",
+                if what == self.prefix { " here" } else { "" },
+                others.join(", "),
+                if one { "has" } else { "have" },
+                if one { "it" } else { "them" },
+            ),
+        );
+    }
+
+    /// Reads the rows of the grammar table under `parent` from this message into `spec`.
+    fn read_fields(&mut self, parent: Option<Field>, spec: &mut PolicySpec) {
+        // A rule turned off (`rate_disabled`) is applied after its siblings were read,
+        // so that those it silences can be named.
+        let mut rules_off = Vec::new();
+        for def in Field::children(parent) {
+            let name = def.proto;
+            let value = match def.kind {
+                ValueKind::Flag => self.bool(name).map(Value::Flag),
+                ValueKind::Duration => self.duration(name).map(Value::Duration),
+                ValueKind::DurationOrNone => self.string(name).and_then(|text| {
+                    if text.trim() == "none" {
+                        Some(Value::Off)
+                    } else {
+                        self.duration(name).map(Value::Duration)
+                    }
+                }),
+                ValueKind::Count => self.u32(name).map(Value::Count),
+                ValueKind::Number => self.f64(name).map(Value::Number),
+                ValueKind::Codes => self.codes(name).map(Value::Codes),
+                ValueKind::Balancer => self.balancer(name).map(Value::Balancer),
+                ValueKind::Rule { proto_off, .. } => {
+                    if self.bool(proto_off) == Some(true) {
+                        rules_off.push(def);
+                    }
+                    self.f64(name).map(Value::Number)
+                }
+                ValueKind::Policy { .. } => {
+                    self.policy(def, spec);
+                    None
+                }
+            };
+            if let Some(value) = value {
+                (def.set)(spec, value);
             }
-            Toggle::Off
-        } else {
-            Toggle::On(read(self))
+        }
+        for def in rules_off {
+            let ValueKind::Rule { rule, proto_off } = def.kind else {
+                continue;
+            };
+            (def.set)(spec, Value::Off);
+            let silenced: Vec<String> = Field::children(parent)
+                .filter(|d| d.field == def.field || (d.get)(spec).is_none())
+                .filter(|d| self.has(d.proto))
+                .map(|d| d.proto.to_owned())
+                .collect();
+            self.no_effect(proto_off, rule, &silenced);
         }
     }
 
-    /// Runs `read` on the sub-message `name`, if present.
-    fn sub<T>(
-        &mut self,
-        name: &'static str,
-        read: impl FnOnce(&mut Reader<'_>) -> Toggle<T>,
-    ) -> Option<Toggle<T>> {
-        let msg = self.message(name)?;
+    /// Reads the sub-policy message of `def`, if present: `disabled: true` turns it
+    /// off (and any other field beside it is reported, as it would be ignored).
+    fn policy(&mut self, def: &FieldDef, spec: &mut PolicySpec) {
+        let Some(msg) = self.message(def.proto) else {
+            return;
+        };
         let mut reader = Reader {
             msg: &msg,
-            prefix: name,
+            prefix: def.proto,
             problems: &mut *self.problems,
         };
-        Some(read(&mut reader))
+        if reader.bool(DISABLED) == Some(true) {
+            let others = reader.set_fields_except(DISABLED);
+            reader.no_effect(DISABLED, def.proto, &others);
+            (def.set)(spec, Value::Off);
+        } else {
+            (def.set)(spec, Value::On);
+            reader.read_fields(Some(def.field), spec);
+        }
     }
 }
 
-/// Reads a `tai.v1.Policy` message.
+/// The field of every sub-policy message that turns it off (`retry: { disabled: true }`).
+const DISABLED: &str = "disabled";
+
+/// Reads a `tai.v1.Policy` message, field by field as the grammar table lists them.
 fn read_policy(msg: &DynamicMessage, problems: &mut Vec<ReadProblem>) -> PolicySpec {
-    let mut r = Reader {
+    let mut spec = PolicySpec::default();
+    Reader {
         msg,
         prefix: "",
         problems,
-    };
-    let timeout = r.string("timeout").and_then(|text| {
-        if text.trim() == "none" {
-            Some(Toggle::Off)
-        } else {
-            r.duration("timeout").map(Toggle::On)
-        }
-    });
-    PolicySpec {
-        idempotent: r.bool("idempotent"),
-        timeout,
-        max_timeout: r.duration("max_timeout"),
-        retry: r.sub("retry", |r| {
-            r.toggle("disabled", |r| RetrySpec {
-                max_attempts: r.u32("max_attempts"),
-                initial_backoff: r.duration("initial_backoff"),
-                max_backoff: r.duration("max_backoff"),
-                multiplier: r.f64("backoff_multiplier"),
-                codes: r.codes("retryable_codes"),
-            })
-        }),
-        hedging: r.sub("hedging", |r| {
-            r.toggle("disabled", |r| HedgingSpec {
-                max_attempts: r.u32("max_attempts"),
-                delay: r.duration("delay"),
-                non_fatal_codes: r.codes("non_fatal_codes"),
-            })
-        }),
-        breaker: r.sub("breaker", |r| r.toggle("disabled", read_breaker)),
-        throttle: r.sub("throttle", |r| {
-            r.toggle("disabled", |r| ThrottleSpec {
-                max_tokens: r.u32("max_tokens"),
-                token_ratio: r.f64("token_ratio"),
-            })
-        }),
-        balancer: r.balancer("balancer"),
     }
-}
-
-fn read_breaker(r: &mut Reader<'_>) -> BreakerSpec {
-    let rate = RateRuleSpec {
-        threshold: r.f64("failure_rate"),
-        window: r.duration("window"),
-        min_calls: r.u32("min_calls"),
-    };
-    let rate = if r.bool("rate_disabled") == Some(true) {
-        let set: Vec<&str> = ["failure_rate", "window", "min_calls"]
-            .into_iter()
-            .filter(|name| r.has(name))
-            .collect();
-        if !set.is_empty() {
-            r.problem(
-                "rate_disabled",
-                format!(
-                    "turns the failure-rate rule off, so {} {} no effect; remove {} or `rate_disabled`",
-                    set.join(", "),
-                    if set.len() == 1 { "has" } else { "have" },
-                    if set.len() == 1 { "it" } else { "them" },
-                ),
-            );
-        }
-        Some(Toggle::Off)
-    } else if rate != RateRuleSpec::default() {
-        Some(Toggle::On(rate))
-    } else {
-        None
-    };
-    BreakerSpec {
-        failure_threshold: r.u32("failure_threshold"),
-        open_timeout: r.duration("open_timeout"),
-        max_open_timeout: r.duration("max_open_timeout"),
-        half_open_max_calls: r.u32("half_open_max_calls"),
-        rate,
-        failure_codes: r.codes("failure_codes"),
-    }
+    .read_fields(None, &mut spec);
+    spec
 }

@@ -169,7 +169,14 @@
 #![forbid(unsafe_code)]
 
 mod attr;
+mod client;
+mod ctxt;
+mod doc;
 mod expand;
+mod policy;
+mod shape;
+mod tokens;
+mod values;
 
 /// Turns a trait describing a gRPC service into a resilient client with the policy
 /// written in the attribute.

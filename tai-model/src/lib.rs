@@ -7,20 +7,28 @@
 //! [`Field`]; each front end maps the field back to its own location (a token span or
 //! a `.proto` file and option path), so messages agree while locations stay precise.
 //!
+//! The grammar itself — every field's attribute key, proto field, kind of value,
+//! parent, default and doc — is one table, [`FIELDS`]; both front ends read their
+//! keys from it, and [`attribute_args`] prints a level back in the attribute grammar.
+//!
 //! It has no dependencies so that it costs nothing at build time.
 
 #![forbid(unsafe_code)]
 
 mod code;
 mod duration;
+mod grammar;
+mod problem;
 mod spec;
 mod validate;
 
 pub use code::{Code, CodeSet};
 pub use duration::{format_duration, parse_duration};
+pub use grammar::{FIELDS, Field, FieldDef, Value, ValueKind, attribute_args};
+pub use problem::{Problem, ProblemKind};
 pub use spec::{
     Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
     ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry,
     ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
 };
-pub use validate::{Field, MAX_ATTEMPTS_CAP, Problem, validate};
+pub use validate::{MAX_ATTEMPTS_CAP, validate};

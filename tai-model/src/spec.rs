@@ -97,14 +97,16 @@ pub struct PolicySpec {
     pub balancer: Option<Balancer>,
 }
 
-/// How a client spreads calls over endpoints; the generated client's default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a client spreads calls over endpoints: the generated client's default, and
+/// `tai_runtime::config::BalancerKind` (the same type) at run time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Balancer {
     /// Each endpoint in turn.
+    #[default]
     RoundRobin,
     /// Power of two choices on calls in flight.
     LeastLoaded,
-    /// Power of two choices on peak-EWMA latency × calls in flight.
+    /// Power of two choices on peak-EWMA latency × (calls in flight + 1).
     PeakEwma,
     /// Uniformly at random.
     Random,

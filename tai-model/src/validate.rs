@@ -1,126 +1,9 @@
 //! The one validator: every rule about what a policy may say lives here.
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::spec::{BreakerSpec, HedgingSpec, RetrySpec, Toggle};
-use crate::{Code, MethodKind, PolicySpec, ResolvedPolicy, resolve};
-
-/// A policy field, named the same way in both front ends' messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum Field {
-    Idempotent,
-    Timeout,
-    MaxTimeout,
-    Retry,
-    RetryMaxAttempts,
-    RetryInitialBackoff,
-    RetryMaxBackoff,
-    RetryMultiplier,
-    RetryCodes,
-    Hedging,
-    HedgingMaxAttempts,
-    HedgingDelay,
-    HedgingNonFatalCodes,
-    Breaker,
-    BreakerFailureThreshold,
-    BreakerOpenTimeout,
-    BreakerMaxOpenTimeout,
-    BreakerHalfOpenMaxCalls,
-    BreakerFailureRate,
-    BreakerWindow,
-    BreakerMinCalls,
-    BreakerFailureCodes,
-    Throttle,
-    ThrottleMaxTokens,
-    ThrottleTokenRatio,
-    Balancer,
-}
-
-impl Field {
-    /// The field's path in the `.proto` option, e.g. `retry.max_attempts`.
-    pub const fn proto_path(self) -> &'static str {
-        match self {
-            Field::Idempotent => "idempotent",
-            Field::Timeout => "timeout",
-            Field::MaxTimeout => "max_timeout",
-            Field::Retry => "retry",
-            Field::RetryMaxAttempts => "retry.max_attempts",
-            Field::RetryInitialBackoff => "retry.initial_backoff",
-            Field::RetryMaxBackoff => "retry.max_backoff",
-            Field::RetryMultiplier => "retry.backoff_multiplier",
-            Field::RetryCodes => "retry.retryable_codes",
-            Field::Hedging => "hedging",
-            Field::HedgingMaxAttempts => "hedging.max_attempts",
-            Field::HedgingDelay => "hedging.delay",
-            Field::HedgingNonFatalCodes => "hedging.non_fatal_codes",
-            Field::Breaker => "breaker",
-            Field::BreakerFailureThreshold => "breaker.failure_threshold",
-            Field::BreakerOpenTimeout => "breaker.open_timeout",
-            Field::BreakerMaxOpenTimeout => "breaker.max_open_timeout",
-            Field::BreakerHalfOpenMaxCalls => "breaker.half_open_max_calls",
-            Field::BreakerFailureRate => "breaker.failure_rate",
-            Field::BreakerWindow => "breaker.window",
-            Field::BreakerMinCalls => "breaker.min_calls",
-            Field::BreakerFailureCodes => "breaker.failure_codes",
-            Field::Throttle => "throttle",
-            Field::ThrottleMaxTokens => "throttle.max_tokens",
-            Field::ThrottleTokenRatio => "throttle.token_ratio",
-            Field::Balancer => "balancer",
-        }
-    }
-
-    /// The field's path in the `#[resilient]` attribute, e.g. `retry(max_attempts)`.
-    pub const fn attr_path(self) -> &'static str {
-        match self {
-            Field::Idempotent => "idempotent",
-            Field::Timeout => "timeout",
-            Field::MaxTimeout => "max_timeout",
-            Field::Retry => "retry",
-            Field::RetryMaxAttempts => "retry(max_attempts)",
-            Field::RetryInitialBackoff => "retry(initial_backoff)",
-            Field::RetryMaxBackoff => "retry(max_backoff)",
-            Field::RetryMultiplier => "retry(multiplier)",
-            Field::RetryCodes => "retry(codes)",
-            Field::Hedging => "hedging",
-            Field::HedgingMaxAttempts => "hedging(max_attempts)",
-            Field::HedgingDelay => "hedging(delay)",
-            Field::HedgingNonFatalCodes => "hedging(non_fatal_codes)",
-            Field::Breaker => "breaker",
-            Field::BreakerFailureThreshold => "breaker(failure_threshold)",
-            Field::BreakerOpenTimeout => "breaker(open_timeout)",
-            Field::BreakerMaxOpenTimeout => "breaker(max_open_timeout)",
-            Field::BreakerHalfOpenMaxCalls => "breaker(half_open_max_calls)",
-            Field::BreakerFailureRate => "breaker(failure_rate)",
-            Field::BreakerWindow => "breaker(window)",
-            Field::BreakerMinCalls => "breaker(min_calls)",
-            Field::BreakerFailureCodes => "breaker(failure_codes)",
-            Field::Throttle => "throttle",
-            Field::ThrottleMaxTokens => "throttle(max_tokens)",
-            Field::ThrottleTokenRatio => "throttle(token_ratio)",
-            Field::Balancer => "balancer",
-        }
-    }
-}
-
-/// One thing wrong with a policy.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
-    /// The field the problem is about.
-    pub field: Field,
-    /// Index into the levels passed to [`validate`] of the level that wrote the field
-    /// (for cross-field problems: the innermost level that wrote either field).
-    pub level: usize,
-    /// What is wrong and what to write instead, without the location.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+use crate::{Code, Field, MethodKind, PolicySpec, Problem, ProblemKind, ResolvedPolicy, resolve};
 
 /// Codes whose presence proves the server did not run the call, so that even a
 /// non-idempotent method may retry on them. By gRPC convention (AIP-194) a server
@@ -135,29 +18,25 @@ struct Check {
 }
 
 impl Check {
-    fn fail(&mut self, field: Field, level: usize, message: impl Into<String>) {
-        self.problems.push(Problem {
-            field,
-            level,
-            message: message.into(),
-        });
+    fn fail(&mut self, field: Field, level: usize, kind: ProblemKind) {
+        self.problems.push(Problem { field, level, kind });
     }
 
     fn positive_duration(&mut self, field: Field, level: usize, value: Option<Duration>) {
         if value == Some(Duration::ZERO) {
-            self.fail(field, level, "must be greater than zero");
+            self.fail(field, level, ProblemKind::Zero);
         }
     }
 
     fn count_at_least(&mut self, field: Field, level: usize, value: Option<u32>, min: u32) {
         if let Some(v) = value.filter(|v| *v < min) {
-            self.fail(field, level, format!("is {v}, but must be at least {min}"));
+            self.fail(field, level, ProblemKind::TooFew { value: v, min });
         }
     }
 
     fn no_ok(&mut self, field: Field, level: usize, codes: &Option<Vec<Code>>) {
         if codes.as_ref().is_some_and(|c| c.contains(&Code::Ok)) {
-            self.fail(field, level, "cannot contain OK: OK is a success");
+            self.fail(field, level, ProblemKind::ContainsOk);
         }
     }
 }
@@ -214,14 +93,16 @@ pub fn validate(
                 check.fail(
                     Field::RetryMultiplier,
                     i,
-                    format!("is {m}, but must be greater than 0"),
+                    ProblemKind::NotPositive { value: m },
                 );
             }
             if r.codes.as_ref().is_some_and(Vec::is_empty) {
                 check.fail(
                     Field::RetryCodes,
                     i,
-                    "is empty: list at least one code to retry, or turn retry off",
+                    ProblemKind::NoCodes {
+                        hint: "list at least one code to retry, or turn retry off",
+                    },
                 );
             }
             check.no_ok(Field::RetryCodes, i, &r.codes);
@@ -231,11 +112,7 @@ pub fn validate(
             check.no_ok(Field::HedgingNonFatalCodes, i, &h.non_fatal_codes);
         }
         if retry_of(level).is_some() && hedging_of(level).is_some() {
-            check.fail(
-                Field::Hedging,
-                i,
-                "cannot be combined with retry on the same method: a call either retries after a failure or hedges ahead of one; keep one",
-            );
+            check.fail(Field::Hedging, i, ProblemKind::RetryAndHedging);
         }
         if let Some(b) = breaker_of(level) {
             check.count_at_least(Field::BreakerFailureThreshold, i, b.failure_threshold, 1);
@@ -248,7 +125,10 @@ pub fn validate(
                     check.fail(
                         Field::BreakerFailureRate,
                         i,
-                        format!("is {t}, but must be in (0, 1]"),
+                        ProblemKind::OutOfRange {
+                            value: t.to_string(),
+                            range: "(0, 1]",
+                        },
                     );
                 }
                 check.positive_duration(Field::BreakerWindow, i, r.window);
@@ -259,7 +139,9 @@ pub fn validate(
             check.fail(
                 Field::Balancer,
                 i,
-                "is chosen per client: set it on the service or the file, not on a method",
+                ProblemKind::PerClient {
+                    why: "is chosen per client",
+                },
             );
         }
         if let Some(Toggle::On(t)) = &level.throttle {
@@ -267,21 +149,26 @@ pub fn validate(
                 check.fail(
                     Field::Throttle,
                     i,
-                    "is shared by every method of a client: set it on the service or the file, not on a method",
+                    ProblemKind::PerClient {
+                        why: "is shared by every method of a client",
+                    },
                 );
             }
             if let Some(n) = t.max_tokens.filter(|n| !(1..=1000).contains(n)) {
                 check.fail(
                     Field::ThrottleMaxTokens,
                     i,
-                    format!("is {n}, but must be in 1..=1000"),
+                    ProblemKind::OutOfRange {
+                        value: n.to_string(),
+                        range: "1..=1000",
+                    },
                 );
             }
             if let Some(r) = t.token_ratio.filter(|r| !(*r > 0.0 && r.is_finite())) {
                 check.fail(
                     Field::ThrottleTokenRatio,
                     i,
-                    format!("is {r}, but must be greater than 0"),
+                    ProblemKind::NotPositive { value: r },
                 );
             }
         }
@@ -298,10 +185,10 @@ pub fn validate(
         // retry or hedge simply does not apply, but asking for one here is an error.
         if let Some(m) = method_level {
             if retry_of(levels[m]).is_some() {
-                check.fail(Field::Retry, m, "cannot apply to a client-streaming or bidi method: its requests are a stream that cannot be re-sent");
+                check.fail(Field::Retry, m, ProblemKind::StreamedRequests);
             }
             if hedging_of(levels[m]).is_some() {
-                check.fail(Field::Hedging, m, "cannot apply to a client-streaming or bidi method: its requests are a stream that cannot be re-sent");
+                check.fail(Field::Hedging, m, ProblemKind::StreamedRequests);
             }
         }
         resolved.retry = None;
@@ -316,10 +203,10 @@ pub fn validate(
             check.fail(
                 Field::RetryInitialBackoff,
                 level.unwrap_or(innermost),
-                format!(
-                    "is {:?}, larger than max_backoff {:?}",
-                    r.initial_backoff, r.max_backoff
-                ),
+                ProblemKind::BackoffOrder {
+                    initial: r.initial_backoff,
+                    max: r.max_backoff,
+                },
             );
         }
         if !resolved.idempotent {
@@ -332,25 +219,19 @@ pub fn validate(
             if !unsafe_codes.is_empty() {
                 let level = origin(levels, |l| retry_of(l).is_some_and(|r| r.codes.is_some()))
                     .unwrap_or(innermost);
-                let names: Vec<&str> = unsafe_codes.iter().map(|c| c.name()).collect();
                 check.fail(
                     Field::RetryCodes,
                     level,
-                    format!(
-                        "retries a method that is not marked idempotent on {}, which does not prove the server never ran it; mark the method idempotent or retry only on UNAVAILABLE",
-                        names.join(", ")
-                    ),
+                    ProblemKind::UnsafeRetry {
+                        codes: unsafe_codes,
+                    },
                 );
             }
         }
     }
     if resolved.hedging.is_some() && !resolved.idempotent {
         let level = origin(levels, |l| hedging_of(l).is_some()).unwrap_or(innermost);
-        check.fail(
-            Field::Hedging,
-            level,
-            "sends the same call more than once by design, so the method must be marked idempotent",
-        );
+        check.fail(Field::Hedging, level, ProblemKind::UnsafeHedging);
     }
     if let (Some(t), Some(max)) = (resolved.timeout, resolved.max_timeout) {
         // Not an error: the clamp is the point of max_timeout. Apply it now so the
@@ -369,7 +250,9 @@ pub fn validate(
         check.fail(
             Field::BreakerFailureCodes,
             level,
-            "is empty: the breaker could never trip; turn it off instead",
+            ProblemKind::NoCodes {
+                hint: "the breaker could never trip; turn it off instead",
+            },
         );
     }
     if check.problems.is_empty() {
@@ -430,7 +313,13 @@ mod tests {
         assert!(method(retry(vec![Code::Unavailable])).is_ok());
         let err = method(retry(vec![Code::Unavailable, Code::Aborted])).unwrap_err();
         assert_eq!(err[0].field, Field::RetryCodes);
-        assert!(err[0].message.contains("ABORTED"), "{}", err[0].message);
+        assert_eq!(
+            err[0].kind,
+            ProblemKind::UnsafeRetry {
+                codes: vec![Code::Aborted]
+            }
+        );
+        assert!(err[0].to_string().contains("ABORTED"), "{}", err[0]);
     }
 
     #[test]

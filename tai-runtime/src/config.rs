@@ -18,44 +18,13 @@
 
 use std::time::Duration;
 
-use tai_model::{Code, CodeSet};
+use tonic::Code;
 
-/// How a client picks an endpoint for each call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BalancerKind {
-    /// Each endpoint in turn.
-    #[default]
-    RoundRobin,
-    /// Power of two choices on real in-flight request counts.
-    LeastLoaded,
-    /// Power of two choices on peak-EWMA latency × (in-flight + 1).
-    PeakEwma,
-    /// Uniformly at random.
-    Random,
-}
+use crate::policy::CodeSet;
 
-impl BalancerKind {
-    /// Parses `round_robin`, `least_loaded`, `peak_ewma` or `random` (also with `-`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.replace('-', "_").as_str() {
-            "round_robin" => Some(Self::RoundRobin),
-            "least_loaded" => Some(Self::LeastLoaded),
-            "peak_ewma" => Some(Self::PeakEwma),
-            "random" => Some(Self::Random),
-            _ => None,
-        }
-    }
-
-    /// The name [`BalancerKind::from_name`] accepts.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round_robin",
-            Self::LeastLoaded => "least_loaded",
-            Self::PeakEwma => "peak_ewma",
-            Self::Random => "random",
-        }
-    }
-}
+/// How a client picks an endpoint for each call: the same type a policy names
+/// (`balancer = "least_loaded"`), so the two never drift apart.
+pub use tai_model::Balancer as BalancerKind;
 
 /// Exponential reconnect backoff (the gRPC connection-backoff algorithm).
 #[derive(Clone, Copy, Debug, PartialEq)]

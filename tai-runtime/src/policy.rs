@@ -4,15 +4,84 @@
 //! value in it was validated at compile time by the shared model (`tai-model`), so the
 //! runtime only reads it. Building these by hand is also fine (for a tower layer
 //! without codegen); [`ServicePolicy::validate`] checks such a value by the same rules.
+//!
+//! The types are written so that the expansion reads like hand-written code:
+//! `CodeSet::of(&[Code::Unavailable, Code::Aborted])` rather than a bit mask, with
+//! `tonic::Code` (re-exported as `tai_runtime::Code`) as the one status-code type.
+//! They are not `#[non_exhaustive]`: hand-built policies in tests, benches and the
+//! examples use struct literals, and a constructor-only API would force edits there.
 
 use std::time::Duration;
 
-pub use tai_model::{Code as ModelCode, CodeSet, MethodKind};
+use tonic::Code;
+
+pub use tai_model::MethodKind;
+
+/// A set of gRPC status codes, as a bit mask (bit `n` is the code numbered `n`):
+/// `const`, `Copy`, one instruction to test.
+///
+/// ```
+/// use tai_runtime::Code;
+/// use tai_runtime::policy::CodeSet;
+///
+/// const RETRIED: CodeSet = CodeSet::of(&[Code::Unavailable, Code::Aborted]);
+/// assert!(RETRIED.contains(Code::Aborted));
+/// assert_eq!(RETRIED.codes(), [Code::Aborted, Code::Unavailable]);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CodeSet(pub u32);
+
+impl CodeSet {
+    /// The empty set.
+    pub const EMPTY: CodeSet = CodeSet(0);
+
+    /// The set holding exactly `codes`.
+    pub const fn of(codes: &[Code]) -> CodeSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < codes.len() {
+            bits |= bit(codes[i]);
+            i += 1;
+        }
+        CodeSet(bits)
+    }
+
+    /// Whether `code` is in the set.
+    pub const fn contains(self, code: Code) -> bool {
+        self.0 & bit(code) != 0
+    }
+
+    /// The codes in the set, in numeric order.
+    pub fn codes(self) -> Vec<Code> {
+        (0..32)
+            .filter(|n| self.0 & (1 << n) != 0)
+            .map(Code::from_i32)
+            .collect()
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The bit of `code` in a [`CodeSet`].
+const fn bit(code: Code) -> u32 {
+    1u32 << (code as u32 & 31)
+}
 
 /// Whether a status code is in `set` (OK never is): one bit test, on every
 /// classification of the call path.
-pub(crate) fn contains(set: CodeSet, code: tonic::Code) -> bool {
-    code != tonic::Code::Ok && set.0 & (1u32 << (code as u32 & 31)) != 0
+pub(crate) fn contains(set: CodeSet, code: Code) -> bool {
+    !matches!(code, Code::Ok) && set.contains(code)
+}
+
+/// The codes of `set` in the shared model's terms, for its validator.
+fn model_codes(set: CodeSet) -> Vec<tai_model::Code> {
+    tai_model::Code::ALL
+        .into_iter()
+        .filter(|c| set.0 & (1 << *c as u32) != 0)
+        .collect()
 }
 
 /// Retry per gRFC A6.
@@ -135,6 +204,7 @@ impl MethodPolicy {
     ///
     /// ```
     /// use std::time::Duration;
+    /// use tai_runtime::Code;
     /// use tai_runtime::policy::{CodeSet, MethodKind, MethodPolicy, RetryPolicy};
     ///
     /// let mut policy = MethodPolicy {
@@ -145,7 +215,7 @@ impl MethodPolicy {
     ///         initial_backoff: Duration::from_millis(100),
     ///         max_backoff: Duration::from_secs(1),
     ///         multiplier: 2.0,
-    ///         retryable: CodeSet::of(&[tai_runtime::policy::ModelCode::Aborted]),
+    ///         retryable: CodeSet::of(&[Code::Aborted]),
     ///     }),
     /// };
     /// let problems = policy.validate().unwrap_err();
@@ -168,14 +238,14 @@ impl MethodPolicy {
                     initial_backoff: Some(r.initial_backoff),
                     max_backoff: Some(r.max_backoff),
                     multiplier: Some(r.multiplier),
-                    codes: Some(r.retryable.codes()),
+                    codes: Some(model_codes(r.retryable)),
                 })
             })),
             hedging: Some(self.hedging.map_or(Toggle::Off, |h| {
                 Toggle::On(HedgingSpec {
                     max_attempts: Some(h.max_attempts),
                     delay: Some(h.delay),
-                    non_fatal_codes: Some(h.non_fatal.codes()),
+                    non_fatal_codes: Some(model_codes(h.non_fatal)),
                 })
             })),
             breaker: Some(self.breaker.map_or(Toggle::Off, |b| {
@@ -191,7 +261,7 @@ impl MethodPolicy {
                             min_calls: Some(r.min_calls),
                         })
                     })),
-                    failure_codes: Some(b.failure_codes.codes()),
+                    failure_codes: Some(model_codes(b.failure_codes)),
                 })
             })),
             throttle: None,
@@ -204,12 +274,7 @@ impl MethodPolicy {
 fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Result<(), Vec<String>> {
     tai_model::validate(levels, kind, Some(levels.len() - 1))
         .map(drop)
-        .map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("{}: {}", p.field.attr_path(), p.message))
-                .collect()
-        })
+        .map_err(|problems| problems.into_iter().map(|p| p.in_attribute()).collect())
 }
 
 impl ServicePolicy {

@@ -103,11 +103,7 @@ async fn methods_named_like_client_items() {
     assert_eq!(call.timeout, Some(Duration::from_secs(5)), "file level");
     let retry = call.retry.expect("method level");
     assert_eq!(retry.max_attempts, 3);
-    assert!(
-        retry
-            .retryable
-            .contains(tai_runtime::policy::ModelCode::Aborted)
-    );
+    assert!(retry.retryable.contains(tai_runtime::Code::Aborted));
     assert_eq!(call.breaker.expect("service level").failure_threshold, 3);
     assert!(!new.idempotent && new.retry.is_none());
     assert_eq!(

@@ -41,8 +41,8 @@ pub mod governor_client {
         max_timeout = "1m",
         retry(max_attempts = 3, initial_backoff = "50ms"),
         breaker(failure_threshold = 5, open_timeout = "30s", half_open_max_calls = 3),
-        balancer = "least_loaded",
-        throttle(max_tokens = 100, token_ratio = 0.5)
+        throttle(max_tokens = 100, token_ratio = 0.5),
+        balancer = "least_loaded"
     )]
     pub trait Governor {
         /// Proposes a new policy.

@@ -1,0 +1,309 @@
+//! The generated client: a struct over a transport, one inherent method per RPC
+//! (each a single call into `tai_runtime::__private::ClientCore`), the trait impl
+//! that forwards to them, and the `static` policy data they index into.
+//!
+//! The expansion is small on purpose: everything that behaves lives in the runtime,
+//! and the data is written by `tokens.rs`. tonic users find tonic's habits here
+//! (`connect`, `new`, `From<T>`); an RPC named `new` or `connect` wins over the
+//! constructor of that name.
+
+use std::collections::HashSet;
+
+use heck::ToShoutySnakeCase;
+use proc_macro2::{Literal, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Ident, ItemTrait, Type};
+use tai_model::{Balancer, MethodKind, ResolvedPolicy, ResolvedThrottle};
+
+use crate::doc::{describe, kind_name};
+use crate::shape::Method;
+use crate::tokens::Data;
+
+/// Everything the generated client is made from.
+pub(crate) struct Client<'a> {
+    pub(crate) item: &'a ItemTrait,
+    pub(crate) service_name: String,
+    pub(crate) methods: &'a [Method],
+    pub(crate) policies: &'a [ResolvedPolicy],
+    pub(crate) throttle: Option<ResolvedThrottle>,
+    pub(crate) balancer: Option<Balancer>,
+}
+
+impl Client<'_> {
+    /// The client, its policy `static` and its impls, to go after the trait.
+    pub(crate) fn generate(&self) -> TokenStream {
+        let trait_ident = &self.item.ident;
+        let vis = &self.item.vis;
+        let statik = self.static_ident();
+        // Spanned at the trait, so that "go to definition" on the client leads there.
+        let client = Ident::new(
+            &format!("{}Client", trait_ident.unraw()),
+            trait_ident.span(),
+        );
+        // The transport parameter is `T` unless a message type is spelled `T`.
+        let t = if self
+            .methods
+            .iter()
+            .any(|m| mentions_t(&m.shape.request) || mentions_t(&m.shape.response))
+        {
+            format_ident!("__TaiTransport")
+        } else {
+            format_ident!("T")
+        };
+        let transport = quote!(::tai_runtime::__private::Transport);
+
+        let data = self.service_policy();
+        let rust_names: HashSet<String> = self
+            .methods
+            .iter()
+            .map(|m| m.ident.unraw().to_string())
+            .collect();
+        let new_fn = (!rust_names.contains("new")).then(|| {
+            quote! {
+                /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
+                /// or any tower service that speaks gRPC.
+                pub fn new(transport: #t) -> Self {
+                    <Self as ::core::convert::From<#t>>::from(transport)
+                }
+            }
+        });
+        let connect_fn = (!rust_names.contains("connect")).then(|| {
+            quote! {
+                /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
+                /// `tai_runtime::Channel` (production preset, the service's balancer).
+                ///
+                /// # Errors
+                ///
+                /// If the address is invalid or the channel cannot be built.
+                pub async fn connect(
+                    dst: impl ::core::convert::Into<::std::string::String>,
+                ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
+                    ::tai_runtime::__private::connect(::core::convert::Into::into(dst), &#statik)
+                        .await
+                        .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
+                }
+            }
+        });
+        let inherent = self
+            .methods
+            .iter()
+            .zip(self.policies)
+            .enumerate()
+            .map(|(index, (m, p))| self.rpc(index, m, p));
+        let forwarding = self.methods.iter().map(|m| {
+            let ident = &m.ident;
+            let request = &m.shape.request;
+            let output = &m.output;
+            quote! {
+                fn #ident(&self, request: #request) #output {
+                    #client::#ident(self, request)
+                }
+            }
+        });
+        let doc = self.client_doc();
+
+        quote! {
+            #data
+
+            #(#[doc = #doc])*
+            #[derive(::core::clone::Clone)]
+            // Generated API: a trait implemented only by a server leaves its client
+            // unused, which is no mistake of the user's.
+            #[allow(dead_code)]
+            #vis struct #client<#t = ::tai_runtime::Channel> {
+                core: ::tai_runtime::__private::ClientCore<#t>,
+            }
+
+            #[allow(dead_code)]
+            impl<#t: #transport> #client<#t> {
+                #new_fn
+                #(#inherent)*
+            }
+
+            impl<#t: #transport> ::core::convert::From<#t> for #client<#t> {
+                fn from(transport: #t) -> Self {
+                    Self {
+                        core: ::tai_runtime::__private::ClientCore::new(transport, &#statik),
+                    }
+                }
+            }
+
+            impl<#t: #transport> #trait_ident for #client<#t> {
+                #(#forwarding)*
+            }
+
+            impl<#t: #transport> ::tai_runtime::Resilient for #client<#t> {
+                fn client_state(&self) -> &::tai_runtime::__private::ClientState {
+                    self.core.state()
+                }
+            }
+
+            #[allow(dead_code)]
+            impl #client<::tai_runtime::Channel> {
+                /// The policy compiled into this client, for building a channel
+                /// before the client (its `balancer`, say).
+                pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &#statik;
+
+                #connect_fn
+            }
+
+        }
+    }
+
+    /// The client's method for one RPC: the call into the runtime that its kind and
+    /// policy need.
+    fn rpc(&self, index: usize, m: &Method, p: &ResolvedPolicy) -> TokenStream {
+        let ident = &m.ident;
+        let request = &m.shape.request;
+        let response = &m.shape.response;
+        let request_message = &m.shape.request_message;
+        let response_message = &m.shape.response_message;
+        let call = match (m.shape.kind, p.retry.is_some() || p.hedging.is_some()) {
+            (MethodKind::Unary, false) => "unary",
+            (MethodKind::Unary, true) => "unary_retry",
+            (MethodKind::ServerStreaming, false) => "server_streaming",
+            (MethodKind::ServerStreaming, true) => "server_streaming_retry",
+            (MethodKind::ClientStreaming, _) => "client_streaming",
+            (MethodKind::Bidi, _) => "bidi_streaming",
+        };
+        // The message types are named with the user's spans, so that a type the
+        // runtime cannot use is reported where it is written, with the runtime's
+        // `on_unimplemented` message.
+        let span = request_message.span();
+        let call = Ident::new(call, span);
+        let index = Literal::usize_unsuffixed(index);
+        let call_expr = quote_spanned! {span=>
+            self.core.#call::<#request_message, #response_message>(#index, request)
+        };
+        // Proving this opaque type well-formed re-checks the runtime's bounds on
+        // the message types; should they fail, the repeat of the error (already
+        // reported at the type, through the turbofish) points at the method.
+        let ret = quote_spanned! {m.ident.span()=> impl ::core::future::Future<
+            Output = ::core::result::Result<#response, ::tai_runtime::Status>,
+        > + ::core::marker::Send + '_ };
+        let docs = &m.docs;
+        let gap = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
+        let summary = format!(
+            " `{}` ({}): {}.",
+            self.path(m),
+            kind_name(m.shape.kind),
+            describe(p)
+        );
+        quote! {
+            #(#docs)*
+            #gap
+            #[doc = #summary]
+            pub fn #ident(
+                &self,
+                request: #request,
+            ) -> #ret {
+                #call_expr
+            }
+        }
+    }
+
+    /// `__TAI_SERVICE_GOVERNOR` for `trait Governor`.
+    fn static_ident(&self) -> Ident {
+        let name = self.item.ident.unraw().to_string().to_shouty_snake_case();
+        format_ident!("__TAI_SERVICE_{}", name)
+    }
+
+    /// The HTTP/2 path of a method: `/tai.v1.Governor/ProposePolicy`.
+    fn path(&self, method: &Method) -> String {
+        format!("/{}/{}", self.service_name, method.name)
+    }
+
+    /// `static __TAI_SERVICE_X: ServicePolicy = ServicePolicy { .. };`
+    fn service_policy(&self) -> TokenStream {
+        let statik = self.static_ident();
+        let name = &self.service_name;
+        let methods = self.methods.iter().zip(self.policies).map(|(m, p)| {
+            let name = &m.name;
+            let rust_name = m.ident.unraw().to_string();
+            let path = self.path(m);
+            let kind = Ident::new(&format!("{:?}", m.shape.kind), Span::call_site());
+            let idempotent = p.idempotent;
+            let timeout = Data(p.timeout);
+            let max_timeout = Data(p.max_timeout);
+            let retry = Data(p.retry.clone());
+            let hedging = Data(p.hedging.clone());
+            let breaker = Data(p.breaker.clone());
+            quote! {
+                ::tai_runtime::policy::MethodPolicy {
+                    name: #name,
+                    rust_name: #rust_name,
+                    path: #path,
+                    kind: ::tai_runtime::policy::MethodKind::#kind,
+                    idempotent: #idempotent,
+                    timeout: #timeout,
+                    max_timeout: #max_timeout,
+                    retry: #retry,
+                    hedging: #hedging,
+                    breaker: #breaker,
+                }
+            }
+        });
+        let throttle = Data(self.throttle.clone());
+        let balancer = Data(self.balancer);
+        quote! {
+            #[doc(hidden)]
+            static #statik: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy {
+                name: #name,
+                methods: &[#(#methods),*],
+                throttle: #throttle,
+                balancer: #balancer,
+            };
+        }
+    }
+
+    /// The client's doc comment, one line per method with its policy.
+    fn client_doc(&self) -> Vec<String> {
+        let trait_ident = self.item.ident.unraw();
+        let mut doc = vec![
+            format!(
+                " A resilient client of the `{}` gRPC service, generated by `#[resilient]` from [`{trait_ident}`].",
+                self.service_name
+            ),
+            String::new(),
+            " Each call runs the policy compiled in for its method:".to_owned(),
+            String::new(),
+        ];
+        for (m, p) in self.methods.iter().zip(self.policies) {
+            doc.push(format!(
+                " - `{}` → `{}` ({}): {}.",
+                m.ident.unraw(),
+                self.path(m),
+                kind_name(m.shape.kind),
+                describe(p)
+            ));
+        }
+        if let Some(t) = &self.throttle {
+            doc.push(String::new());
+            doc.push(format!(
+                " Retries and hedges are throttled for the whole client: {} tokens, {} returned per success.",
+                t.max_tokens, t.token_ratio
+            ));
+        }
+        doc.push(String::new());
+        doc.push(
+            " Create one with `connect(address)`, or with `new(transport)` / `From` over any transport; \
+             clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state."
+                .to_owned(),
+        );
+        doc
+    }
+}
+
+/// Whether a type mentions an identifier `T`, which the transport parameter would shadow.
+fn mentions_t(ty: &Type) -> bool {
+    fn walk(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|tt| match tt {
+            TokenTree::Ident(i) => i == "T",
+            TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream())
+}
