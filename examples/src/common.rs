@@ -106,6 +106,40 @@ pub(crate) trait Mutation: prost::Message + Clone {
     }
 }
 
+/// Implements [`Mutation`] for request types, each with its method's name and,
+/// for those with map fields, how to take them out (`|request| maps`).
+macro_rules! mutations {
+    ($($request:ident => $method:literal $(, |$r:ident| $maps:expr)?;)*) => {$(
+        impl Mutation for crate::proto::$request {
+            const METHOD: &'static str = $method;
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            $(fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
+                let $r = self;
+                $maps
+            })?
+        }
+    )*};
+}
+
+// Every mutation of the mesh; the rest of its methods only read.
+mutations! {
+    ProposePolicyRequest => "ProposePolicy", |r| take_map(r.policy.as_mut().map(|p| &mut p.rules));
+    EnforcePolicyRequest => "EnforcePolicy";
+    RevokePolicyRequest => "RevokePolicy";
+    SubmitSignalRequest => "SubmitSignal", |r| take_map(r.signal.as_mut().map(|s| &mut s.metadata));
+    RequestActionRequest => "RequestAction", |r| take_map(r.action.as_mut().map(|a| &mut a.parameters));
+    AcknowledgeActionRequest => "AcknowledgeAction";
+    SubmitTaskRequest => "SubmitTask", |r| take_map(Some(&mut r.parameters));
+    CancelTaskRequest => "CancelTask";
+}
+
+/// A map field taken out, if its message is there.
+fn take_map(map: Option<&mut HashMap<String, String>>) -> Vec<HashMap<String, String>> {
+    map.map(std::mem::take).into_iter().collect()
+}
+
 /// A service's state that keeps the dedup log of its mutations.
 pub(crate) trait Deduplicated {
     /// The log of the receipts of recent mutations, by request_id.

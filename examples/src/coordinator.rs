@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, Mutation, check_map,
-    check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::coordinator_server::{self, CoordinatorServer};
 use crate::proto::{
@@ -384,39 +384,6 @@ impl State {
 /// A receipt of a Coordinator mutation; nothing it changes is versioned.
 fn receipt(accepted: bool, message: String, resource: String) -> (Receipt, Option<Infallible>) {
     (common::receipt(accepted, message, resource, 0), None)
-}
-
-impl Mutation for SubmitSignalRequest {
-    const METHOD: &'static str = "SubmitSignal";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-    fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
-        self.signal
-            .as_mut()
-            .map(|s| vec![std::mem::take(&mut s.metadata)])
-            .unwrap_or_default()
-    }
-}
-
-impl Mutation for RequestActionRequest {
-    const METHOD: &'static str = "RequestAction";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-    fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
-        self.action
-            .as_mut()
-            .map(|a| vec![std::mem::take(&mut a.parameters)])
-            .unwrap_or_default()
-    }
-}
-
-impl Mutation for AcknowledgeActionRequest {
-    const METHOD: &'static str = "AcknowledgeAction";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
 }
 
 /// The stream of one StreamActions subscription: unsubscribes when dropped, so

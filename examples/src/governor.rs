@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, Mutation, check_map,
-    check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::governor_server::{self, GovernorServer};
 use crate::proto::{
@@ -146,33 +146,6 @@ impl Governor {
 fn receipt(accepted: bool, message: String, policy: &Policy) -> Receipt {
     let resource = format!("policies/{}", policy.id);
     common::receipt(accepted, message, resource, policy.version)
-}
-
-impl Mutation for ProposePolicyRequest {
-    const METHOD: &'static str = "ProposePolicy";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-    fn take_maps(&mut self) -> Vec<std::collections::HashMap<String, String>> {
-        self.policy
-            .as_mut()
-            .map(|p| vec![std::mem::take(&mut p.rules)])
-            .unwrap_or_default()
-    }
-}
-
-impl Mutation for EnforcePolicyRequest {
-    const METHOD: &'static str = "EnforcePolicy";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-}
-
-impl Mutation for RevokePolicyRequest {
-    const METHOD: &'static str = "RevokePolicy";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
 }
 
 #[tonic::async_trait]

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, Mutation, check_map,
-    check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::scheduler_server::{self, SchedulerServer};
 use crate::proto::{
@@ -447,23 +447,6 @@ fn start<H: TaskHandler>(
 
 fn receipt(accepted: bool, message: String, task_id: &str) -> Receipt {
     common::receipt(accepted, message, format!("tasks/{task_id}"), 0)
-}
-
-impl Mutation for SubmitTaskRequest {
-    const METHOD: &'static str = "SubmitTask";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-    fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
-        vec![std::mem::take(&mut self.parameters)]
-    }
-}
-
-impl Mutation for CancelTaskRequest {
-    const METHOD: &'static str = "CancelTask";
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
 }
 
 fn state_name(state: i32) -> &'static str {
