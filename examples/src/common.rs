@@ -1,18 +1,22 @@
-//! What the three services share: input checks with messages that say what to fix,
-//! timestamps, and the signal that ends open streams when a server shuts down.
+//! What the three services share: the [`Ledger`] that applies every mutation at
+//! most once per request_id, input checks with messages that say what to fix,
+//! receipts, health answers, timestamps, and the signal that ends open streams
+//! when a server shuts down.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tonic::Status;
 
-use crate::storage::{DedupLog, Seen};
+use crate::proto::{HealthStatus, Receipt, ServingStatus};
+use crate::storage::{DedupLog, Seen, fingerprint};
 
 /// Longest id (request_id, policy id, task id, ...), in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -86,33 +90,92 @@ pub(crate) fn check_map(field: &str, map: &HashMap<String, String>) -> Result<()
     Ok(())
 }
 
-/// The dedup step every mutation starts with: `Ok(Some(receipt))` answers a
-/// repeat, `Ok(None)` means apply, `Err` a request_id reused for another request.
-pub(crate) fn dedup(
-    log: &DedupLog,
-    method: &str,
-    request_id: &str,
-    fingerprint: u64,
-) -> Result<Option<crate::proto::Receipt>, Status> {
-    match log.check(request_id, fingerprint) {
-        Seen::New => Ok(None),
-        Seen::Duplicate(receipt) => Ok(Some(receipt)),
-        Seen::Conflict => Err(Status::already_exists(format!(
-            "request_id `{request_id}` was already used for a different {method} request; \
-             use a new request_id for a new change"
-        ))),
+/// A request that changes a service's state: it carries a request_id, and the
+/// service applies it at most once per request_id (see [`Ledger::mutate`]).
+pub(crate) trait Mutation: prost::Message + Clone {
+    /// The method's name, for the error that refuses a reused request_id.
+    const METHOD: &'static str;
+
+    /// The caller's id of this change.
+    fn request_id(&self) -> &str;
+
+    /// Takes the map fields out of (a copy of) the request, so that its
+    /// fingerprint does not depend on their order (see [`fingerprint`]).
+    fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
+        Vec::new()
     }
 }
 
-/// How many mutations a service applied, and how many it answered from its dedup
-/// log instead.
-#[derive(Debug, Default)]
-pub(crate) struct MutationCounts {
-    applied: AtomicU64,
-    duplicates: AtomicU64,
+/// Implements [`Mutation`] for request types, each with its method's name and,
+/// for those with map fields, how to take them out (`|request| maps`).
+macro_rules! mutations {
+    ($($request:ident => $method:literal $(, |$r:ident| $maps:expr)?;)*) => {$(
+        impl Mutation for crate::proto::$request {
+            const METHOD: &'static str = $method;
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            $(fn take_maps(&mut self) -> Vec<HashMap<String, String>> {
+                let $r = self;
+                $maps
+            })?
+        }
+    )*};
 }
 
-impl MutationCounts {
+// Every mutation of the mesh; the rest of its methods only read.
+mutations! {
+    ProposePolicyRequest => "ProposePolicy", |r| take_map(r.policy.as_mut().map(|p| &mut p.rules));
+    EnforcePolicyRequest => "EnforcePolicy";
+    RevokePolicyRequest => "RevokePolicy";
+    SubmitSignalRequest => "SubmitSignal", |r| take_map(r.signal.as_mut().map(|s| &mut s.metadata));
+    RequestActionRequest => "RequestAction", |r| take_map(r.action.as_mut().map(|a| &mut a.parameters));
+    AcknowledgeActionRequest => "AcknowledgeAction";
+    SubmitTaskRequest => "SubmitTask", |r| take_map(Some(&mut r.parameters));
+    CancelTaskRequest => "CancelTask";
+}
+
+/// A map field taken out, if its message is there.
+fn take_map(map: Option<&mut HashMap<String, String>>) -> Vec<HashMap<String, String>> {
+    map.map(std::mem::take).into_iter().collect()
+}
+
+/// A service's state that keeps the dedup log of its mutations.
+pub(crate) trait Deduplicated {
+    /// The log of the receipts of recent mutations, by request_id.
+    fn dedup_log(&mut self) -> &mut DedupLog;
+}
+
+/// A service's state behind one lock, with the rule that lets every mutation be
+/// marked idempotent: check the dedup log, apply, record the receipt, count —
+/// one step under the lock, so that a retry racing its first attempt cannot
+/// apply twice. Changes a mutation publishes (`U`) are sent under the same lock,
+/// so subscribers see them in the order they were applied.
+pub(crate) struct Ledger<S, U> {
+    state: Mutex<S>,
+    updates: broadcast::Sender<U>,
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    started: SystemTime,
+}
+
+impl<S: Deduplicated, U: Clone> Ledger<S, U> {
+    /// A ledger over `state`, whose subscribers may fall `update_buffer` changes behind.
+    pub(crate) fn new(state: S, update_buffer: usize) -> Self {
+        Self {
+            state: Mutex::new(state),
+            updates: broadcast::channel(update_buffer.max(1)).0,
+            applied: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// The state; a panic while it was held does not lock everyone out.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Mutations applied (duplicates not counted).
     pub(crate) fn applied(&self) -> u64 {
         self.applied.load(Ordering::Relaxed)
@@ -123,29 +186,95 @@ impl MutationCounts {
         self.duplicates.load(Ordering::Relaxed)
     }
 
-    /// Applies a mutation at most once per `request_id`, the rule that lets every
-    /// mutation be marked idempotent: a repeat gets the first receipt back and
-    /// changes nothing (`None` for the side product), a reused id with a different
-    /// request is refused. The caller holds its state's lock across the call, so
-    /// the check, the change and the record are one step.
-    pub(crate) fn apply_once<S, T>(
+    /// When the service started, for its health.
+    pub(crate) fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Sends a change to the subscribers (those that are there).
+    pub(crate) fn publish(&self, update: U) {
+        let _ = self.updates.send(update);
+    }
+
+    /// A subscription to the changes published from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<U> {
+        self.updates.subscribe()
+    }
+
+    /// Applies `request` at most once per request_id: a repeat (same request_id,
+    /// same fingerprint) gets the first receipt back, marked duplicate, and
+    /// changes nothing; a request_id reused for a different request is refused
+    /// with ALREADY_EXISTS. `apply` runs under the lock and returns the receipt
+    /// and the change to publish, if any; its errors are not recorded, so a
+    /// corrected retry with the same request_id can still succeed.
+    pub(crate) fn mutate<R: Mutation>(
         &self,
-        state: &mut S,
-        log: fn(&mut S) -> &mut DedupLog,
-        method: &str,
-        request_id: &str,
-        fingerprint: u64,
-        apply: impl FnOnce(&mut S) -> Result<(crate::proto::Receipt, T), Status>,
-    ) -> Result<(crate::proto::Receipt, Option<T>), Status> {
-        if let Some(receipt) = dedup(log(state), method, request_id, fingerprint)? {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok((receipt, None));
+        request: &R,
+        apply: impl FnOnce(&mut S) -> Result<(Receipt, Option<U>), Status>,
+    ) -> Result<Receipt, Status> {
+        let fingerprint = fingerprint(request, R::take_maps);
+        let request_id = require_id("request_id", request.request_id())?;
+        let mut state = self.lock();
+        match state.dedup_log().check(request_id, fingerprint) {
+            Seen::New => {}
+            Seen::Duplicate(receipt) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(receipt);
+            }
+            Seen::Conflict => {
+                return Err(Status::already_exists(format!(
+                    "request_id `{request_id}` was already used for a different {} request; \
+                     use a new request_id for a new change",
+                    R::METHOD
+                )));
+            }
         }
-        let (mut receipt, product) = apply(state)?;
+        let (mut receipt, update) = apply(&mut state)?;
         receipt.id = request_id.to_owned();
-        log(state).record(request_id, fingerprint, receipt.clone());
+        state
+            .dedup_log()
+            .record(request_id, fingerprint, receipt.clone());
         self.applied.fetch_add(1, Ordering::Relaxed);
-        Ok((receipt, Some(product)))
+        if let Some(update) = update {
+            self.publish(update);
+        }
+        Ok(receipt)
+    }
+}
+
+/// A service's HealthCheck answer: NOT_SERVING once its server is shutting
+/// down, with the service's own `details`.
+pub(crate) fn health_status(
+    service: &str,
+    started: SystemTime,
+    closing: &Closing,
+    details: HashMap<String, String>,
+) -> HealthStatus {
+    let status = if closing.is_closing() {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    HealthStatus {
+        status: status as i32,
+        service: service.to_owned(),
+        version: VERSION.to_owned(),
+        timestamp: Some(now()),
+        uptime: Some(proto_duration(since(started))),
+        details,
+    }
+}
+
+/// The receipt of a mutation of `resource`; [`Ledger::mutate`] fills in its id.
+pub(crate) fn receipt(accepted: bool, message: String, resource: String, version: u64) -> Receipt {
+    Receipt {
+        id: String::new(),
+        accepted,
+        message,
+        timestamp: Some(now()),
+        duplicate: false,
+        resource,
+        version,
     }
 }
 

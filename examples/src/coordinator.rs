@@ -11,11 +11,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -23,15 +24,15 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::coordinator_server::{self, CoordinatorServer};
 use crate::proto::{
     AcknowledgeActionRequest, Action, CoordinationStatus, GetStatusRequest, HealthCheckRequest,
-    HealthStatus, Receipt, RequestActionRequest, ServingStatus, Signal, StreamActionsRequest,
-    SubmitSignalRequest,
+    HealthStatus, Receipt, RequestActionRequest, Signal, StreamActionsRequest, SubmitSignalRequest,
 };
-use crate::storage::{DedupLog, MemoryStorage, Storage, StorageError, fingerprint};
+use crate::storage::{DedupLog, MemoryStorage, Storage, StorageError};
 
 /// The fully qualified service name.
 pub const SERVICE_NAME: &str = "tai.v1.mesh.Coordinator";
@@ -87,10 +88,10 @@ pub struct Coordinator {
 }
 
 struct Inner {
-    state: Mutex<State>,
-    started: SystemTime,
+    /// Signals and actions; subscribers get actions by dispatch, not by
+    /// published changes, so a mutation publishes nothing.
+    ledger: Ledger<State, Infallible>,
     reaper_started: AtomicBool,
-    counts: MutationCounts,
 }
 
 struct InFlight {
@@ -127,6 +128,12 @@ struct State {
     redeliveries: u64,
 }
 
+impl Deduplicated for State {
+    fn dedup_log(&mut self) -> &mut DedupLog {
+        &mut self.dedup
+    }
+}
+
 impl Default for Coordinator {
     fn default() -> Self {
         Self::new()
@@ -158,26 +165,27 @@ impl Coordinator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    dedup: DedupLog::new(DEDUP_CAPACITY),
-                    signals,
-                    signal_order: VecDeque::new(),
-                    signals_received: 0,
-                    signals_by_type: HashMap::new(),
-                    actions,
-                    queue: BTreeSet::new(),
-                    in_flight: HashMap::new(),
-                    acknowledged_order: VecDeque::new(),
-                    subscribers: BTreeMap::new(),
-                    next_subscription: 0,
-                    next_seq: 0,
-                    rotate: 0,
-                    acknowledged: 0,
-                    redeliveries: 0,
-                }),
-                started: SystemTime::now(),
+                ledger: Ledger::new(
+                    State {
+                        dedup: DedupLog::new(DEDUP_CAPACITY),
+                        signals,
+                        signal_order: VecDeque::new(),
+                        signals_received: 0,
+                        signals_by_type: HashMap::new(),
+                        actions,
+                        queue: BTreeSet::new(),
+                        in_flight: HashMap::new(),
+                        acknowledged_order: VecDeque::new(),
+                        subscribers: BTreeMap::new(),
+                        next_subscription: 0,
+                        next_seq: 0,
+                        rotate: 0,
+                        acknowledged: 0,
+                        redeliveries: 0,
+                    },
+                    1,
+                ),
                 reaper_started: AtomicBool::new(false),
-                counts: MutationCounts::default(),
             }),
             closing: Closing::never(),
         }
@@ -196,12 +204,12 @@ impl Coordinator {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.counts.applied()
+        self.inner.ledger.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.counts.duplicates()
+        self.inner.ledger.duplicates()
     }
 
     /// The counts GetStatus reports.
@@ -222,29 +230,6 @@ impl Coordinator {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.inner)
-    }
-
-    fn mutate<F>(
-        &self,
-        method: &str,
-        request_id: &str,
-        fp: u64,
-        apply: F,
-    ) -> Result<Receipt, Status>
-    where
-        F: FnOnce(&mut State) -> Result<Receipt, Status>,
-    {
-        let request_id = require_id("request_id", request_id)?;
-        let mut state = self.lock();
-        let (receipt, _) = self.inner.counts.apply_once(
-            &mut *state,
-            |s| &mut s.dedup,
-            method,
-            request_id,
-            fp,
-            |s| apply(s).map(|r| (r, ())),
-        )?;
-        Ok(receipt)
     }
 
     /// Starts the task that redelivers actions whose ack timeout passed; it ends
@@ -280,7 +265,7 @@ impl Coordinator {
 }
 
 fn lock(inner: &Inner) -> MutexGuard<'_, State> {
-    inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    inner.ledger.lock()
 }
 
 impl State {
@@ -396,16 +381,9 @@ impl State {
     }
 }
 
-fn receipt(accepted: bool, message: String, resource: String) -> Receipt {
-    Receipt {
-        id: String::new(),
-        accepted,
-        message,
-        timestamp: Some(common::now()),
-        duplicate: false,
-        resource,
-        version: 0,
-    }
+/// A receipt of a Coordinator mutation; nothing it changes is versioned.
+fn receipt(accepted: bool, message: String, resource: String) -> (Receipt, Option<Infallible>) {
+    (common::receipt(accepted, message, resource, 0), None)
 }
 
 /// The stream of one StreamActions subscription: unsubscribes when dropped, so
@@ -441,13 +419,7 @@ impl coordinator_server::Coordinator for Coordinator {
         request: Request<SubmitSignalRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |r| {
-            r.signal
-                .as_mut()
-                .map(|s| vec![std::mem::take(&mut s.metadata)])
-                .unwrap_or_default()
-        });
-        let receipt = self.mutate("SubmitSignal", &request.request_id, fp, |state| {
+        let receipt = self.inner.ledger.mutate(&request, |state| {
             let Some(mut signal) = request.signal.clone() else {
                 return Err(Status::invalid_argument("signal is required"));
             };
@@ -506,13 +478,7 @@ impl coordinator_server::Coordinator for Coordinator {
         request: Request<RequestActionRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |r| {
-            r.action
-                .as_mut()
-                .map(|a| vec![std::mem::take(&mut a.parameters)])
-                .unwrap_or_default()
-        });
-        let receipt = self.mutate("RequestAction", &request.request_id, fp, |state| {
+        let receipt = self.inner.ledger.mutate(&request, |state| {
             let Some(mut action) = request.action.clone() else {
                 return Err(Status::invalid_argument("action is required"));
             };
@@ -625,8 +591,7 @@ impl coordinator_server::Coordinator for Coordinator {
         request: Request<AcknowledgeActionRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |_| Vec::new());
-        let receipt = self.mutate("AcknowledgeAction", &request.request_id, fp, |state| {
+        let receipt = self.inner.ledger.mutate(&request, |state| {
             let id = require_id("action_id", &request.action_id)?;
             check_text("subscriber_id", &request.subscriber_id, common::MAX_ID_LEN)?;
             check_text("message", &request.message, 1024)?;
@@ -684,37 +649,30 @@ impl coordinator_server::Coordinator for Coordinator {
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthStatus>, Status> {
         let status = self.status();
-        let serving = if self.closing.is_closing() {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
         let subscribers: Vec<String> = {
             let state = self.lock();
             state.subscribers.values().map(|s| s.id.clone()).collect()
         };
-        Ok(Response::new(HealthStatus {
-            status: serving as i32,
-            service: SERVICE_NAME.to_owned(),
-            version: common::VERSION.to_owned(),
-            timestamp: Some(common::now()),
-            uptime: Some(common::proto_duration(common::since(self.inner.started))),
-            details: [
-                (
-                    "actions_pending".to_owned(),
-                    status.actions_pending.to_string(),
-                ),
-                (
-                    "actions_in_flight".to_owned(),
-                    status.actions_in_flight.to_string(),
-                ),
-                ("subscribers".to_owned(), subscribers.join(",")),
-                (
-                    "signals_received".to_owned(),
-                    status.signals_received.to_string(),
-                ),
-            ]
-            .into(),
-        }))
+        let details = [
+            (
+                "actions_pending".to_owned(),
+                status.actions_pending.to_string(),
+            ),
+            (
+                "actions_in_flight".to_owned(),
+                status.actions_in_flight.to_string(),
+            ),
+            ("subscribers".to_owned(), subscribers.join(",")),
+            (
+                "signals_received".to_owned(),
+                status.signals_received.to_string(),
+            ),
+        ];
+        Ok(Response::new(common::health_status(
+            SERVICE_NAME,
+            self.inner.ledger.started(),
+            &self.closing,
+            details.into(),
+        )))
     }
 }

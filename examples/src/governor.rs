@@ -7,23 +7,23 @@
 //! back, where without deduplication it would be rejected as stale — or, with a
 //! version of 0 ("next"), would propose a second version.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, MutexGuard};
 
 use futures_util::stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::governor_server::{self, GovernorServer};
 use crate::proto::{
     EnforcePolicyRequest, GetPoliciesRequest, GetPoliciesResponse, HealthCheckRequest,
     HealthStatus, Policy, PolicyState, ProposePolicyRequest, Receipt, RevokePolicyRequest,
-    ServingStatus, StreamPoliciesRequest,
+    StreamPoliciesRequest,
 };
-use crate::storage::{DedupLog, MemoryStorage, Storage, fingerprint};
+use crate::storage::{DedupLog, MemoryStorage, Storage};
 
 /// How many policies the default in-memory store holds.
 pub const DEFAULT_MAX_POLICIES: usize = 10_000;
@@ -35,20 +35,20 @@ const UPDATE_BUFFER: usize = 1024;
 /// The Governor: a cheap handle; clones share one state.
 #[derive(Clone)]
 pub struct Governor {
-    inner: Arc<Inner>,
+    /// The policies; a mutation publishes the policy it changed.
+    ledger: Arc<Ledger<State, Policy>>,
     closing: Closing,
-}
-
-struct Inner {
-    state: Mutex<State>,
-    updates: broadcast::Sender<Policy>,
-    started: SystemTime,
-    counts: MutationCounts,
 }
 
 struct State {
     policies: Box<dyn Storage<Policy>>,
     dedup: DedupLog,
+}
+
+impl Deduplicated for State {
+    fn dedup_log(&mut self) -> &mut DedupLog {
+        &mut self.dedup
+    }
 }
 
 impl Default for Governor {
@@ -74,16 +74,12 @@ impl Governor {
 
     /// A Governor keeping its policies in `storage`.
     pub fn with_storage(storage: Box<dyn Storage<Policy>>) -> Self {
+        let state = State {
+            policies: storage,
+            dedup: DedupLog::new(DEDUP_CAPACITY),
+        };
         Self {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    policies: storage,
-                    dedup: DedupLog::new(DEDUP_CAPACITY),
-                }),
-                updates: broadcast::channel(UPDATE_BUFFER).0,
-                started: SystemTime::now(),
-                counts: MutationCounts::default(),
-            }),
+            ledger: Arc::new(Ledger::new(state, UPDATE_BUFFER)),
             closing: Closing::never(),
         }
     }
@@ -101,44 +97,16 @@ impl Governor {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.counts.applied()
+        self.ledger.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.counts.duplicates()
+        self.ledger.duplicates()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs a mutation: dedup, then `apply` under the lock, then record its receipt.
-    fn mutate<F>(
-        &self,
-        method: &str,
-        request_id: &str,
-        fp: u64,
-        apply: F,
-    ) -> Result<Receipt, Status>
-    where
-        F: FnOnce(&mut State) -> Result<(Receipt, Option<Policy>), Status>,
-    {
-        let request_id = require_id("request_id", request_id)?;
-        let mut state = self.lock();
-        let (receipt, changed) = self.inner.counts.apply_once(
-            &mut *state,
-            |s| &mut s.dedup,
-            method,
-            request_id,
-            fp,
-            apply,
-        )?;
-        if let Some(policy) = changed.flatten() {
-            // Sent under the lock, so subscribers see changes in the order applied.
-            let _ = self.inner.updates.send(policy);
-        }
-        Ok(receipt)
+        self.ledger.lock()
     }
 
     /// The current policy `id`, for Enforce and Revoke: exists, and at `version`.
@@ -176,22 +144,8 @@ impl Governor {
 }
 
 fn receipt(accepted: bool, message: String, policy: &Policy) -> Receipt {
-    Receipt {
-        id: String::new(),
-        accepted,
-        message,
-        timestamp: Some(common::now()),
-        duplicate: false,
-        resource: format!("policies/{}", policy.id),
-        version: policy.version,
-    }
-}
-
-fn take_rules(r: &mut ProposePolicyRequest) -> Vec<std::collections::HashMap<String, String>> {
-    r.policy
-        .as_mut()
-        .map(|p| vec![std::mem::take(&mut p.rules)])
-        .unwrap_or_default()
+    let resource = format!("policies/{}", policy.id);
+    common::receipt(accepted, message, resource, policy.version)
 }
 
 #[tonic::async_trait]
@@ -201,8 +155,7 @@ impl governor_server::Governor for Governor {
         request: Request<ProposePolicyRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, take_rules);
-        let receipt = self.mutate("ProposePolicy", &request.request_id, fp, |state| {
+        let receipt = self.ledger.mutate(&request, |state| {
             let Some(proposal) = request.policy.clone() else {
                 return Err(Status::invalid_argument("policy is required"));
             };
@@ -247,8 +200,7 @@ impl governor_server::Governor for Governor {
         request: Request<EnforcePolicyRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |_| Vec::new());
-        let receipt = self.mutate("EnforcePolicy", &request.request_id, fp, |state| {
+        let receipt = self.ledger.mutate(&request, |state| {
             let id = require_id("policy_id", &request.policy_id)?;
             let mut policy = Self::current(state, id, request.version, "enforce")?;
             match PolicyState::try_from(policy.state) {
@@ -279,8 +231,7 @@ impl governor_server::Governor for Governor {
         request: Request<RevokePolicyRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |_| Vec::new());
-        let receipt = self.mutate("RevokePolicy", &request.request_id, fp, |state| {
+        let receipt = self.ledger.mutate(&request, |state| {
             let id = require_id("policy_id", &request.policy_id)?;
             check_text("reason", &request.reason, 1024)?;
             let mut policy = Self::current(state, id, request.version, "revoke")?;
@@ -339,7 +290,7 @@ impl governor_server::Governor for Governor {
         // Subscribe and snapshot under one lock: no change falls between the two.
         let (rx, first) = {
             let state = self.lock();
-            let rx = self.inner.updates.subscribe();
+            let rx = self.ledger.subscribe();
             let mut first = Vec::new();
             if r.include_existing {
                 state.policies.for_each(&mut |_, p| {
@@ -397,24 +348,17 @@ impl governor_server::Governor for Governor {
                 .for_each(&mut |_, p| enforced += usize::from(p.enabled));
             (state.policies.len(), enforced)
         };
-        let status = if self.closing.is_closing() {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
-        Ok(Response::new(HealthStatus {
-            status: status as i32,
-            service: SERVICE_NAME.to_owned(),
-            version: common::VERSION.to_owned(),
-            timestamp: Some(common::now()),
-            uptime: Some(common::proto_duration(common::since(self.inner.started))),
-            details: [
-                ("policies".to_owned(), total.to_string()),
-                ("enforced".to_owned(), enforced.to_string()),
-                ("applied".to_owned(), self.applied().to_string()),
-                ("duplicates".to_owned(), self.duplicates().to_string()),
-            ]
-            .into(),
-        }))
+        let details = [
+            ("policies".to_owned(), total.to_string()),
+            ("enforced".to_owned(), enforced.to_string()),
+            ("applied".to_owned(), self.applied().to_string()),
+            ("duplicates".to_owned(), self.duplicates().to_string()),
+        ];
+        Ok(Response::new(common::health_status(
+            SERVICE_NAME,
+            self.ledger.started(),
+            &self.closing,
+            details.into(),
+        )))
     }
 }

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{FutureExt, stream};
@@ -26,17 +26,20 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::common::{
-    self, BoxStream, Closing, DEDUP_CAPACITY, MutationCounts, check_map, check_text, require_id,
+    self, BoxStream, Closing, DEDUP_CAPACITY, Deduplicated, Ledger, check_map, check_text,
+    require_id,
 };
 use crate::proto::scheduler_server::{self, SchedulerServer};
 use crate::proto::{
     CancelTaskRequest, GetTaskStatusRequest, HealthCheckRequest, HealthStatus, Receipt,
-    ServingStatus, StreamTaskUpdatesRequest, SubmitTaskRequest, TaskState, TaskStatus, TaskUpdate,
+    StreamTaskUpdatesRequest, SubmitTaskRequest, TaskState, TaskStatus, TaskUpdate,
 };
-use crate::storage::{DedupLog, MemoryStorage, Storage, StorageError, fingerprint};
+use crate::storage::{DedupLog, MemoryStorage, Storage, StorageError};
 
 /// The fully qualified service name.
 pub const SERVICE_NAME: &str = "tai.v1.mesh.Scheduler";
+/// Transitions a slow StreamTaskUpdates subscriber may fall behind before it is resynced.
+const UPDATE_BUFFER: usize = 4096;
 
 /// A task as its handler sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,15 +198,13 @@ impl<H: TaskHandler> std::fmt::Debug for Scheduler<H> {
 }
 
 struct Inner<H> {
-    state: Mutex<State>,
+    /// The tasks; every transition is published, by a mutation or by the runner.
+    ledger: Ledger<State, TaskUpdate>,
     handler: Arc<H>,
-    updates: broadcast::Sender<TaskUpdate>,
     /// Wakes the runner: a task was added, or the Scheduler is being dropped.
     wake: Arc<Notify>,
     permits: Arc<Semaphore>,
     runner_started: AtomicBool,
-    started: SystemTime,
-    counts: MutationCounts,
 }
 
 impl<H> Drop for Inner<H> {
@@ -221,6 +222,12 @@ struct State {
     due_keys: HashMap<String, (Instant, Reverse<i32>, u64, String)>,
     ended: VecDeque<String>,
     next_seq: u64,
+}
+
+impl Deduplicated for State {
+    fn dedup_log(&mut self) -> &mut DedupLog {
+        &mut self.dedup
+    }
 }
 
 impl Default for Scheduler<DemoHandler> {
@@ -249,21 +256,21 @@ impl<H: TaskHandler> Scheduler<H> {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    dedup: DedupLog::new(DEDUP_CAPACITY),
-                    tasks: storage,
-                    due: BTreeSet::new(),
-                    due_keys: HashMap::new(),
-                    ended: VecDeque::new(),
-                    next_seq: 0,
-                }),
+                ledger: Ledger::new(
+                    State {
+                        dedup: DedupLog::new(DEDUP_CAPACITY),
+                        tasks: storage,
+                        due: BTreeSet::new(),
+                        due_keys: HashMap::new(),
+                        ended: VecDeque::new(),
+                        next_seq: 0,
+                    },
+                    UPDATE_BUFFER,
+                ),
                 handler: Arc::new(handler),
-                updates: broadcast::channel(4096).0,
                 wake: Arc::new(Notify::new()),
                 permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
                 runner_started: AtomicBool::new(false),
-                started: SystemTime::now(),
-                counts: MutationCounts::default(),
             }),
             closing: Closing::never(),
         }
@@ -283,12 +290,12 @@ impl<H: TaskHandler> Scheduler<H> {
 
     /// Mutations applied (duplicates not counted).
     pub fn applied(&self) -> u64 {
-        self.inner.counts.applied()
+        self.inner.ledger.applied()
     }
 
     /// Mutations answered from the dedup log without being applied.
     pub fn duplicates(&self) -> u64 {
-        self.inner.counts.duplicates()
+        self.inner.ledger.duplicates()
     }
 
     /// How many tasks are in each state.
@@ -307,32 +314,6 @@ impl<H: TaskHandler> Scheduler<H> {
         lock(&self.inner)
     }
 
-    fn mutate<F>(
-        &self,
-        method: &str,
-        request_id: &str,
-        fp: u64,
-        apply: F,
-    ) -> Result<Receipt, Status>
-    where
-        F: FnOnce(&mut State) -> Result<(Receipt, Option<TaskUpdate>), Status>,
-    {
-        let request_id = require_id("request_id", request_id)?;
-        let mut state = self.lock();
-        let (receipt, update) = self.inner.counts.apply_once(
-            &mut *state,
-            |s| &mut s.dedup,
-            method,
-            request_id,
-            fp,
-            apply,
-        )?;
-        if let Some(update) = update.flatten() {
-            let _ = self.inner.updates.send(update);
-        }
-        Ok(receipt)
-    }
-
     /// Starts the runner (once): it sleeps until the next task is due, runs it on
     /// a permit, and ends when the last handle of this Scheduler is dropped.
     fn start_runner(&self) {
@@ -347,7 +328,7 @@ impl<H: TaskHandler> Scheduler<H> {
 }
 
 fn lock<H>(inner: &Inner<H>) -> MutexGuard<'_, State> {
-    inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    inner.ledger.lock()
 }
 
 fn update(task: &TaskStatus, previous: TaskState, message: String) -> TaskUpdate {
@@ -420,9 +401,9 @@ fn start<H: TaskHandler>(
     status.state = TaskState::Running as i32;
     status.started_at = Some(common::now());
     let _ = state.tasks.put(id, status.clone());
-    let _ = inner
-        .updates
-        .send(update(&status, TaskState::Scheduled, "started".to_owned()));
+    inner
+        .ledger
+        .publish(update(&status, TaskState::Scheduled, "started".to_owned()));
     let task = Task {
         id: id.to_owned(),
         task_type: status.task_type.clone(),
@@ -458,22 +439,14 @@ fn start<H: TaskHandler>(
         let id = status.task_id.clone();
         let _ = state.tasks.put(&id, status.clone());
         state.ended.push_back(id);
-        let _ = inner
-            .updates
-            .send(update(&status, TaskState::Running, message));
+        inner
+            .ledger
+            .publish(update(&status, TaskState::Running, message));
     });
 }
 
 fn receipt(accepted: bool, message: String, task_id: &str) -> Receipt {
-    Receipt {
-        id: String::new(),
-        accepted,
-        message,
-        timestamp: Some(common::now()),
-        duplicate: false,
-        resource: format!("tasks/{task_id}"),
-        version: 0,
-    }
+    common::receipt(accepted, message, format!("tasks/{task_id}"), 0)
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -494,9 +467,8 @@ impl<H: TaskHandler> scheduler_server::Scheduler for Scheduler<H> {
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |r| vec![std::mem::take(&mut r.parameters)]);
         let handler = Arc::clone(&self.inner.handler);
-        let receipt = self.mutate("SubmitTask", &request.request_id, fp, |state| {
+        let receipt = self.inner.ledger.mutate(&request, |state| {
             let task_id = if request.task_id.is_empty() {
                 request.request_id.as_str()
             } else {
@@ -586,8 +558,7 @@ impl<H: TaskHandler> scheduler_server::Scheduler for Scheduler<H> {
         request: Request<CancelTaskRequest>,
     ) -> Result<Response<Receipt>, Status> {
         let request = request.into_inner();
-        let fp = fingerprint(&request, |_| Vec::new());
-        let receipt = self.mutate("CancelTask", &request.request_id, fp, |state| {
+        let receipt = self.inner.ledger.mutate(&request, |state| {
             let id = require_id("task_id", &request.task_id)?;
             check_text("reason", &request.reason, 1024)?;
             let Some(mut status) = state.tasks.get(id) else {
@@ -680,7 +651,7 @@ impl<H: TaskHandler> scheduler_server::Scheduler for Scheduler<H> {
         };
         // Subscribe before the snapshot: a transition in between is sent twice
         // (as current state and as an update), never not at all.
-        let rx = self.inner.updates.subscribe();
+        let rx = self.inner.ledger.subscribe();
         let first = if r.include_current {
             current()
         } else {
@@ -716,11 +687,6 @@ impl<H: TaskHandler> scheduler_server::Scheduler for Scheduler<H> {
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthStatus>, Status> {
         let counts = self.counts();
-        let serving = if self.closing.is_closing() {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
         let mut details: HashMap<String, String> = counts
             .into_iter()
             .map(|(s, n)| (state_name(s as i32).to_owned(), n.to_string()))
@@ -729,13 +695,11 @@ impl<H: TaskHandler> scheduler_server::Scheduler for Scheduler<H> {
             "running_slots_free".to_owned(),
             self.inner.permits.available_permits().to_string(),
         );
-        Ok(Response::new(HealthStatus {
-            status: serving as i32,
-            service: SERVICE_NAME.to_owned(),
-            version: common::VERSION.to_owned(),
-            timestamp: Some(common::now()),
-            uptime: Some(common::proto_duration(common::since(self.inner.started))),
+        Ok(Response::new(common::health_status(
+            SERVICE_NAME,
+            self.inner.ledger.started(),
+            &self.closing,
             details,
-        }))
+        )))
     }
 }
