@@ -33,16 +33,16 @@ impl RetryDecider {
     /// (under the client's jitter lock).
     pub fn backoff(&self, policy: &RetryPolicy, n: u32) -> Duration {
         let mut rng = crate::sync::lock(&self.rng);
-        crate::backoff::delay(policy, n, &mut *rng)
+        crate::client::backoff::delay(policy, n, &mut *rng)
     }
 
     /// What the server's `grpc-retry-pushback-ms` says: `None` (no header),
     /// `Some(None)` (do not retry), `Some(Some(d))` (retry after `d`).
     pub fn pushback(metadata: &MetadataMap) -> Option<Option<Duration>> {
-        match crate::pushback::Pushback::from_metadata(metadata) {
-            crate::pushback::Pushback::None => None,
-            crate::pushback::Pushback::Stop => Some(None),
-            crate::pushback::Pushback::After(d) => Some(Some(d)),
+        match crate::wire::pushback::Pushback::from_metadata(metadata) {
+            crate::wire::pushback::Pushback::None => None,
+            crate::wire::pushback::Pushback::Stop => Some(None),
+            crate::wire::pushback::Pushback::After(d) => Some(Some(d)),
         }
     }
 
@@ -50,7 +50,7 @@ impl RetryDecider {
     /// `status`, made by the engine's own retry step (pushback, retryable code,
     /// attempt limit, backoff), without throttling: `Some(delay)` to retry.
     pub fn decide(&self, policy: &RetryPolicy, status: &Status, previous: u32) -> Option<Duration> {
-        let mut retries = crate::retry::Retries::after(previous);
+        let mut retries = crate::client::retry::Retries::after(previous);
         let mut rng = crate::sync::lock(&self.rng);
         retries.next_delay(policy, status, None, &mut *rng)
     }
@@ -74,17 +74,17 @@ impl MethodMetrics {
 
 /// The deadline of a call under `policy`, as the engine computes it at call start.
 pub fn deadline_for_call(policy: &MethodPolicy) -> Option<Instant> {
-    crate::deadline::for_call(policy, Instant::now()).map(|d| d.at)
+    crate::client::deadline::for_call(policy, Instant::now()).map(|d| d.at)
 }
 
 /// The per-attempt deadline check: the time left, `None` if it has passed.
 pub fn deadline_remaining(deadline: Instant) -> Option<Duration> {
-    crate::deadline::remaining(deadline)
+    crate::client::deadline::remaining(deadline)
 }
 
 /// A client's deadline timer (`timer.rs`), as every attempt of the client uses it.
 #[derive(Debug, Default)]
-pub struct DeadlineTimer(crate::timer::DeadlineTimer);
+pub struct DeadlineTimer(crate::client::timer::DeadlineTimer);
 
 impl DeadlineTimer {
     /// Runs `exchange` under `deadline` as an attempt does: the exchange first,
@@ -101,8 +101,13 @@ impl DeadlineTimer {
             if let std::task::Poll::Ready(out) = exchange.as_mut().poll(cx) {
                 return std::task::Poll::Ready(Some(out));
             }
-            crate::timer::DeadlineTimer::poll_expired(&mut registration, || &self.0, deadline, cx)
-                .map(|()| None)
+            crate::client::timer::DeadlineTimer::poll_expired(
+                &mut registration,
+                || &self.0,
+                deadline,
+                cx,
+            )
+            .map(|()| None)
         })
         .await
     }

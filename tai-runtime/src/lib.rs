@@ -30,36 +30,29 @@
 
 #![forbid(unsafe_code)]
 
-mod backoff;
 #[doc(hidden)]
 pub mod bench_support;
-pub mod breaker;
-mod call;
 pub mod channel;
-mod codec;
+mod client;
 pub mod config;
-mod deadline;
 mod error;
 pub mod metrics;
 pub mod policy;
-mod pushback;
-mod retry;
 #[cfg(feature = "server")]
 pub mod server;
-mod state;
-mod stream;
 mod sync;
-pub mod throttle;
-mod timer;
-mod transport;
 mod wire;
 
-pub use breaker::{BreakerState, TripReason};
+/// A boxed error, as tower and tonic pass them around.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub use channel::{Channel, ConnectivityState, Endpoints};
-pub use deadline::with_timeout;
+pub use client::breaker::{self, BreakerState, TripReason};
+pub use client::deadline::with_timeout;
+pub use client::state::{ClientState, Resilient};
+pub use client::stream::{RequestStream, ResponseStream};
+pub use client::throttle;
 pub use error::ConnectError;
-pub use state::{ClientState, Resilient};
-pub use stream::{RequestStream, ResponseStream};
 pub use tai_macros::resilient;
 pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
 
@@ -97,8 +90,10 @@ macro_rules! include_descriptor_set {
 /// public API: it changes with the macro.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{ClientCore, RequestMessage, ResponseMessage, Transport, connect};
-    pub use crate::state::ClientState;
+    pub use crate::client::core::{
+        ClientCore, RequestMessage, ResponseMessage, Transport, connect,
+    };
+    pub use crate::client::state::ClientState;
     pub use prost;
     pub use prost_types;
     pub use tonic;

@@ -29,7 +29,7 @@ use crate::config::{ConnectionConfig, KeepaliveConfig};
 
 pub(crate) type Sender = SendRequest<tonic::body::Body>;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// A connection slot and what its driver publishes about it.
 pub(crate) struct Connection {

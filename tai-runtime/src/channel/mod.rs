@@ -72,7 +72,7 @@ use endpoint::{CallResult, EjectionBudget, Endpoint};
 
 use crate::config::{BalancerKind, ClientConfig};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Transparent re-sends of one call, at most: enough to step past every closing
 /// connection of a small cluster, never a loop.
@@ -377,7 +377,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(crate::wire::GRPC_STATUS)
         .map(|v| Code::from_bytes(v.as_bytes()))
 }
 

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::timer::{DeadlineTimer, Registration};
+use crate::client::timer::{DeadlineTimer, Registration};
 use crate::wire::GRPC_TIMEOUT;
 
 /// How much earlier than the caller's deadline the server gives up.
@@ -79,24 +79,6 @@ pub struct Deadline<S> {
     deadlines: Arc<DeadlineTimer>,
 }
 
-/// Parses a `grpc-timeout` header value (`"100m"`, `"2S"`, ...).
-pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n.checked_mul(3600)?),
-        b'M' => Duration::from_secs(n.checked_mul(60)?),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 impl<S> Deadline<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
@@ -114,7 +96,7 @@ where
         let limit = request
             .headers()
             .get(GRPC_TIMEOUT)
-            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+            .and_then(|v| crate::wire::timeout::decode(v.as_bytes()))
             .map(|timeout| Limit {
                 at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
                 timeout,
@@ -200,25 +182,5 @@ where
         ));
         *this.limit = None;
         Poll::Ready(Ok(status.into_http()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeout() {
-        assert_eq!(
-            parse_grpc_timeout(b"100m"),
-            Some(Duration::from_millis(100))
-        );
-        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse_grpc_timeout(b"123456789n"), None, "at most 8 digits");
-        assert_eq!(parse_grpc_timeout(b"m"), None);
-        assert_eq!(parse_grpc_timeout(b"10x"), None);
-        assert_eq!(parse_grpc_timeout(b"-1S"), None);
     }
 }

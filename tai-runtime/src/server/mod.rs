@@ -36,5 +36,5 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod reflection;
 
-pub use deadline::parse_grpc_timeout;
+pub use crate::wire::timeout::decode as parse_grpc_timeout;
 pub use layer::{ServerFuture, ServerLayer, ServerService};

@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 use super::key::{ClientKey, KeyBy};
 use super::store::{ClientStore, DEFAULT_MAX_CLIENTS};
 
-const PUSHBACK: &str = "grpc-retry-pushback-ms";
+use crate::wire::GRPC_RETRY_PUSHBACK_MS as PUSHBACK;
 
 #[derive(Clone, Debug)]
 struct Settings<C> {

@@ -4,6 +4,9 @@
 //! Header names are `const` [`HeaderName`]s (checked at compile time, no
 //! run-time validation or allocation on the call path).
 
+pub(crate) mod pushback;
+pub(crate) mod timeout;
+
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderName, StatusCode};
 use tonic::Code;
@@ -20,6 +23,9 @@ pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
 /// How many attempts of a call came before this one (gRFC A6); a metadata key,
 /// since the attempt sets it on tonic's request.
 pub(crate) const GRPC_PREVIOUS_RPC_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
+
+/// The server's word on retrying, in milliseconds (gRFC A6); a metadata key.
+pub(crate) const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 
 /// The base64 flavour tonic decodes `grpc-status-details-bin` with: the standard
 /// alphabet, padding optional. A value it rejects would make tonic panic.

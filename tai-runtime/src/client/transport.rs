@@ -36,7 +36,7 @@ use tonic::{Code, Status};
 
 use crate::wire;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// The transport of one attempt: the client's transport, the attempt's
 /// `grpc-timeout`, and the screen described in the module docs.

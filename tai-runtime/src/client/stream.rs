@@ -8,8 +8,8 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status, Streaming};
 
-use crate::breaker::{Permit, Ticket};
-use crate::state::ClientState;
+use crate::client::breaker::{Permit, Ticket};
+use crate::client::state::ClientState;
 
 /// The requests of a client-streaming or bidi call: any `Send` stream of messages.
 ///
@@ -90,7 +90,7 @@ impl<T> Stream for ResponseStream<T> {
             && deadline.as_mut().poll(cx).is_ready()
         {
             this.finish(Code::DeadlineExceeded);
-            return Poll::Ready(Some(Err(crate::deadline::exceeded(this.method))));
+            return Poll::Ready(Some(Err(crate::client::deadline::exceeded(this.method))));
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(None) => {

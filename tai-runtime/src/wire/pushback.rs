@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 
-const HEADER: &str = "grpc-retry-pushback-ms";
+use super::GRPC_RETRY_PUSHBACK_MS as HEADER;
 
 /// What the server said about retrying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::client::breaker::{BreakerState, CircuitBreaker};
+use crate::client::throttle::RetryThrottle;
+use crate::client::timer::DeadlineTimer;
 use crate::metrics::{MethodMetrics, Metrics};
 use crate::policy::ServicePolicy;
-use crate::throttle::RetryThrottle;
-use crate::timer::DeadlineTimer;
 
 /// The run-time state behind a generated client.
 #[derive(Debug)]
@@ -121,7 +121,10 @@ impl ClientState {
             timeout_headers: policy
                 .methods
                 .iter()
-                .map(|m| crate::deadline::policy_timeout(m).and_then(crate::deadline::grpc_timeout))
+                .map(|m| {
+                    crate::client::deadline::policy_timeout(m)
+                        .and_then(crate::wire::timeout::encode)
+                })
                 .collect(),
             rng: Mutex::new(SmallRng::from_os_rng()),
             deadlines: DeadlineTimer::default(),

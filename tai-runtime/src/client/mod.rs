@@ -1,0 +1,29 @@
+//! The client side of tai: what a generated client runs on every call.
+//!
+//! ```text
+//! ClientCore (core) ─► Observed: span + metrics (observed)
+//!   ─► deadline for the whole call (deadline, timer)
+//!   ─► retry loop (retry) | hedging (hedge) | one attempt
+//!        ─► Attempt (attempt): breaker gate (breaker/), transport (transport),
+//!           grpc-timeout, send, read; outcome to breaker and throttle (throttle)
+//! ```
+//!
+//! Every piece is plain data plus a small state machine: policies are `const`
+//! data, the state a client shares (breakers, throttle) lives in
+//! [`ClientState`](state::ClientState), and a call allocates nothing for its
+//! policies beyond the one `Arc` its attempts share.
+
+mod attempt;
+pub(crate) mod backoff;
+pub mod breaker;
+mod codec;
+pub(crate) mod core;
+pub(crate) mod deadline;
+mod hedge;
+mod observed;
+pub(crate) mod retry;
+pub(crate) mod state;
+pub(crate) mod stream;
+pub mod throttle;
+pub(crate) mod timer;
+mod transport;

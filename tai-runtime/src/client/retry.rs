@@ -1,0 +1,139 @@
+//! gRFC A6 retry, decision for decision as grpc-go makes it: the loop a call
+//! runs, and the decision after each failed attempt (which the benchmarks run
+//! too, as the very same function).
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::backoff;
+use std::future::Future;
+
+use tokio::time::Instant;
+use tonic::Status;
+
+use super::attempt::Failure;
+use super::core::{ClientCore, Transport};
+use super::deadline::{self, CallDeadline};
+use super::throttle::RetryThrottle;
+use crate::policy::RetryPolicy;
+use crate::wire::pushback::Pushback;
+
+/// gRFC A6 caps attempts at 5, whatever the policy asks for.
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
+
+/// Where a call's retries stand.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    /// Attempts made before the current one.
+    pub(crate) previous: u32,
+    /// Retries since the server last pushed back (the backoff exponent).
+    since_pushback: u32,
+}
+
+impl Retries {
+    /// Retries of a call that has made `previous` attempts, none pushed back.
+    pub(crate) fn after(previous: u32) -> Self {
+        Self {
+            previous,
+            since_pushback: previous,
+        }
+    }
+
+    /// After an uncommitted failure with `status`: the delay before the next
+    /// attempt, or `None` to give up. Counts the failure in `throttle` where A6
+    /// says to (pushback stop, or a retryable code — before the attempt limit).
+    pub(crate) fn next_delay(
+        &mut self,
+        policy: &RetryPolicy,
+        status: &Status,
+        throttle: Option<&RetryThrottle>,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
+        let pushback = Pushback::from_metadata(status.metadata());
+        if pushback == Pushback::Stop {
+            // The server said not to retry; A6 counts it as a failure for throttling.
+            if let Some(t) = throttle {
+                t.record_failure();
+            }
+            return None;
+        }
+        if !crate::policy::contains(policy.retryable, status.code()) {
+            return None;
+        }
+        if throttle.is_some_and(RetryThrottle::record_failure) {
+            return None;
+        }
+        if self.previous + 1 >= policy.max_attempts.min(MAX_ATTEMPTS) {
+            return None;
+        }
+        let delay = match pushback {
+            Pushback::After(d) => {
+                self.since_pushback = 0;
+                d
+            }
+            _ => {
+                self.since_pushback += 1;
+                backoff::delay(policy, self.since_pushback, rng)
+            }
+        };
+        self.previous += 1;
+        Some(delay)
+    }
+}
+
+impl<T: Transport> ClientCore<T> {
+    /// gRFC A6 retry, decision for decision as grpc-go makes it.
+    pub(super) async fn retry<Out, F, Fut>(
+        &self,
+        index: usize,
+        retry: &RetryPolicy,
+        deadline: Option<CallDeadline>,
+        attempt: F,
+    ) -> (Result<Out, Status>, Instant)
+    where
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = (Result<Out, Failure>, Instant)>,
+    {
+        let m = self.method(index);
+        let throttle = self.state.throttle();
+        let mut retries = Retries::default();
+        // One transparent retry per call, as grpc-go allows: it costs no attempt
+        // and no throttle token.
+        let mut transparent = true;
+        loop {
+            let (result, end) = attempt(retries.previous).await;
+            let failure = match result {
+                Ok(out) => return (Ok(out), end),
+                Err(f) => f,
+            };
+            if failure.committed || failure.rejected {
+                return (Err(failure.status), end);
+            }
+            if failure.unprocessed && std::mem::take(&mut transparent) {
+                tracing::debug!(
+                    method = m.path,
+                    "transparent retry: the server never processed the attempt"
+                );
+                continue;
+            }
+            let decision = self
+                .state
+                .with_rng(|rng| retries.next_delay(retry, &failure.status, throttle, rng));
+            let Some(delay) = decision else {
+                return (Err(failure.status), end);
+            };
+            if let Some(d) = deadline
+                && end + delay >= d.at
+            {
+                return (
+                    Err(deadline::exceeded_before_retry(m.path, &failure.status)),
+                    end,
+                );
+            }
+            tracing::debug!(method = m.path, attempt = retries.previous + 1, ?delay, code = ?failure.status.code(), "retrying");
+            self.state.metrics_at(index).retries.inc();
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
