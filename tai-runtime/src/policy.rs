@@ -218,11 +218,19 @@ impl MethodPolicy {
     ///         retryable: CodeSet::of(&[Code::Aborted]),
     ///     }),
     /// };
-    /// let problems = policy.validate().unwrap_err();
-    /// assert!(problems[0].starts_with("retry(max_attempts)"));
+    /// let error = policy.validate().unwrap_err();
+    /// assert_eq!(error.problems()[0].problem.field.attr_path(), "retry(max_attempts)");
+    /// assert_eq!(error.to_string(), "retry(max_attempts): is 1, but must be at least 2");
     /// ```
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        check(&[&self.spec()], self.kind)
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let problems = check(&[&self.spec()], self.kind)
+            .into_iter()
+            .map(|problem| PolicyProblem {
+                subject: None,
+                problem,
+            })
+            .collect();
+        PolicyError::result(problems)
     }
 
     /// This policy as one level of the shared model, every field set.
@@ -271,16 +279,74 @@ impl MethodPolicy {
 }
 
 /// Validates `levels` (the last one a method's) with the shared model.
-fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Result<(), Vec<String>> {
+fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Vec<tai_model::Problem> {
     tai_model::validate(levels, kind, Some(levels.len() - 1))
-        .map(drop)
-        .map_err(|problems| problems.into_iter().map(|p| p.in_attribute()).collect())
+        .err()
+        .unwrap_or_default()
 }
+
+/// Why a hand-built policy is invalid: every problem found, not just the first.
+///
+/// Displayed one problem per line, each as
+/// `/pkg.Svc/Method: retry(max_attempts): is 1, but must be at least 2`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyError {
+    problems: Vec<PolicyProblem>,
+}
+
+/// One problem of a [`PolicyError`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PolicyProblem {
+    /// The method (its path) or service the problem is about; `None` when a
+    /// single method was checked.
+    pub subject: Option<&'static str>,
+    /// What is wrong, and with which field (see [`tai_model::Problem`]).
+    pub problem: tai_model::Problem,
+}
+
+impl PolicyError {
+    fn result(problems: Vec<PolicyProblem>) -> Result<(), PolicyError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError { problems })
+        }
+    }
+
+    /// Every problem, in the order the model found them.
+    pub fn problems(&self) -> &[PolicyProblem] {
+        &self.problems
+    }
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(subject) = self.subject {
+            write!(f, "{subject}: ")?;
+        }
+        f.write_str(&self.problem.in_attribute())
+    }
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            p.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
 
 impl ServicePolicy {
     /// Checks every method (see [`MethodPolicy::validate`]) and the service's
-    /// throttle; each problem is prefixed with what it is about.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    /// throttle; each problem names the method it is about.
+    pub fn validate(&self) -> Result<(), PolicyError> {
         let service = tai_model::PolicySpec {
             throttle: self.throttle.map(|t| {
                 tai_model::Toggle::On(tai_model::ThrottleSpec {
@@ -291,30 +357,34 @@ impl ServicePolicy {
             ..tai_model::PolicySpec::default()
         };
         let mut problems = Vec::new();
-        let methods: Vec<(&str, tai_model::PolicySpec, MethodKind)> = if self.methods.is_empty() {
-            vec![(
-                self.name,
-                tai_model::PolicySpec::default(),
-                MethodKind::Unary,
-            )]
-        } else {
-            self.methods
-                .iter()
-                .map(|m| (m.path, m.spec(), m.kind))
-                .collect()
-        };
+        let methods: Vec<(&'static str, tai_model::PolicySpec, MethodKind)> =
+            if self.methods.is_empty() {
+                vec![(
+                    self.name,
+                    tai_model::PolicySpec::default(),
+                    MethodKind::Unary,
+                )]
+            } else {
+                self.methods
+                    .iter()
+                    .map(|m| (m.path, m.spec(), m.kind))
+                    .collect()
+            };
         for (what, spec, kind) in &methods {
-            for p in check(&[&service, spec], *kind).err().unwrap_or_default() {
-                let p = format!("{what}: {p}");
-                if !problems.contains(&p) {
+            for problem in check(&[&service, spec], *kind) {
+                let p = PolicyProblem {
+                    subject: Some(*what),
+                    problem,
+                };
+                // A service-level problem shows up once per method; keep the first.
+                if !problems
+                    .iter()
+                    .any(|q: &PolicyProblem| q.problem.level == 0 && q.problem == p.problem)
+                {
                     problems.push(p);
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        PolicyError::result(problems)
     }
 }

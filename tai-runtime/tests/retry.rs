@@ -308,7 +308,13 @@ fn hand_built_policies_validate_like_compiled_ones() {
             token_ratio: 0.5,
         }),
     );
-    let problems = bad.validate().unwrap_err();
+    let problems: Vec<String> = bad
+        .validate()
+        .unwrap_err()
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         problems,
         [
@@ -319,10 +325,12 @@ fn hand_built_policies_validate_like_compiled_ones() {
     // Cross-field rules run once the fields themselves are valid.
     let mut unsafe_retry = retrying(3, &[Code::Aborted]);
     unsafe_retry.idempotent = false;
-    let problems = service(vec![unsafe_retry], None).validate().unwrap_err();
+    let error = service(vec![unsafe_retry], None).validate().unwrap_err();
     assert!(
-        problems[0].contains("not marked idempotent on ABORTED"),
-        "{problems:#?}"
+        error.problems()[0]
+            .to_string()
+            .contains("not marked idempotent on ABORTED"),
+        "{error}"
     );
 }
 

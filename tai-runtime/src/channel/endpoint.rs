@@ -14,6 +14,7 @@ use tonic::Code;
 use super::connection::{Connection, KeepaliveTime, Sender};
 use super::connectivity::ConnectivityState;
 use crate::config::OutlierConfig;
+use crate::sync::lock;
 
 /// The longest an ejection lasts when the configured time cannot be represented.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -342,8 +343,4 @@ impl Endpoint {
             keepalive: self.keepalive.get(),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    crate::sync::lock(m)
 }

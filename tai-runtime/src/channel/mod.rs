@@ -71,6 +71,7 @@ use connector::TcpConnector;
 use endpoint::{CallResult, EjectionBudget, Endpoint};
 
 use crate::config::{BalancerKind, ClientConfig};
+use crate::sync::lock;
 
 use crate::BoxError;
 
@@ -369,10 +370,6 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         self.endpoint.call_ended(&self.connection);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    crate::sync::lock(m)
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {

@@ -90,7 +90,7 @@ impl ClientState {
         Self::with_guards(policy, |metrics| {
             // The policy's address identifies it: each compiled policy is one static.
             let key = (std::ptr::from_ref(policy) as usize, target.to_owned());
-            let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = crate::sync::lock(registry());
             if let Some(guards) = map.get(&key) {
                 return Arc::clone(guards);
             }
