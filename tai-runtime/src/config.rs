@@ -76,6 +76,7 @@ impl KeepaliveConfig {
 
 /// One endpoint's connections.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConnectionConfig {
     /// Time allowed for TCP (and TLS) connection set-up.
     pub connect_timeout: Duration,
@@ -128,6 +129,7 @@ pub struct HealthCheckConfig {
 
 /// Everything about how a client connects and balances.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Connections.
     pub connection: ConnectionConfig,
@@ -265,6 +267,7 @@ impl ClientConfig {
 
 /// A [`ClientConfig`] that cannot work: which field, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InvalidConfig {
     field: &'static str,
     problem: String,

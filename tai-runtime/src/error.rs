@@ -6,6 +6,7 @@ use crate::BoxError;
 
 /// A client could not connect to its address.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ConnectError {
     address: String,
     source: BoxError,

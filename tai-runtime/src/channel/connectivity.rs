@@ -7,6 +7,7 @@ use std::fmt;
 /// A channel is `Ready` if any endpoint is, else `Connecting` if any is trying, else
 /// `TransientFailure` if any failed, else `Idle`; `Shutdown` once closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConnectivityState {
     /// No connection and none wanted yet (before the first call, or after the idle
     /// timeout).

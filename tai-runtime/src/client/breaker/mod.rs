@@ -32,6 +32,7 @@ const NOT_CLOSED: u64 = 1;
 
 /// Why a breaker opened.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum TripReason {
     /// `failures` failures in a row; the last one had `last` as its code.
     ConsecutiveFailures {
@@ -79,6 +80,7 @@ impl fmt::Display for TripReason {
 
 /// A breaker's state, as read at run time.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls flow.
     Closed,
@@ -180,6 +182,7 @@ impl Drop for Permit<'_> {
 
 /// A call was refused because the breaker is open.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Rejected {
     /// Why the breaker is open.
     pub reason: TripReason,
