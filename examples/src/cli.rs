@@ -46,6 +46,17 @@ pub enum Command {
     ///
     /// Example: mesh call governor ProposePolicy --json '{"requestId": "r1", "policy": {"id": "p1", "policyType": "security"}}'
     Call(CallArgs),
+    /// Write a development CA and certificates (ca.pem, server.pem, server.key,
+    /// client.pem, client.key) for `serve --tls-dir` and `call --tls-dir`.
+    Certs(CertsArgs),
+}
+
+/// `mesh certs`.
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// The directory to write them into (created if missing).
+    #[arg(long, default_value = "mesh-certs")]
+    pub out: std::path::PathBuf,
 }
 
 /// Options of every command that connects to a server.
@@ -173,6 +184,34 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Tour(args)) => run_tour(args).await,
         Some(Command::Serve(args)) => run_serve(args).await,
         Some(Command::Call(args)) => run_call(args).await,
+        Some(Command::Certs(args)) => run_certs(&args),
+    }
+}
+
+fn run_certs(args: &CertsArgs) -> ExitCode {
+    let written = crate::certs::DevCerts::generate()
+        .map_err(|e| format!("cannot make the certificates: {e}"))
+        .and_then(|certs| {
+            certs
+                .write(&args.out)
+                .map_err(|e| format!("cannot write into {}: {e}", args.out.display()))
+        });
+    match written {
+        Ok(paths) => {
+            for path in paths {
+                println!("mesh: wrote {}", path.display());
+            }
+            println!(
+                "mesh: a development CA and certificates for {} (server) and {} (client)",
+                crate::certs::SERVER_NAMES.join(", "),
+                crate::certs::CLIENT_SPIFFE_ID
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

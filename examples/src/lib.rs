@@ -13,11 +13,13 @@
 //! - [`server`]: one server for any of the services, with health, reflection and
 //!   a bounded graceful shutdown; [`fault`]: the layer that breaks it on purpose.
 //! - [`client`]: connecting the generated clients (three Scheduler replicas behind one).
-//! - [`tour`], [`call`], [`cli`]: the `mesh` program.
+//! - [`tour`], [`call`], [`cli`]: the `mesh` program; [`certs`]: its development
+//!   certificates.
 
 #![forbid(unsafe_code)]
 
 pub mod call;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod common;

@@ -26,7 +26,7 @@ fn help_lists_the_commands_and_each_has_its_own() {
     let out = mesh(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["tour", "serve", "call"] {
+    for command in ["tour", "serve", "call", "certs"] {
         assert!(help.contains(command), "{help}");
     }
     for (command, flag) in [
@@ -250,4 +250,40 @@ async fn serve_drains_an_in_flight_call_on_ctrl_c() {
     let rest = rest.join("\n");
     assert!(rest.contains("draining 1 in-flight call(s)"), "{rest}");
     assert!(rest.contains("drained 1 in-flight call(s); bye"), "{rest}");
+}
+
+#[test]
+fn certs_writes_a_development_ca_and_key_pairs() {
+    let dir = std::env::temp_dir().join(format!("mesh-certs-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = mesh(&["certs", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (file, header) in [
+        ("ca.pem", "-----BEGIN CERTIFICATE-----"),
+        ("server.pem", "-----BEGIN CERTIFICATE-----"),
+        ("server.key", "-----BEGIN PRIVATE KEY-----"),
+        ("client.pem", "-----BEGIN CERTIFICATE-----"),
+        ("client.key", "-----BEGIN PRIVATE KEY-----"),
+    ] {
+        let pem = std::fs::read_to_string(dir.join(file)).expect(file);
+        assert!(pem.starts_with(header), "{file}: {pem}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are readable by their owner only");
+    }
+    // A second run replaces the set.
+    let before = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    assert!(
+        mesh(&["certs", "--out", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_ne!(before, std::fs::read_to_string(dir.join("ca.pem")).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
