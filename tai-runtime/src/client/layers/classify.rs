@@ -186,7 +186,9 @@ where
             // The body ended without trailers: the server broke the protocol.
             None => Some(Code::Internal),
         };
-        if let (Some(code), Some(finish)) = (code, this.finish.take()) {
+        if let Some(code) = code
+            && let Some(finish) = this.finish.take()
+        {
             finish.finish(code);
         }
         Poll::Ready(frame)

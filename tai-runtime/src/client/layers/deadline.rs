@@ -178,9 +178,12 @@ where
                 })),
                 Err(error) => {
                     let error = error.into();
-                    // tonic's own `grpc-timeout` timer (CANCELLED) is our deadline.
-                    let timed_out = classify::error(&*error).code == Code::DeadlineExceeded
-                        || deadline.is_some_and(|d| Instant::now() >= d);
+                    // tonic's own `grpc-timeout` timer (which it calls
+                    // CANCELLED), or any failure after the deadline, is the
+                    // deadline; a status of the layers inside is kept as it is.
+                    let timed_out = !error.is::<Status>()
+                        && (classify::error(&*error).code == Code::DeadlineExceeded
+                            || deadline.is_some_and(|d| Instant::now() >= d));
                     match deadline {
                         Some(_) if timed_out => Err(shared::exceeded(path).into()),
                         _ => Err(error),

@@ -174,10 +174,11 @@ impl http_body::Body for Resumed {
             .rest
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), http_body::Body::size_hint);
-        hint.set_lower(hint.lower() + kept);
+        // Upper first: a lower bound above the upper one panics.
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + kept);
         }
+        hint.set_lower(hint.lower() + kept);
         hint
     }
 }
