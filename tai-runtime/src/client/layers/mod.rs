@@ -3,7 +3,7 @@
 //!
 //! A generated tai client runs these decisions flat, in one state machine per
 //! attempt and without allocating per call; these layers run the *same*
-//! decisions — one gRFC A6 decision ([`Retries::next_delay`]), one backoff, one
+//! decisions — one gRFC A6 decision (the engine's `Retries::next_delay`), one backoff, one
 //! [`CircuitBreaker`], one [`RetryThrottle`], one `grpc-timeout` codec — over
 //! `http::Request<tonic::body::Body>` → `http::Response<B>`, with policies built
 //! at run time ([`ByMethod`]: a default and per-method overrides, keyed by path).
@@ -65,7 +65,6 @@
 //! [`Bytes`](bytes::Bytes), and send a copy per attempt. A larger request, or a
 //! streaming one, is sent once and not retried.
 //!
-//! [`Retries::next_delay`]: crate::client::retry::Retries
 //! [`CircuitBreaker`]: crate::breaker::CircuitBreaker
 //! [`RetryThrottle`]: crate::throttle::RetryThrottle
 

@@ -1,7 +1,7 @@
 //! gRFC A6 retry as a layer: [`RetryLayer`].
 //!
 //! Decision for decision the generated client's retry: the same
-//! [`Retries::next_delay`] after each uncommitted failure (retryable codes,
+//! `Retries::next_delay` after each uncommitted failure (retryable codes,
 //! attempts capped at 5, jittered exponential backoff, server pushback, the
 //! retry throttle), one transparent retry of a stream the server refused
 //! unprocessed, `grpc-previous-rpc-attempts` on every retry, and no retry once
