@@ -49,6 +49,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use client::breaker::{self, BreakerState, TripReason};
 pub use client::deadline::with_timeout;
+pub use client::layers;
 pub use client::state::{ClientState, Resilient};
 pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;

@@ -49,7 +49,7 @@ pub(crate) struct CallDeadline {
 /// When a call that starts at `start` must end: the caller's timeout (see
 /// [`with_timeout`]) or the policy's, clamped by `max_timeout`.
 pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDeadline> {
-    let caller = CALLER_TIMEOUT.try_with(|t| *t).ok();
+    let caller = caller_timeout();
     let timeout = clamped(caller.or(policy.timeout), policy.max_timeout)?;
     Some(CallDeadline {
         // A deadline beyond what `Instant` can hold is no deadline.
@@ -57,6 +57,12 @@ pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDead
         timeout,
         from_policy: caller.is_none(),
     })
+}
+
+/// The timeout the caller asked for with [`with_timeout`], if the current task
+/// runs inside one.
+pub(crate) fn caller_timeout() -> Option<Duration> {
+    CALLER_TIMEOUT.try_with(|t| *t).ok()
 }
 
 /// The method's own timeout (no caller timeout), clamped by `max_timeout`.

@@ -20,6 +20,7 @@ mod codec;
 pub(crate) mod core;
 pub(crate) mod deadline;
 mod hedge;
+pub mod layers;
 mod observed;
 pub(crate) mod retry;
 pub(crate) mod state;

@@ -202,7 +202,7 @@ fn screen<B>(mut response: http::Response<B>) -> http::Response<PeerBody<B>> {
 
 /// Removes a `grpc-status-details-bin` that tonic could not decode (it would
 /// panic); the rest of the status stays.
-fn drop_invalid_details(headers: &mut HeaderMap) {
+pub(crate) fn drop_invalid_details(headers: &mut HeaderMap) {
     let valid = match headers.get(wire::GRPC_STATUS_DETAILS) {
         None => return,
         // tonic decodes with the standard alphabet, padding optional.

@@ -190,6 +190,22 @@ pub struct Rejected {
     pub retry_in: Duration,
 }
 
+impl Rejected {
+    /// The status a caller gets for a call to `path` this breaker refused:
+    /// UNAVAILABLE, saying why the breaker is open and when it will probe.
+    pub(crate) fn status(&self, path: &str) -> tonic::Status {
+        let wait = if self.retry_in.is_zero() {
+            "half-open probes are in flight".to_owned()
+        } else {
+            format!("next probe in {:.1?}", self.retry_in)
+        };
+        tonic::Status::unavailable(format!(
+            "circuit breaker for {path} is open: {}; {wait}",
+            self.reason
+        ))
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Closed,

@@ -1,0 +1,442 @@
+//! The tower layers (`tai_runtime::layers`) on a real tonic `Channel` to a real
+//! tonic server, driven by a tonic-style client: grpc-go's retry tables exactly
+//! as `tests/retry.rs` runs them through the generated client's engine, the
+//! breaker failing fast, the deadline, and hedging.
+
+mod support;
+
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use support::{Echo, Script, echo};
+use tai_runtime::layers::{BreakerLayer, ByMethod, DeadlineLayer, HedgeLayer, RetryLayer};
+use tai_runtime::policy::{BreakerPolicy, CodeSet, HedgingPolicy, RetryPolicy, ThrottlePolicy};
+use tokio::time::Instant;
+use tonic::client::{Grpc, GrpcService};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+use tower::ServiceBuilder;
+
+const UNARY: &str = "/test.Echo/Unary";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What tonic-build generates for `test.Echo`, by hand: a `Grpc` over any
+/// transport, one method per RPC.
+#[derive(Clone)]
+struct EchoClient<T> {
+    inner: Grpc<T>,
+}
+
+impl<T> EchoClient<T>
+where
+    T: GrpcService<tonic::body::Body>,
+    T::Error: Into<BoxError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+{
+    fn new(inner: T) -> Self {
+        Self {
+            inner: Grpc::new(inner),
+        }
+    }
+
+    async fn unary(&mut self, request: impl tonic::IntoRequest<Echo>) -> Result<Echo, Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::from_error(e.into()))?;
+        let codec = tonic_prost::ProstCodec::<Echo, Echo>::default();
+        let path = PathAndQuery::from_static(UNARY);
+        let response = self
+            .inner
+            .unary(request.into_request(), path, codec)
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    async fn stream(&mut self, request: Echo) -> Result<tonic::Streaming<Echo>, Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::from_error(e.into()))?;
+        let codec = tonic_prost::ProstCodec::<Echo, Echo>::default();
+        let path = PathAndQuery::from_static("/test.Echo/Stream");
+        let response = self
+            .inner
+            .server_streaming(Request::new(request), path, codec)
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
+fn codes(codes: &[Code]) -> CodeSet {
+    CodeSet::of(codes)
+}
+
+fn retry_policy(max_attempts: u32, retryable: &[Code]) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        multiplier: 1.0,
+        retryable: codes(retryable),
+    }
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().err().map_or(Code::Ok, Status::code)
+}
+
+/// grpc-go `TestRetryUnary` through `RetryLayer`: max_attempts 4,
+/// ALREADY_EXISTS retryable — the same table as the engine's.
+#[tokio::test(start_paused = true)]
+async fn grpc_go_retry_unary_table_through_the_layer() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 | 2 | 5 => Ok(echo("ok")),
+            6 | 8 | 11 => Err(Status::internal("non-retryable error")),
+            _ => Err(Status::already_exists("retryable error")),
+        }
+    });
+    let retry = RetryLayer::new(
+        ByMethod::none().method(UNARY, retry_policy(4, &[Code::AlreadyExists])),
+        None,
+    );
+    retry.seed_jitter(1);
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(retry)
+            .service(script.serve_in_memory()),
+    );
+    let cases = [
+        (Code::Ok, 0),
+        (Code::Ok, 2),
+        (Code::Ok, 5),
+        (Code::Internal, 6),
+        (Code::Internal, 8),
+        (Code::Internal, 11),
+        (Code::AlreadyExists, 15),
+    ];
+    for (n, (code, last_index)) in cases.into_iter().enumerate() {
+        let got = client.unary(echo("x")).await;
+        assert_eq!(code_of(&got), code, "case {n}: {got:?}");
+        assert_eq!(script.calls() - 1, last_index, "case {n}");
+    }
+    // Every retry told the server how many attempts came before it.
+    let previous: Vec<Option<String>> = script
+        .seen()
+        .into_iter()
+        .map(|s| s.previous_attempts)
+        .collect();
+    assert_eq!(
+        &previous[12..],
+        [None, Some("1".into()), Some("2".into()), Some("3".into())]
+    );
+}
+
+/// grpc-go `TestRetryThrottling` through `RetryLayer`: max_tokens 10,
+/// token_ratio 0.5, 12 calls — the same trace as the engine's.
+#[tokio::test(start_paused = true)]
+async fn grpc_go_retry_throttling_trace_through_the_layer() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 | 3 | 6 | 10 | 11 | 12 | 13 | 14 | 16 | 18 => Ok(echo("ok")),
+            _ => Err(Status::unavailable("retryable error")),
+        }
+    });
+    let retry = RetryLayer::new(
+        retry_policy(4, &[Code::Unavailable]),
+        Some(ThrottlePolicy {
+            max_tokens: 10,
+            token_ratio: 0.5,
+        }),
+    );
+    let throttle = retry.throttle().cloned().unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(retry)
+            .service(script.serve_in_memory()),
+    );
+    let cases = [
+        (Code::Ok, 0, 10.0),
+        (Code::Ok, 3, 8.5),
+        (Code::Ok, 6, 7.0),
+        (Code::Unavailable, 8, 5.0),
+        (Code::Unavailable, 9, 4.0),
+        (Code::Ok, 10, 4.5),
+        (Code::Ok, 11, 5.0),
+        (Code::Ok, 12, 5.5),
+        (Code::Ok, 13, 6.0),
+        (Code::Ok, 14, 6.5),
+        (Code::Ok, 16, 6.0),
+        (Code::Unavailable, 17, 5.0),
+    ];
+    for (n, (code, last_index, tokens)) in cases.into_iter().enumerate() {
+        let got = client.unary(echo("x")).await;
+        assert_eq!(code_of(&got), code, "case {n}: {got:?}");
+        assert_eq!(script.calls() - 1, last_index, "case {n}");
+        let now = throttle.tokens();
+        assert!(
+            (now - tokens).abs() < 1e-9,
+            "case {n}: {now} tokens, want {tokens}"
+        );
+    }
+}
+
+/// Server pushback through the layer: "1000" waits exactly a second; "-1"
+/// stops retrying at once.
+#[tokio::test(start_paused = true)]
+async fn pushback_through_the_layer() {
+    let script = Script::unary(|i, _| async move {
+        let mut status = Status::unavailable("pushed back");
+        let value = if i == 0 { "1000" } else { "-1" };
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", MetadataValue::from_static(value));
+        if i == 1 {
+            Ok(echo("late"))
+        } else {
+            Err(status)
+        }
+    });
+    let mut client = EchoClient::new(
+        RetryLayer::new(retry_policy(4, &[Code::Unavailable]), None)
+            .layer_on(script.serve_in_memory()),
+    );
+    assert_eq!(client.unary(echo("x")).await.unwrap().msg, "late");
+    let seen = script.seen();
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(1000));
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(script.calls(), 3, "pushback -1: no retry");
+}
+
+/// `tower::Layer::layer`, read left to right.
+trait LayerOn: tower::Layer<tonic::transport::Channel> + Sized {
+    fn layer_on(self, channel: tonic::transport::Channel) -> Self::Service {
+        self.layer(channel)
+    }
+}
+
+impl<L: tower::Layer<tonic::transport::Channel>> LayerOn for L {}
+
+fn breaker_policy(failure_threshold: u32) -> BreakerPolicy {
+    BreakerPolicy {
+        failure_threshold,
+        open_timeout: Duration::from_secs(1),
+        max_open_timeout: Duration::from_secs(30),
+        half_open_max_calls: 1,
+        rate: None,
+        failure_codes: codes(&[Code::Unavailable, Code::Internal]),
+    }
+}
+
+/// Three failures trip the breaker; the fourth call fails fast without reaching
+/// the server, with UNAVAILABLE saying why; after the open time a probe passes
+/// and closes it.
+#[tokio::test(start_paused = true)]
+async fn the_breaker_trips_and_fails_fast() {
+    let script = Script::unary(|i, _| async move {
+        if i < 3 {
+            Err(Status::internal("broken"))
+        } else {
+            Ok(echo("back"))
+        }
+    });
+    let breakers = BreakerLayer::new(breaker_policy(3));
+    let mut client = EchoClient::new(breakers.clone().layer_on(script.serve_in_memory()));
+    for _ in 0..3 {
+        assert_eq!(
+            client.unary(echo("x")).await.unwrap_err().code(),
+            Code::Internal
+        );
+    }
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message()
+            .contains("circuit breaker for /test.Echo/Unary is open: 3 consecutive failures"),
+        "{err}"
+    );
+    assert_eq!(script.calls(), 3, "refused calls never reach the server");
+    assert_eq!(breakers.state(UNARY).map(|s| s.name()), Some("open"));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(client.unary(echo("x")).await.unwrap().msg, "back");
+    assert_eq!(
+        breakers.state(UNARY),
+        Some(tai_runtime::BreakerState::Closed)
+    );
+}
+
+/// Under a retry layer, an attempt the breaker refuses ends the call: no
+/// backoff, no more attempts, no throttle token.
+#[tokio::test(start_paused = true)]
+async fn a_refused_attempt_ends_the_retries() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let retry = RetryLayer::new(
+        retry_policy(5, &[Code::Unavailable]),
+        Some(ThrottlePolicy {
+            max_tokens: 100,
+            token_ratio: 0.1,
+        }),
+    );
+    let throttle = retry.throttle().cloned().unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(retry)
+            .layer(BreakerLayer::new(breaker_policy(2)))
+            .service(script.serve_in_memory()),
+    );
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("circuit breaker"), "{err}");
+    assert_eq!(script.calls(), 2, "the third attempt was refused");
+    assert_eq!(
+        throttle.tokens(),
+        98.0,
+        "two failures counted, the refusal not"
+    );
+}
+
+/// The deadline layer: the server is told the time left, and a call that
+/// outlives it gets DEADLINE_EXCEEDED (tonic's own timer would say CANCELLED).
+#[tokio::test(start_paused = true)]
+async fn the_deadline_layer_gives_deadline_exceeded_and_sends_grpc_timeout() {
+    let script = Script::unary(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok(echo("late"))
+    });
+    let mut client = EchoClient::new(
+        DeadlineLayer::new(ByMethod::none().method(UNARY, Duration::from_millis(100)))
+            .layer_on(script.serve_in_memory()),
+    );
+    let start = Instant::now();
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(
+        script.seen()[0].grpc_timeout,
+        Some(Duration::from_millis(100))
+    );
+
+    // A caller's own, sooner timeout (tonic's `set_timeout`) wins.
+    let mut request = Request::new(echo("x"));
+    request.set_timeout(Duration::from_millis(30));
+    let start = Instant::now();
+    let err = client.unary(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+    assert_eq!(
+        script.seen()[1].grpc_timeout,
+        Some(Duration::from_millis(30))
+    );
+}
+
+/// Deadline over retries: each attempt is told what is left, and a retry that
+/// would start after the deadline is not made — the call ends at once.
+#[tokio::test(start_paused = true)]
+async fn retries_under_the_deadline_layer_send_what_is_left() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    // Backoff 56..84ms: a second attempt fits in 100ms, a third never does.
+    let policy = RetryPolicy {
+        initial_backoff: Duration::from_millis(70),
+        max_backoff: Duration::from_millis(70),
+        ..retry_policy(5, &[Code::Unavailable])
+    };
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(DeadlineLayer::new(Duration::from_millis(100)))
+            .layer(RetryLayer::new(policy, None))
+            .service(script.serve_in_memory()),
+    );
+    let start = Instant::now();
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("before the next retry"), "{err}");
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2);
+    let second_at = seen[1].at - start;
+    assert_eq!(seen[0].grpc_timeout, Some(Duration::from_millis(100)));
+    assert_eq!(
+        seen[1].grpc_timeout,
+        Some(Duration::from_millis(100) - second_at)
+    );
+    assert_eq!(
+        start.elapsed(),
+        second_at,
+        "no waiting for a retry that cannot be"
+    );
+}
+
+fn hedging() -> HedgingPolicy {
+    HedgingPolicy {
+        max_attempts: 3,
+        delay: Duration::from_millis(100),
+        non_fatal: codes(&[Code::Unavailable]),
+    }
+}
+
+/// A slow first attempt is overtaken by the hedge sent 100ms later.
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_attempt_is_overtaken_through_the_layer() {
+    let script = Script::unary(|i, _| async move {
+        if i == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(echo("slow"))
+        } else {
+            Ok(echo("fast"))
+        }
+    });
+    let mut client =
+        EchoClient::new(HedgeLayer::new(hedging(), None).layer_on(script.serve_in_memory()));
+    let start = Instant::now();
+    assert_eq!(client.unary(echo("x")).await.unwrap().msg, "fast");
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(script.calls(), 2);
+    assert_eq!(script.seen()[1].previous_attempts.as_deref(), Some("1"));
+}
+
+/// The first attempt to receive headers commits a hedged call: no hedge starts
+/// after it, and an error later in its stream is final.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_call_commits_at_response_headers() {
+    let script = Script::streaming(|_| async move {
+        Ok(vec![
+            Ok(echo("first")),
+            Err(Status::unavailable("mid-stream")),
+        ])
+    });
+    let policies = ByMethod::none().method("/test.Echo/Stream", hedging());
+    let mut client =
+        EchoClient::new(HedgeLayer::new(policies, None).layer_on(script.serve_in_memory()));
+    let mut stream = client.stream(echo("x")).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
+    assert_eq!(
+        stream.message().await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(script.calls(), 1, "committed at headers: no hedge");
+}
+
+/// A non-fatal failure starts the next hedge at once; a fatal one ends the call.
+#[tokio::test(start_paused = true)]
+async fn hedges_follow_non_fatal_codes_and_stop_at_fatal_ones() {
+    let script = Script::unary(|i, _| async move {
+        match i {
+            0 => Err(Status::unavailable("busy")),
+            1 => Ok(echo("second")),
+            _ => Err(Status::internal("broken")),
+        }
+    });
+    let mut client =
+        EchoClient::new(HedgeLayer::new(hedging(), None).layer_on(script.serve_in_memory()));
+    let start = Instant::now();
+    assert_eq!(client.unary(echo("x")).await.unwrap().msg, "second");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let err = client.unary(echo("x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(script.calls(), 3);
+}
