@@ -1,0 +1,1 @@
+//! mTLS tests (in progress).
