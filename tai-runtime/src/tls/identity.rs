@@ -49,7 +49,7 @@ impl PeerIdentity {
         // identity still carries the chain, with no names.
         let mut serial = String::new();
         if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) {
-            serial = cert.raw_serial_as_string().replace(':', "");
+            serial = serial_hex(cert.raw_serial());
             if let Ok(Some(san)) = cert.subject_alternative_name() {
                 for name in &san.value.general_names {
                     match name {
@@ -110,10 +110,20 @@ impl PeerIdentity {
             .map(String::as_str)
     }
 
-    /// The leaf's serial number in lowercase hex, without separators.
+    /// The leaf's serial number in lowercase hex, without separators or leading
+    /// zero bytes (`c9` for 201).
     pub fn serial(&self) -> &str {
         &self.inner.serial
     }
+}
+
+/// A serial number's value in lowercase hex: DER's sign-padding zero bytes off.
+fn serial_hex(der: &[u8]) -> String {
+    let start = der
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der.len().saturating_sub(1));
+    der[start..].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for PeerIdentity {

@@ -138,31 +138,49 @@ impl<T: Send + Sync + 'static> Poller<T> {
 
     async fn poll(&mut self, state: &Reloading<T>) {
         let side = self.side.label();
-        let mut contents = Vec::with_capacity(self.paths.len());
-        for path in &self.paths {
-            match pem::read_async(path).await {
-                Ok(bytes) => contents.push(bytes),
-                Err(e) => {
-                    if self.seen.take().is_some() {
-                        reject(state, side, &e);
-                    }
+        let mut contents = match self.read().await {
+            Ok(contents) => contents,
+            Err(e) => {
+                if self.seen.take().is_some() {
+                    reject(state, side, &e);
+                }
+                return;
+            }
+        };
+        // The files are read one by one: a swap between two reads gives a mixed
+        // set that fails to build. Such a failure is looked at again with a
+        // fresh read; only files that fail the same way twice are rejected.
+        for _ in 0..3 {
+            if self.seen.as_ref() == Some(&contents) {
+                return;
+            }
+            match (self.build)(&contents) {
+                Ok(next) => {
+                    state.current.store(Arc::new(next));
+                    state.applied.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::Metrics::global().tls_reload(side, true);
+                    tracing::info!(side, "reloaded TLS certificates");
+                    self.seen = Some(contents);
                     return;
                 }
+                Err(e) => match self.read().await {
+                    Ok(again) if again != contents => contents = again,
+                    _ => {
+                        reject(state, side, &e);
+                        self.seen = Some(contents);
+                        return;
+                    }
+                },
             }
         }
-        if self.seen.as_ref() == Some(&contents) {
-            return;
+    }
+
+    async fn read(&self) -> Result<Vec<Vec<u8>>, TlsError> {
+        let mut contents = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            contents.push(pem::read_async(path).await?);
         }
-        let contents = self.seen.insert(contents);
-        match (self.build)(contents) {
-            Ok(next) => {
-                state.current.store(Arc::new(next));
-                state.applied.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::Metrics::global().tls_reload(side, true);
-                tracing::info!(side, "reloaded TLS certificates");
-            }
-            Err(e) => reject(state, side, &e),
-        }
+        Ok(contents)
     }
 }
 
