@@ -213,7 +213,9 @@ where
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(client(addr));
     let (tcp, _) = listener.accept().await.unwrap();
-    let err = tls.accept(tcp).await.err().expect("the server refuses");
+    let Err(err) = tls.accept(tcp).await else {
+        panic!("the server accepted the handshake");
+    };
     client.abort();
     err
 }
@@ -291,6 +293,17 @@ async fn a_good_pair_is_accepted_and_the_handler_sees_san_names_and_spiffe_id() 
         Some("spiffe://example.org/ns/x/sa/server")
     );
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+}
+
+#[tokio::test]
+async fn an_https_address_without_a_tls_connector_is_a_build_error() {
+    let err = Channel::builder(Endpoints::one("https://127.0.0.1:7000"))
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("https:// needs a TLS connector"),
+        "{err}"
+    );
 }
 
 // ---- refused -----------------------------------------------------------------

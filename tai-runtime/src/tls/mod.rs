@@ -52,9 +52,9 @@ pub use client::{ClientTls, ClientTlsBuilder};
 pub use error::{TlsError, TlsErrorKind};
 pub use identity::{PeerIdentity, TlsConnectInfo};
 pub use reload::ReloadStats;
-pub use server::{ClientAuth, ServerTls, ServerTlsBuilder};
+pub use server::{ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, ServerTls, ServerTlsBuilder};
 #[cfg(feature = "server")]
-pub use server::{TlsIncoming, TlsIo};
+pub use server::{MAX_HANDSHAKES, TlsIncoming, TlsIo};
 
 /// How often certificate files are polled unless configured otherwise.
 pub const DEFAULT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);

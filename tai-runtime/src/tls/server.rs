@@ -5,7 +5,7 @@
 //! server builder, or [`ServerTls::incoming`] for tonic's `serve_with_incoming`
 //! today). Each handshake loads the configuration in force, so a reload is seen
 //! by the next handshake and never by a connection already open. Handshakes run
-//! concurrently, each under a timeout, and at most [`MAX_HANDSHAKES`] at once: a
+//! concurrently, each under a timeout, and at most `MAX_HANDSHAKES` at once: a
 //! client that stalls mid-handshake holds one slot for a bounded time and delays
 //! no one.
 
@@ -29,6 +29,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes in progress at once on one [`ServerTls::incoming`] stream; accepting
 /// waits while this many are under way.
+#[cfg(feature = "server")]
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Whether clients must present a certificate.
