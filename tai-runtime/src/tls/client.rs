@@ -38,7 +38,8 @@ use crate::channel::{BoxIo, ConnectFuture, Connector};
 ///     .certificate("/etc/tls/tls.crt", "/etc/tls/tls.key")
 ///     .server_name("scheduler.internal")
 ///     .build()?;
-/// let channel = Channel::builder(Endpoints::dns("https://scheduler.internal:7000"))
+/// let every = std::time::Duration::from_secs(30);
+/// let channel = Channel::builder(Endpoints::dns("https://scheduler.internal:7000", every))
 ///     .connector(tls)
 ///     .build()?;
 /// # Ok(()) }

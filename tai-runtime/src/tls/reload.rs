@@ -69,11 +69,6 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         side: Side,
         build: Box<Build<T>>,
     ) -> Result<Arc<Self>, TlsError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            TlsError::config(
-                "certificates are reloaded by a tokio task: build this inside a tokio runtime",
-            )
-        })?;
         if interval.is_zero() {
             return Err(TlsError::config("the reload interval must be above zero"));
         }
@@ -82,6 +77,11 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             .map(|p| pem::read(p))
             .collect::<Result<Vec<_>, _>>()?;
         let first = build(&contents)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TlsError::config(
+                "certificates are reloaded by a tokio task: build this inside a tokio runtime",
+            )
+        })?;
         let this = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
             applied: AtomicU64::new(0),
