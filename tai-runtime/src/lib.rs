@@ -41,6 +41,8 @@ pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;
 mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod wire;
 
 /// A boxed error, as tower and tonic pass them around.

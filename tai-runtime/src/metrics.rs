@@ -41,6 +41,12 @@ struct CodeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReloadLabels {
+    side: &'static str,
+    outcome: &'static str,
+}
+
 fn new_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -56,6 +62,7 @@ pub struct Metrics {
     breaker_open: Family<MethodLabels, Gauge>,
     server_calls: Family<CodeLabels, Counter>,
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    tls_reloads: Family<TlsReloadLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +83,7 @@ impl Metrics {
             breaker_open: Family::default(),
             server_calls: Family::default(),
             server_latency: Family::new_with_constructor(new_histogram),
+            tls_reloads: Family::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -119,6 +127,11 @@ impl Metrics {
                 "Server handling time to response headers",
                 m.server_latency.clone(),
             );
+            r.register(
+                "tls_reloads",
+                "Changed certificate files: applied, or rejected (the last good pair kept serving)",
+                m.tls_reloads.clone(),
+            );
         }
         m
     }
@@ -136,6 +149,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// Counts one reload of certificate files on `side` (`server` or `client`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_reload(&self, side: &'static str, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.tls_reloads
+            .get_or_create(&TlsReloadLabels { side, outcome })
+            .inc();
     }
 
     /// Handles for one client method.

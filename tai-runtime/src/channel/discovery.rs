@@ -93,6 +93,15 @@ impl Endpoints {
         }
     }
 
+    /// Whether an address it names asks for TLS (`https://`).
+    pub(crate) fn names_https(&self) -> bool {
+        match &self.0 {
+            Source::Static(addresses) => addresses.iter().any(|a| a.starts_with("https://")),
+            Source::Resolve { target, .. } => target.starts_with("https://"),
+            Source::Stream(_) => false,
+        }
+    }
+
     /// One address.
     pub fn one(address: impl Into<String>) -> Self {
         Self(Source::Static(vec![address.into()]))

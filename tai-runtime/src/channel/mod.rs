@@ -557,7 +557,8 @@ impl ChannelBuilder {
     }
 
     /// Opens connections with `connector` instead of plain TCP (TLS, in-memory
-    /// pipes, fault injection).
+    /// pipes, fault injection). `https://` addresses need one that speaks TLS,
+    /// such as `tai_runtime::tls::ClientTls`.
     pub fn connector(mut self, connector: impl Connector) -> Self {
         self.connector = Some(Arc::new(connector));
         self
@@ -575,9 +576,17 @@ impl ChannelBuilder {
     /// # Errors
     ///
     /// If the configuration is invalid ([`ClientConfig::validate`]) or an endpoint
-    /// address is.
+    /// address is, or an address is `https://` and no [connector](Self::connector)
+    /// was given (plain TCP would send plaintext to a TLS server).
     pub fn build(self) -> Result<Channel, crate::ConnectError> {
         let description = format!("{:?}", self.endpoints);
+        if self.connector.is_none() && self.endpoints.names_https() {
+            return Err(crate::ConnectError::new(
+                &description,
+                "https:// needs a TLS connector: \
+                 `.connector(tai_runtime::tls::ClientTls::from_pem(ca, cert, key)?)`",
+            ));
+        }
         // A connector of the user's own may reach anything (an in-memory pipe, a
         // proxy): only TCP to named addresses identifies a backend.
         let target = self
