@@ -31,9 +31,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::service::{Routes, RoutesBuilder};
+use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
-use tower::util::Either;
+use tower::util::{BoxCloneSyncService, Either};
 use tower::{Layer, Service};
 
 use super::accept::{Accept, ConnectInfo, DynAccept, PlainTcp};
@@ -86,9 +86,15 @@ pub struct Server {
     keepalive: Option<KeepalivePolicy>,
     drain_timeout: Duration,
     acceptor: Arc<dyn DynAccept>,
+    layers: Vec<Box<dyn FnOnce(Routed) -> Routed + Send>>,
     on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
     in_flight: InFlight,
 }
+
+/// The routes as layers added with [`Server::layer`] see them: boxed (a boxed
+/// future per call, the price of a server type that does not change with its
+/// services and layers).
+pub type Routed = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -103,6 +109,7 @@ impl fmt::Debug for Server {
             .field("concurrency_limit", &self.concurrency_limit)
             .field("keepalive", &self.keepalive)
             .field("drain_timeout", &self.drain_timeout)
+            .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -207,6 +214,7 @@ impl Server {
             keepalive: Some(KeepalivePolicy::DEFAULT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             acceptor: Arc::new(PlainTcp),
+            layers: Vec::new(),
             on_shutdown: Vec::new(),
             in_flight: InFlight::default(),
         }
@@ -279,6 +287,32 @@ impl Server {
     /// set is added when health is on.
     pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.reflection.get_or_insert_with(Vec::new).push(encoded);
+        self
+    }
+
+    /// Puts `layer` around the routes (every service, health and reflection
+    /// included), inside tai's [`server_layer`](Self::server_layer); the first
+    /// added is the outermost.
+    ///
+    /// ```
+    /// use tai_runtime::server::Server;
+    ///
+    /// let server = Server::builder().layer(tower::layer::layer_fn(|routes| routes));
+    /// # drop(server);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<Routed> + Send + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
         self
     }
 
@@ -490,7 +524,7 @@ impl Server {
     }
 
     /// The routes: the services added, health and reflection.
-    fn routes(&mut self) -> Result<Routes, ServeError> {
+    fn routes(&mut self) -> Result<Routed, ServeError> {
         let mut routes = std::mem::take(&mut self.routes);
         if let Some(health) = &self.health {
             routes.add_service(health.service());
@@ -504,12 +538,16 @@ impl Server {
             routes.add_service(reflection.v1());
             routes.add_service(reflection.v1alpha());
         }
-        Ok(routes.routes())
+        let mut routed = BoxCloneSyncService::new(routes.routes());
+        for layer in self.layers.drain(..).rev() {
+            routed = layer(routed);
+        }
+        Ok(routed)
     }
 }
 
 /// The routes, behind tai's server layer or not.
-type Inner = Either<ServerService<Routes>, Routes>;
+type Inner = Either<ServerService<Routed>, Routed>;
 
 /// What each connection is served with.
 struct Connections {

@@ -49,7 +49,7 @@ pub use crate::wire::timeout::decode as parse_grpc_timeout;
 pub use accept::{Accept, ConnectInfo, PlainTcp};
 pub use builder::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_CONNECTIONS, Drained, ServeError, Server, bind,
+    DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
 };
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
