@@ -258,13 +258,13 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
         .drain_timeout(options.drain_timeout);
     let in_flight = server.in_flight();
     println!(
-        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection); Ctrl-C stops"
+        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection); Ctrl-C or SIGTERM stops"
     );
     let shutdown = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tai_runtime::server::shutdown_signal().await;
         println!(
             "mesh: shutting down: draining {} in-flight call(s), for up to {:?}",
-            in_flight.load(std::sync::atomic::Ordering::SeqCst),
+            in_flight.get(),
             options.drain_timeout
         );
     };

@@ -188,10 +188,19 @@ impl Drop for Server {
     }
 }
 
-/// `mesh serve` until Ctrl-C (SIGINT), then drain: a call in flight when the
-/// signal comes is answered, and the process exits 0.
+/// `mesh serve` until Ctrl-C (SIGINT) or SIGTERM, then drain: a call in flight
+/// when the signal comes is answered, and the process exits 0.
 #[tokio::test]
 async fn serve_drains_an_in_flight_call_on_ctrl_c() {
+    serve_drains_an_in_flight_call_on("-INT").await;
+}
+
+#[tokio::test]
+async fn serve_drains_an_in_flight_call_on_sigterm() {
+    serve_drains_an_in_flight_call_on("-TERM").await;
+}
+
+async fn serve_drains_an_in_flight_call_on(signal: &str) {
     let mut child = Server(
         Command::new(MESH)
             .args([
@@ -232,7 +241,7 @@ async fn serve_drains_an_in_flight_call_on_ctrl_c() {
     let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-INT", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap()
             .success()

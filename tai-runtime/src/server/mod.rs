@@ -30,11 +30,29 @@
 //! All of it is behind the `server` feature (on by default); a client-only build
 //! turns default features off and builds none of it.
 
+mod accept;
+mod builder;
+mod call;
 pub mod deadline;
+mod frames;
+mod health;
+mod keepalive;
 mod layer;
+mod limits;
 pub mod metrics;
 pub mod rate_limit;
 pub mod reflection;
+mod shed;
+mod signal;
 
 pub use crate::wire::timeout::decode as parse_grpc_timeout;
+pub use accept::{Accept, ConnectInfo, PlainTcp};
+pub use builder::{
+    DEFAULT_CONCURRENCY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
+};
+pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
+pub use limits::DEFAULT_MAX_MESSAGE;
+pub use shed::InFlight;
+pub use signal::shutdown_signal;

@@ -1,0 +1,612 @@
+//! [`Server`]: a gRPC server with what production needs built in, each part on
+//! by default and switchable, on tai's own accept loop.
+//!
+//! The loop is tai's (not tonic's `Server`) for three reasons: the acceptor
+//! ([`Accept`]) is a seam where TLS, with live certificate reload, plugs in;
+//! each connection's bytes pass the keepalive police ([`KeepalivePolicy`]),
+//! which hyper cannot be asked to be; and shutdown can end what is left after
+//! the drain timeout (tonic waits for every connection without bound). The
+//! connections run on hyper's HTTP/2 server, the calls on tonic's routes; a
+//! caller's deadline runs on tai's shared deadline timer ([`ServerLayer`]), not
+//! a timer per call.
+//!
+//! Shutting down goes in this order: the listener closes; every service's
+//! health turns NOT_SERVING (health watchers are sent it, then their streams
+//! end); the [`on_shutdown`](Server::on_shutdown) hooks run; every connection
+//! is sent GOAWAY (new calls are refused, with UNAVAILABLE at the client); calls
+//! in flight finish, for up to the drain timeout; then what is left is cut off.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::server::HealthReporter;
+use tower::util::{BoxCloneSyncService, Either};
+use tower::{Layer, Service};
+
+use super::accept::{Accept, ConnectInfo, DynAccept, PlainTcp};
+use super::call::{CallService, Calls};
+use super::health::Health;
+use super::keepalive::{KeepalivePolicy, Policed};
+use super::limits::{DEFAULT_MAX_MESSAGE, Limit};
+use super::reflection::{Reflection, ReflectionError};
+use super::shed::{Admission, InFlight};
+use super::{ServerLayer, ServerService};
+
+/// Concurrent calls (HTTP/2 streams) a connection may have, by default.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Connections a server holds at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Calls a server runs at once, by default, before it sheds.
+pub const DEFAULT_CONCURRENCY_LIMIT: usize = 4096;
+/// How long calls in flight get to finish once shutdown begins, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gRPC server: your tonic services, with health, reflection, deadlines,
+/// metrics, message limits, keepalive enforcement, connection and stream
+/// limits, load shedding and a graceful shutdown.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # let my_service = tonic_health::server::health_reporter().1;
+/// use tai_runtime::server::Server;
+///
+/// // `my_service` is a tonic-generated server, e.g. `GovernorServer::new(..)`.
+/// let drained = Server::builder()
+///     .add_service(my_service)
+///     // For reflection: the descriptor set tai-build wrote.
+///     // .descriptor_set(tai_runtime::include_descriptor_set!())
+///     .serve("127.0.0.1:50051".parse()?) // until SIGINT or SIGTERM
+///     .await?;
+/// println!("drained {} call(s)", drained.in_flight);
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    routes: RoutesBuilder,
+    health: Option<Health>,
+    reflection: Option<Vec<&'static [u8]>>,
+    layer: Option<ServerLayer>,
+    max_receive: usize,
+    max_send: usize,
+    max_concurrent_streams: Option<u32>,
+    max_connections: Option<usize>,
+    concurrency_limit: Option<usize>,
+    keepalive: Option<KeepalivePolicy>,
+    drain_timeout: Duration,
+    acceptor: Arc<dyn DynAccept>,
+    layers: Vec<Box<dyn FnOnce(Routed) -> Routed + Send>>,
+    on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
+    in_flight: InFlight,
+}
+
+/// The routes as layers added with [`Server::layer`] see them: boxed (a boxed
+/// future per call, the price of a server type that does not change with its
+/// services and layers).
+pub type Routed = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("health", &self.health.is_some())
+            .field("reflection", &self.reflection.as_ref().map(Vec::len))
+            .field("layer", &self.layer)
+            .field("max_receive", &self.max_receive)
+            .field("max_send", &self.max_send)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("max_connections", &self.max_connections)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("keepalive", &self.keepalive)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a server's shutdown went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Calls in flight when shutdown began.
+    pub in_flight: usize,
+    /// Whether they all finished within the drain timeout (otherwise the rest
+    /// were cut off).
+    pub complete: bool,
+}
+
+/// Why a server could not run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Another process listens on the address.
+    AddrInUse(SocketAddr),
+    /// The address cannot be listened on.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reflection could not read a descriptor set.
+    Reflection(ReflectionError),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddrInUse(addr) => write!(
+                f,
+                "address {addr} is already in use: is another server running on it?"
+            ),
+            Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Self::Reflection(e) => write!(f, "cannot build the reflection service: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::AddrInUse(_) => None,
+            Self::Bind { source, .. } => Some(source),
+            Self::Reflection(e) => Some(e),
+        }
+    }
+}
+
+impl From<ReflectionError> for ServeError {
+    fn from(e: ReflectionError) -> Self {
+        Self::Reflection(e)
+    }
+}
+
+/// Binds `addr`, with an error that says when it is taken.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tai_runtime::server::ServeError> {
+/// let listener = tai_runtime::server::bind("127.0.0.1:0".parse().unwrap()).await?;
+/// # drop(listener); Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`ServeError::AddrInUse`] or [`ServeError::Bind`].
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            ServeError::AddrInUse(addr)
+        } else {
+            ServeError::Bind { addr, source }
+        }
+    })
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::builder()
+    }
+}
+
+impl Server {
+    /// A server with no service yet, everything built in on, limits at their
+    /// defaults.
+    pub fn builder() -> Self {
+        Self {
+            routes: RoutesBuilder::default(),
+            health: Some(Health::new()),
+            reflection: Some(Vec::new()),
+            layer: Some(ServerLayer::new()),
+            max_receive: DEFAULT_MAX_MESSAGE,
+            max_send: DEFAULT_MAX_MESSAGE,
+            max_concurrent_streams: Some(DEFAULT_MAX_CONCURRENT_STREAMS),
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+            concurrency_limit: Some(DEFAULT_CONCURRENCY_LIMIT),
+            keepalive: Some(KeepalivePolicy::DEFAULT),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            acceptor: Arc::new(PlainTcp),
+            layers: Vec::new(),
+            on_shutdown: Vec::new(),
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// Serves a tonic service (a generated `FooServer`, or any named service);
+    /// its health is reported under its name.
+    ///
+    /// A service's own tonic message limits (`max_decoding_message_size`, 4 MiB
+    /// by default) apply too: raise them if you raise
+    /// [`max_receive_message_size`](Self::max_receive_message_size).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        if let Some(health) = &mut self.health {
+            health.add(S::NAME);
+        }
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves `service` if there is one.
+    pub fn add_optional_service<S>(self, service: Option<S>) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        match service {
+            Some(service) => self.add_service(service),
+            None => self,
+        }
+    }
+
+    /// Whether to serve `grpc.health.v1.Health` (on by default). Turning it off
+    /// forgets the services added so far.
+    pub fn health(mut self, on: bool) -> Self {
+        self.health = on.then(|| self.health.take().unwrap_or_else(Health::new));
+        self
+    }
+
+    /// The reporter behind the health service, to report a service NOT_SERVING
+    /// while it cannot work (`None` with health off). The server sets every
+    /// added service SERVING when it starts, and NOT_SERVING when it shuts down.
+    pub fn health_reporter(&self) -> Option<HealthReporter> {
+        self.health.as_ref().map(Health::reporter)
+    }
+
+    /// Whether to serve reflection, `grpc.reflection.v1` and `v1alpha` (on by
+    /// default); it describes the [descriptor sets](Self::descriptor_set) given.
+    pub fn reflection(mut self, on: bool) -> Self {
+        self.reflection = on.then(|| self.reflection.take().unwrap_or_default());
+        self
+    }
+
+    /// A descriptor set for reflection to describe, such as
+    /// [`include_descriptor_set!`](crate::include_descriptor_set) gives. A set
+    /// may import files of the sets given before it. The health service's own
+    /// set is added when health is on.
+    pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.reflection.get_or_insert_with(Vec::new).push(encoded);
+        self
+    }
+
+    /// Puts `layer` around the routes (every service, health and reflection
+    /// included), inside tai's [`server_layer`](Self::server_layer); the first
+    /// added is the outermost.
+    ///
+    /// ```
+    /// use tai_runtime::server::Server;
+    ///
+    /// let server = Server::builder().layer(tower::layer::layer_fn(|routes| routes));
+    /// # drop(server);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<Routed> + Send + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
+    }
+
+    /// tai's deadline and metrics layer ([`ServerLayer::new`] by default;
+    /// `ServerLayer::new().without_metrics()` keeps deadlines only; `None`
+    /// turns both off).
+    pub fn server_layer(mut self, layer: Option<ServerLayer>) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// The largest request message accepted, in bytes (4 MiB by default);
+    /// larger ones fail the call with RESOURCE_EXHAUSTED.
+    pub fn max_receive_message_size(mut self, bytes: usize) -> Self {
+        self.max_receive = bytes;
+        self
+    }
+
+    /// The largest response message sent, in bytes (4 MiB by default); a call
+    /// answering with a larger one fails with RESOURCE_EXHAUSTED instead.
+    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
+        self.max_send = bytes;
+        self
+    }
+
+    /// Concurrent calls per connection, announced to clients in HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS ([`DEFAULT_MAX_CONCURRENT_STREAMS`];
+    /// `None`: unlimited).
+    pub fn max_concurrent_streams(mut self, max: Option<u32>) -> Self {
+        self.max_concurrent_streams = max;
+        self
+    }
+
+    /// Connections held at once ([`DEFAULT_MAX_CONNECTIONS`]; `None`:
+    /// unlimited). A connection over the limit is closed as soon as accepted.
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Calls run at once over all connections ([`DEFAULT_CONCURRENCY_LIMIT`];
+    /// `None`: unlimited). A call over it is refused at once with
+    /// RESOURCE_EXHAUSTED, never queued. A streaming call counts until it ends.
+    pub fn concurrency_limit(mut self, max: Option<usize>) -> Self {
+        self.concurrency_limit = max;
+        self
+    }
+
+    /// How often clients may ping ([`KeepalivePolicy::DEFAULT`]: gRPC's 5
+    /// minutes, not while idle; `None`: not enforced). A client that pings more
+    /// often is sent GOAWAY ENHANCE_YOUR_CALM `too_many_pings` (gRFC A8).
+    pub fn keepalive(mut self, policy: Option<KeepalivePolicy>) -> Self {
+        self.keepalive = policy;
+        self
+    }
+
+    /// How long calls in flight get to finish once shutdown begins
+    /// ([`DEFAULT_DRAIN_TIMEOUT`]); then they are cut off.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// What turns each accepted TCP connection into the IO HTTP/2 runs on
+    /// ([`PlainTcp`] by default; TLS is one).
+    pub fn acceptor(mut self, acceptor: impl Accept) -> Self {
+        self.acceptor = Arc::new(acceptor);
+        self
+    }
+
+    /// Runs `hook` when shutdown begins, after health turned NOT_SERVING and
+    /// before connections are sent GOAWAY: the place to end streams that would
+    /// never finish by themselves (subscriptions), so that the drain is not held
+    /// up by them.
+    pub fn on_shutdown(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_shutdown.push(Box::new(hook));
+        self
+    }
+
+    /// The server's count of calls in flight, readable while it runs.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// Serves on `addr` until SIGINT or SIGTERM ([`shutdown_signal`](super::shutdown_signal)),
+    /// then shuts down gracefully.
+    ///
+    /// # Errors
+    ///
+    /// If `addr` cannot be bound or reflection cannot read a descriptor set.
+    pub async fn serve(self, addr: SocketAddr) -> Result<Drained, ServeError> {
+        self.serve_with_shutdown(addr, super::shutdown_signal())
+            .await
+    }
+
+    /// Serves on `addr` until `signal` resolves, then shuts down gracefully.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    pub async fn serve_with_shutdown(
+        self,
+        addr: SocketAddr,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<Drained, ServeError> {
+        let listener = bind(addr).await?;
+        self.serve_with_incoming(listener, signal).await
+    }
+
+    /// Serves the connections of `listener` until `signal` resolves, then shuts
+    /// down gracefully (see the module docs for the order).
+    ///
+    /// # Errors
+    ///
+    /// If reflection cannot read a descriptor set.
+    pub async fn serve_with_incoming(
+        mut self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<Drained, ServeError> {
+        let routes = self.routes()?;
+        let inner = match self.layer.take() {
+            Some(layer) => Either::Left(layer.layer(routes)),
+            None => Either::Right(routes),
+        };
+        let connections = Connections {
+            inner,
+            calls: Arc::new(Calls {
+                admission: Admission::new(self.in_flight.clone(), self.concurrency_limit),
+                request: Limit::request(self.max_receive),
+                response: Limit::response(self.max_send),
+            }),
+            http2: {
+                let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                http2
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(self.max_concurrent_streams);
+                http2
+            },
+            keepalive: self.keepalive,
+            acceptor: Arc::clone(&self.acceptor),
+        };
+        if let Some(health) = &self.health {
+            health.serving().await;
+        }
+        let (shutdown, shutting_down) = watch::channel(false);
+        let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let mut tasks = JoinSet::new();
+        {
+            let listener = listener;
+            let mut signal = std::pin::pin!(signal);
+            loop {
+                tokio::select! {
+                    () = &mut signal => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    accepted = listener.accept() => {
+                        let (tcp, peer) = match accepted {
+                            Ok(accepted) => accepted,
+                            Err(e) => {
+                                // Out of file descriptors, most likely: wait for
+                                // connections to close rather than spin.
+                                tracing::warn!("cannot accept a connection: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                        let permit = match &limit {
+                            None => None,
+                            Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+                                Ok(permit) => Some(permit),
+                                Err(_) => {
+                                    tracing::debug!("closed a connection from {peer}: at the limit of connections");
+                                    continue;
+                                }
+                            },
+                        };
+                        let serving = connections.serve(tcp, peer, shutting_down.clone());
+                        tasks.spawn(async move {
+                            serving.await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+        }
+        let in_flight = self.in_flight.get();
+        if let Some(health) = &mut self.health {
+            health.shutting_down().await;
+        }
+        for hook in self.on_shutdown.drain(..) {
+            hook();
+        }
+        let _ = shutdown.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let complete = tokio::time::timeout(self.drain_timeout, drain)
+            .await
+            .is_ok();
+        if !complete {
+            tracing::info!(
+                "calls still in flight after the drain timeout ({:?}): cut off",
+                self.drain_timeout
+            );
+            tasks.shutdown().await;
+        }
+        Ok(Drained {
+            in_flight,
+            complete,
+        })
+    }
+
+    /// The routes: the services added, health and reflection.
+    fn routes(&mut self) -> Result<Routed, ServeError> {
+        let mut routes = std::mem::take(&mut self.routes);
+        if let Some(health) = &self.health {
+            routes.add_service(health.service());
+        }
+        if let Some(sets) = &self.reflection {
+            let health_set = self
+                .health
+                .as_ref()
+                .map(|_| tonic_health::pb::FILE_DESCRIPTOR_SET);
+            let reflection = Reflection::from_sets(sets.iter().copied().chain(health_set))?;
+            routes.add_service(reflection.v1());
+            routes.add_service(reflection.v1alpha());
+        }
+        let mut routed = BoxCloneSyncService::new(routes.routes());
+        for layer in self.layers.drain(..).rev() {
+            routed = layer(routed);
+        }
+        Ok(routed)
+    }
+}
+
+/// The routes, behind tai's server layer or not.
+type Inner = Either<ServerService<Routed>, Routed>;
+
+/// What each connection is served with.
+struct Connections {
+    inner: Inner,
+    calls: Arc<Calls>,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    keepalive: Option<KeepalivePolicy>,
+    acceptor: Arc<dyn DynAccept>,
+}
+
+impl Connections {
+    /// Serves one connection until it ends; once `shutting_down`, sends GOAWAY
+    /// and lets its calls finish.
+    fn serve(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut shutting_down: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // Nagle's algorithm would hold back small responses for tens of milliseconds.
+        let _ = tcp.set_nodelay(true);
+        let info = ConnectInfo::new(peer, tcp.local_addr().ok());
+        let accepting = self.acceptor.accept(tcp, info);
+        let (inner, calls, http2, keepalive) = (
+            self.inner.clone(),
+            Arc::clone(&self.calls),
+            self.http2.clone(),
+            self.keepalive,
+        );
+        async move {
+            let accepted = tokio::select! {
+                accepted = accepting => accepted,
+                _ = shutting_down.wait_for(|down| *down) => return,
+            };
+            let (io, info) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("connection from {peer} not accepted: {e}");
+                    return;
+                }
+            };
+            let on_connection = Arc::new(AtomicUsize::new(0));
+            let io = Policed::new(io, keepalive, Arc::clone(&on_connection));
+            let service = CallService::new(inner, calls, info, on_connection);
+            let connection = http2.serve_connection(TokioIo::new(io), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = &mut connection => {
+                    if let Err(e) = result {
+                        tracing::debug!("connection from {peer} ended: {e}");
+                    }
+                    return;
+                }
+                _ = shutting_down.wait_for(|down| *down) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            if let Err(e) = connection.await {
+                tracing::debug!("connection from {peer} ended while draining: {e}");
+            }
+        }
+    }
+}

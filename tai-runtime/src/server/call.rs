@@ -1,0 +1,142 @@
+//! One call's way into the server: the per-connection service hyper calls.
+//!
+//! It puts the connection's [`ConnectInfo`] (and tonic's `TcpConnectInfo`) into
+//! the request, admits the call or sheds it ([`Admission`]), holds the request
+//! and response messages to their size limits, and counts the call — on the
+//! server, for the drain and the shedding, and on its connection, for the
+//! keepalive police — until its response body ends.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll};
+
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tonic::body::Body;
+use tower::Service;
+use tower::util::Oneshot;
+
+use super::accept::ConnectInfo;
+use super::limits::{self, Limit, RequestBody, ResponseBody};
+use super::shed::{Admission, Ticket};
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Calls {
+    pub(crate) admission: Admission,
+    pub(crate) request: Limit,
+    pub(crate) response: Limit,
+}
+
+/// The service of one connection, in front of the server's routes `S`.
+#[derive(Debug)]
+pub(crate) struct CallService<S> {
+    inner: S,
+    calls: Arc<Calls>,
+    info: ConnectInfo,
+    /// Calls in flight on this connection.
+    connection: Arc<AtomicUsize>,
+}
+
+impl<S> CallService<S> {
+    pub(crate) fn new(
+        inner: S,
+        calls: Arc<Calls>,
+        info: ConnectInfo,
+        connection: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            inner,
+            calls,
+            info,
+            connection,
+        }
+    }
+}
+
+/// A response as this service sends it.
+pub(crate) type CallResponse = http::Response<ResponseBody<Body, Ticket>>;
+
+impl<S> hyper::service::Service<http::Request<Incoming>> for CallService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone,
+{
+    type Response = CallResponse;
+    type Error = Infallible;
+    type Future = CallFuture<S>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        let response = self.calls.response;
+        let ticket = match self.calls.admission.admit(&self.connection) {
+            Ok(ticket) => ticket,
+            Err(status) => {
+                tracing::debug!("shed a call: {}", status.message());
+                return CallFuture::Refused {
+                    response: Some(status.into_http()),
+                };
+            }
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(self.info.tcp());
+        parts.extensions.insert(self.info.clone());
+        let body = Body::new(RequestBody::new(body, self.calls.request));
+        let call =
+            tower::ServiceExt::oneshot(self.inner.clone(), http::Request::from_parts(parts, body));
+        CallFuture::Admitted {
+            call,
+            ticket: Some(ticket),
+            response,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of one call through [`CallService`].
+    #[project = CallProjection]
+    pub(crate) enum CallFuture<S>
+    where
+        S: Service<http::Request<Body>>,
+    {
+        Refused { response: Option<http::Response<Body>> },
+        Admitted {
+            #[pin]
+            call: Oneshot<S, http::Request<Body>>,
+            ticket: Option<Ticket>,
+            response: Limit,
+        },
+    }
+}
+
+impl<S> Future for CallFuture<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    type Output = Result<CallResponse, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProjection::Refused { response } => {
+                let response = response.take().expect("polled after completion");
+                // Refused before a ticket: nothing held, nothing limited.
+                let (parts, body) = response.into_parts();
+                let body = ResponseBody::new(body, Limit::response(usize::MAX), None);
+                Poll::Ready(Ok(http::Response::from_parts(parts, body)))
+            }
+            CallProjection::Admitted {
+                call,
+                ticket,
+                response,
+            } => {
+                let Ok(answer) = std::task::ready!(call.poll(cx));
+                let (mut parts, body) = answer.into_parts();
+                // A trailers-only answer carries its status in the headers.
+                limits::too_large_is_resource_exhausted(&mut parts.headers);
+                let body = ResponseBody::new(body, *response, ticket.take());
+                Poll::Ready(Ok(http::Response::from_parts(parts, body)))
+            }
+        }
+    }
+}
