@@ -604,3 +604,41 @@ impl tai_runtime::channel::Connector for RawClient {
         Box::pin(async move { this.handshake(address).await })
     }
 }
+
+// ---- the tai server builder ----------------------------------------------------
+
+/// `Server::builder().tls(..)` serves mTLS on its own accept loop: the handler
+/// sees the client's identity, and a client without a certificate never reaches
+/// it.
+#[tokio::test]
+async fn the_server_builder_serves_mtls_with_the_identity_in_every_request() {
+    let ca = Ca::new("ca");
+    let server = Secret::new(
+        &ca.pem(),
+        &ca.leaf(1, "spiffe://example.org/ns/x/sa/server"),
+    );
+    let client = Secret::new(&ca.pem(), &ca.leaf(7, "spiffe://example.org/ns/x/sa/z"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = WhoAmI::default();
+    let builder = tai_runtime::server::Server::builder()
+        .tls(server.server(RELOAD))
+        .add_service(handler.clone());
+    tokio::spawn(builder.serve_with_incoming(listener, std::future::pending()));
+
+    let msg = call(&channel(client.client(RELOAD), addr)).await.unwrap();
+    assert!(msg.starts_with("serial=07 "), "{msg}");
+    assert!(
+        msg.ends_with("spiffe=spiffe://example.org/ns/x/sa/z"),
+        "{msg}"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+
+    let anonymous = ClientTls::builder()
+        .ca(client.path("ca.crt"))
+        .build()
+        .unwrap();
+    let err = call(&channel(anonymous, addr)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}

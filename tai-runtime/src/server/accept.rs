@@ -100,6 +100,10 @@ pub struct ConnectInfo {
     remote_addr: SocketAddr,
     local_addr: Option<SocketAddr>,
     peer_certificates: Option<Arc<[Vec<u8>]>>,
+    /// What tai's own TLS learned of the peer, parsed once per connection and
+    /// put into every request (see [`crate::tls::PeerIdentity::of`]).
+    #[cfg(feature = "tls")]
+    identity: Option<crate::tls::PeerIdentity>,
 }
 
 impl ConnectInfo {
@@ -109,7 +113,27 @@ impl ConnectInfo {
             remote_addr,
             local_addr,
             peer_certificates: None,
+            #[cfg(feature = "tls")]
+            identity: None,
         }
+    }
+
+    /// The same, with the identity tai's TLS verified (its chain becomes
+    /// [`peer_certificates`](Self::peer_certificates) too).
+    #[cfg(feature = "tls")]
+    pub fn with_identity(mut self, identity: crate::tls::PeerIdentity) -> Self {
+        let chain: Vec<Vec<u8>> = identity.chain().iter().map(|c| c.to_vec()).collect();
+        self.peer_certificates = Some(chain.into());
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The identity tai's TLS verified, if the connection came through
+    /// [`ServerTls`](crate::tls::ServerTls) and the client presented a
+    /// certificate.
+    #[cfg(feature = "tls")]
+    pub fn identity(&self) -> Option<&crate::tls::PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// The same, with the certificate chain the peer presented and proved it

@@ -383,6 +383,27 @@ impl Server {
         self
     }
 
+    /// Serves (m)TLS with `tls`: certificates reloaded as they change on disk,
+    /// the client's verified identity in every request
+    /// ([`PeerIdentity::of`](crate::tls::PeerIdentity::of)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tai_runtime::server::Server;
+    /// use tai_runtime::tls::ServerTls;
+    ///
+    /// let tls = ServerTls::from_pem("ca.pem", "server.pem", "server.key")?;
+    /// Server::builder()
+    ///     .tls(tls)
+    ///     .serve("127.0.0.1:50051".parse()?)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(self, tls: crate::tls::ServerTls) -> Self {
+        self.acceptor(tls)
+    }
+
     /// Runs `hook` when shutdown begins, after health turned NOT_SERVING and
     /// before connections are sent GOAWAY: the place to end streams that would
     /// never finish by themselves (subscriptions), so that the drain is not held

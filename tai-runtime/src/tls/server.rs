@@ -423,3 +423,30 @@ mod incoming {
         }
     }
 }
+
+/// [`ServerTls`] as the acceptor of a [`Server`](crate::server::Server): each
+/// connection's handshake runs in its own task, and the verified identity goes
+/// into every request of the connection (see [`PeerIdentity::of`]).
+#[cfg(feature = "server")]
+impl crate::server::Accept for ServerTls {
+    type Io = TlsStream<TcpStream>;
+
+    fn accept(
+        &self,
+        tcp: TcpStream,
+        info: crate::server::ConnectInfo,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        std::io::Result<(Self::Io, crate::server::ConnectInfo)>,
+    > {
+        let tls = self.clone();
+        Box::pin(async move {
+            let (stream, identity) = ServerTls::accept(&tls, tcp).await?;
+            let info = match identity {
+                Some(identity) => info.with_identity(identity),
+                None => info,
+            };
+            Ok((stream, info))
+        })
+    }
+}
