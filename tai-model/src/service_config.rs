@@ -53,7 +53,9 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 
 use crate::grammar::{FieldDef, Value, ValueKind};
-use crate::{Balancer, Code, Field, MAX_ATTEMPTS_CAP, PolicySpec, check_level, parse_duration};
+use crate::{
+    Balancer, Code, Field, MAX_ATTEMPTS_CAP, MethodKind, PolicySpec, check_level, parse_duration,
+};
 
 /// A standard service-config field: the grammar row it writes, its JSON key, and
 /// whether a policy object must have it (gRPC treats a missing one as zero, which is
@@ -249,6 +251,29 @@ impl ServiceConfig {
         })
         .or_else(|| find(&|n| matches!(n, MethodName::Service(s) if s == service)))
         .or_else(|| find(&|n| *n == MethodName::Default))
+    }
+
+    /// The entry for a method and the level it adds to the method's policy. A method
+    /// whose requests are a stream cannot be retried or hedged: an entry naming its
+    /// service or the default leaves retry and hedging out for it (as an inherited
+    /// policy would), while one naming the method itself keeps them, so that the
+    /// validator rejects them there.
+    pub fn level_for(
+        &self,
+        service: &str,
+        method: &str,
+        kind: MethodKind,
+    ) -> Option<(&MethodConfig, PolicySpec)> {
+        let entry = self.lookup(service, method)?;
+        let mut spec = entry.spec.clone();
+        let named = entry.names.iter().any(
+            |n| matches!(n, MethodName::Method { service: s, method: m } if s == service && m == method),
+        );
+        if kind.streams_requests() && !named {
+            spec.retry = None;
+            spec.hedging = None;
+        }
+        Some((entry, spec))
     }
 }
 

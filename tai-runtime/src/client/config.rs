@@ -26,7 +26,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::HeaderValue;
-use tai_model::{ConfigProblem, Field, MethodConfig, Problem, ResolvedPolicy, json_path};
+use tai_model::{
+    ConfigProblem, Field, MethodConfig, PolicySpec, Problem, ResolvedPolicy, json_path,
+};
 
 use crate::policy::{
     BreakerPolicy, CodeSet, HedgingPolicy, MethodPolicy, RateRule, RetryPolicy, ServicePolicy,
@@ -156,10 +158,9 @@ impl Effective {
         }
         let mut methods = Vec::with_capacity(compiled.methods.len());
         for m in compiled.methods {
-            let entry = config.model.lookup(compiled.name, m.name);
-            let policy = match entry {
+            let policy = match config.model.level_for(compiled.name, m.name, m.kind) {
                 None => *m,
-                Some(entry) => match configure(m, entry) {
+                Some((entry, level)) => match configure(m, entry, &level) {
                     Ok(policy) => policy,
                     Err(found) => {
                         for (path, message) in found {
@@ -190,10 +191,11 @@ impl Effective {
 fn configure(
     m: &'static MethodPolicy,
     entry: &MethodConfig,
+    level: &PolicySpec,
 ) -> Result<MethodPolicy, Vec<(String, String)>> {
     let at = |field: Field| format!("{}.{}", entry.path(), json_path(field));
     let say = |what: &dyn fmt::Display| format!("{}: {what}", m.path);
-    if entry.spec.breaker.is_some() {
+    if level.breaker.is_some() {
         return Err(vec![(
             at(Field::Breaker),
             say(
@@ -204,7 +206,7 @@ fn configure(
         )]);
     }
     let compiled = m.spec();
-    let resolved = tai_model::validate(&[&compiled, &entry.spec], m.kind, Some(1)).map_err(
+    let resolved = tai_model::validate(&[&compiled, level], m.kind, Some(1)).map_err(
         |problems: Vec<Problem>| {
             problems
                 .into_iter()
