@@ -56,6 +56,7 @@ pub struct Builder {
     build_client: bool,
     extern_paths: Vec<(String, String)>,
     type_attributes: Vec<(String, String)>,
+    service_config: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -82,6 +83,7 @@ impl Builder {
             build_client: true,
             extern_paths: Vec::new(),
             type_attributes: Vec::new(),
+            service_config: None,
         }
     }
 
@@ -239,6 +241,31 @@ impl Builder {
         self
     }
 
+    /// Reads a gRPC service config (the standard JSON: `methodConfig` with `timeout`,
+    /// `retryPolicy`, `hedgingPolicy`; `retryThrottling`; and tai's `tai` object for
+    /// the breaker, the balancer, `idempotent` and `max_timeout`) as one more level of
+    /// policy, checked at build time like the proto options.
+    ///
+    /// For each method, the entry gRPC would pick (the one naming the method, else its
+    /// service, else the default `[{}]`) sits just below the method's own
+    /// `(tai.v1.method)` options, which win field by field; it overrides the file and
+    /// service options. `retryThrottling` and `tai.balancer` join the service level.
+    /// A problem is reported with the JSON file and path
+    /// (`svc.json: methodConfig[0].retryPolicy.maxAttempts: ...`); the file is watched
+    /// by `cargo:rerun-if-changed`. Calling this again replaces the file.
+    ///
+    /// ```no_run
+    /// tai_build::Builder::new()
+    ///     .include("proto")
+    ///     .service_config("proto/service_config.json")
+    ///     .compile()?;
+    /// # Ok::<(), tai_build::Error>(())
+    /// ```
+    pub fn service_config(mut self, path: impl AsRef<Path>) -> Self {
+        self.service_config = Some(path.as_ref().to_owned());
+        self
+    }
+
     /// Runs the pipeline: parse and link with protox, read and validate the tai
     /// options, generate messages, servers and annotated client traits, and write
     /// `{package}.rs` files and the descriptor set. Nothing is written unless every
@@ -315,12 +342,15 @@ impl Builder {
             })
             .collect();
 
-        // 2. Read and validate the tai options.
+        // 2. Read and validate the tai options and the service config.
+        let config = self.read_service_config()?;
         let checked: Vec<_> = pool
             .files()
             .filter(|f| generated.contains(f.name()))
             .collect();
-        let policies = check::check(&pool, &checked, &|name| self.display_path(name))?;
+        let policies = check::check(&pool, &checked, config.as_ref(), &|name| {
+            self.display_path(name)
+        })?;
 
         // 3. Generate.
         let mut config = prost_build::Config::new();
@@ -403,11 +433,31 @@ impl Builder {
             for dir in &scanned {
                 println!("cargo:rerun-if-changed={}", dir.display());
             }
-            for path in &read {
+            for path in read.iter().chain(&self.service_config) {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }
         Ok(())
+    }
+
+    /// The service config, read and checked on its own, if one was given.
+    fn read_service_config(&self) -> Result<Option<check::JsonConfig>, Error> {
+        let Some(path) = &self.service_config else {
+            return Ok(None);
+        };
+        let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        let config = tai_model::ServiceConfig::parse(&text).map_err(|problems| {
+            Error::policy(
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {p}", path.display()))
+                    .collect(),
+            )
+        })?;
+        Ok(Some(check::JsonConfig {
+            path: path.clone(),
+            config,
+        }))
     }
 
     /// The include directories, then tai's options, then the Google types. The user's

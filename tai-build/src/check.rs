@@ -1,12 +1,19 @@
 //! Reads the tai options of every service and validates every method with the shared
-//! model, collecting every problem with the `.proto` file and line it is about.
+//! model, collecting every problem with the `.proto` file and line it is about (or,
+//! for what the service config wrote, its JSON file and path).
+//!
+//! A service config adds to the levels what the macro will see: its client-wide part
+//! (`retryThrottling`, `tai.balancer`) joins the service level, and the entry that
+//! applies to a method joins the method level below the method's own options. The
+//! method is validated on exactly the levels the generated attributes carry, and a
+//! problem is put on the source that wrote the field.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use prost_reflect::{DescriptorPool, FileDescriptor, Kind, MethodDescriptor};
 use prost_types::FileDescriptorProto;
-use tai_model::{MethodKind, PolicySpec, validate};
+use tai_model::{Field, MethodKind, PolicySpec, Problem, json_path, merge, validate};
 
 use crate::Error;
 use crate::options::{Extensions, ReadProblem, Scope};
@@ -26,6 +33,30 @@ pub(crate) struct ServicePolicy {
     pub(crate) service: PolicySpec,
     /// `(tai.v1.method)` of each method, in declaration order.
     pub(crate) methods: Vec<PolicySpec>,
+}
+
+/// A service config given to the builder, read and checked on its own.
+pub(crate) struct JsonConfig {
+    /// The file, as the builder was given it.
+    pub(crate) path: PathBuf,
+    pub(crate) config: tai_model::ServiceConfig,
+}
+
+/// `level` with `below` merged under it; `level` itself, as written, when there is
+/// nothing below (a merge spells out what a level implies, `hedging = none` beside a
+/// retry, which the generated attribute need not repeat).
+fn under(below: &PolicySpec, level: &PolicySpec) -> PolicySpec {
+    if *below == PolicySpec::default() {
+        level.clone()
+    } else {
+        merge(below, level)
+    }
+}
+
+/// Whether `level` writes `field` (or, for a problem about a whole sub-policy, turns
+/// it on or off).
+fn writes(level: &PolicySpec, field: Field) -> bool {
+    (field.def().get)(level).is_some()
 }
 
 /// One problem, before rendering.
@@ -208,6 +239,7 @@ fn find_words(text: &str, span: &[i32], names: &[&str]) -> Option<u32> {
 pub(crate) fn check(
     pool: &DescriptorPool,
     files: &[FileDescriptor],
+    json: Option<&JsonConfig>,
     display: &dyn Fn(&str) -> PathBuf,
 ) -> Result<HashMap<String, ServicePolicy>, Error> {
     let extensions = Extensions::new(pool);
@@ -217,7 +249,10 @@ pub(crate) fn check(
         texts: HashMap::new(),
     };
     let mut diagnostics: Vec<Diagnostic> = Vec::new();
+    // Problems in what the service config wrote: `file: path: method: message`.
+    let mut json_problems: Vec<String> = Vec::new();
     let mut policies = HashMap::new();
+    let client_json = json.map(|j| j.config.client.clone()).unwrap_or_default();
 
     for file in files {
         let path = display(file.name());
@@ -291,9 +326,41 @@ pub(crate) fn check(
                         None,
                     );
                 }
-                let levels = [&file_spec, &service_spec, &method_spec];
-                if let Err(problems) = validate(&levels, kind_of(&method), Some(2)) {
+                let kind = kind_of(&method);
+                let entry = json.and_then(|j| {
+                    j.config
+                        .level_for(&service_name, method.name(), kind)
+                        .map(|(entry, level)| (entry.path(), level))
+                });
+                let entry_spec = entry.as_ref().map(|(_, l)| l.clone()).unwrap_or_default();
+                // The levels as the generated attributes carry them.
+                let service_level = under(&client_json, &service_spec);
+                let method_level = under(&entry_spec, &method_spec);
+                let levels = [&file_spec, &service_level, &method_level];
+                if let Err(problems) = validate(&levels, kind, Some(2)) {
                     for problem in problems {
+                        // What the JSON wrote and the proto did not is the JSON's.
+                        let from_json = match problem.level {
+                            1 => {
+                                writes(&client_json, problem.field)
+                                    && !writes(&service_spec, problem.field)
+                            }
+                            2 => entry.is_some() && !writes(&method_spec, problem.field),
+                            _ => false,
+                        };
+                        if let (true, Some(j)) = (from_json, json) {
+                            let at = match (&entry, problem.level) {
+                                (Some((path, _)), 2) => {
+                                    format!("{path}.{}", json_path(problem.field))
+                                }
+                                _ => json_path(problem.field),
+                            };
+                            let text = json_problem(&j.path, &at, &method_name, &problem);
+                            if !json_problems.contains(&text) {
+                                json_problems.push(text);
+                            }
+                            continue;
+                        }
                         let scope = Scope::ALL[problem.level.min(2)];
                         let (options_path, owner, covers) = match scope {
                             Scope::File => (&file_path, "", file_methods),
@@ -312,28 +379,39 @@ pub(crate) fn check(
                         report(&mut locator, scope, options_path, owner, read, method);
                     }
                 }
-                methods.push(method_spec);
+                methods.push(method_level);
             }
             policies.insert(
                 service_name,
                 ServicePolicy {
                     file: file_spec.clone(),
-                    service: service_spec,
+                    service: under(&client_json, &service_spec),
                     methods,
                 },
             );
         }
     }
 
-    if diagnostics.is_empty() {
+    if diagnostics.is_empty() && json_problems.is_empty() {
         return Ok(policies);
     }
     // Reading order: by file, then line. The sort is stable, so problems on one line
-    // keep the order they were found in (outer levels first).
+    // keep the order they were found in (outer levels first). The service config's
+    // come after, in the order of the methods they were found for.
     diagnostics.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
     Err(Error::policy(
-        diagnostics.iter().map(Diagnostic::render).collect(),
+        diagnostics
+            .iter()
+            .map(Diagnostic::render)
+            .chain(json_problems)
+            .collect(),
     ))
+}
+
+/// A problem in what the service config wrote, for one method:
+/// `svc.json: methodConfig[0].retryPolicy.maxAttempts: demo.S/Get: is 1, ...`.
+fn json_problem(file: &Path, at: &str, method: &str, problem: &Problem) -> String {
+    format!("{}: {at}: {method}: {}", file.display(), problem.kind)
 }
 
 /// The shape of a method.

@@ -22,7 +22,8 @@ pub enum ErrorKind {
     /// A `.proto` file could not be found, parsed or linked. The message is protox's,
     /// with the file and line it points at.
     Proto,
-    /// One or more tai options are invalid. [`Error::problems`] lists every one.
+    /// One or more tai options, or the service config, are invalid.
+    /// [`Error::problems`] lists every one.
     Policy,
     /// The generated Rust could not be assembled, e.g. two modules got the same name.
     Codegen,

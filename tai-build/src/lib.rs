@@ -75,6 +75,15 @@
 //! for codes other than `UNAVAILABLE`, ...) are tai's one validator, `tai_model`,
 //! shared with the `#[resilient]` attribute.
 //!
+//! ## Service config
+//!
+//! [`Builder::service_config`] reads a gRPC service config JSON (`methodConfig` with
+//! `timeout`, `retryPolicy`, `hedgingPolicy`; `retryThrottling`; a `tai` object for
+//! the breaker, balancer, `idempotent`, `max_timeout`) as one more level: the entry
+//! gRPC picks for a method sits just below its `(tai.v1.method)` options (which win),
+//! over the file and service options. Problems name the JSON file and path:
+//! `svc.json: methodConfig[0].retryPolicy.maxAttempts: is 1, but must be at least 2`.
+//!
 //! ## Errors
 //!
 //! A bad option fails the build with one error listing every problem, each with the

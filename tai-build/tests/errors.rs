@@ -33,11 +33,30 @@ impl Fixture {
     }
 
     fn compile(&self) -> Result<(), tai_build::Error> {
+        self.builder().compile()
+    }
+
+    fn builder(&self) -> Builder {
         Builder::new()
             .include(&self.proto)
             .out_dir(&self.out)
             .emit_rerun_if_changed(false)
+    }
+
+    /// The build with a service config `json` written beside the protos.
+    fn error_with_config(&self, json: &str) -> tai_build::Error {
+        let path = self.proto.join("svc.json");
+        fs::write(&path, json).unwrap();
+        let err = self
+            .builder()
+            .service_config(&path)
             .compile()
+            .expect_err("the build should fail");
+        assert!(
+            !self.out.exists(),
+            "nothing is written when the build fails"
+        );
+        err
     }
 
     fn error(&self) -> tai_build::Error {
@@ -539,4 +558,91 @@ fn balancer_unknown_or_on_a_method() {
             ),
         ]
     );
+}
+
+/// A retry policy for the service config with `attempts` and `codes`.
+fn json_retry(attempts: u32, codes: &str) -> String {
+    format!(
+        r#""retryPolicy": {{"maxAttempts": {attempts}, "initialBackoff": "0.1s",
+            "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": [{codes}]}}"#
+    )
+}
+
+#[test]
+fn service_config_problems_name_the_json_file_and_path() {
+    let f = one("service Svc {\n  rpc Get(M) returns (M);\n}\n");
+    let json = f.proto.join("svc.json").display().to_string();
+    // Read on its own: every problem, each at its JSON path.
+    let err = f.error_with_config(&format!(
+        r#"{{"methodConfig": [{{"name": [{{"service": "demo.Svc"}}], "waitForReady": true,
+            {}}}], "retryThrottling": {{"maxTokens": 0, "tokenRatio": 1}}}}"#,
+        json_retry(1, r#""UNAVAILABLE""#)
+    ));
+    assert_eq!(err.kind(), ErrorKind::Policy);
+    assert_eq!(
+        err.problems(),
+        [
+            format!("{json}: retryThrottling.maxTokens: is 0, but must be in 1..=1000"),
+            format!(
+                "{json}: methodConfig[0].waitForReady: is not supported yet: tai has no \
+                 per-method wait-for-ready switch; remove it"
+            ),
+            format!(
+                "{json}: methodConfig[0].retryPolicy.maxAttempts: is 1, but must be at least 2"
+            ),
+        ]
+    );
+    // Checked with the proto's levels: Get is not idempotent, so retrying it on
+    // ABORTED is refused, at the JSON that asked for it and for the method it hits.
+    let err = f.error_with_config(&format!(
+        r#"{{"methodConfig": [{{"name": [{{}}], {}}}]}}"#,
+        json_retry(3, r#""ABORTED", 14"#)
+    ));
+    assert_eq!(
+        err.problems(),
+        [format!(
+            "{json}: methodConfig[0].retryPolicy.retryableStatusCodes: demo.Svc/Get: retries a \
+             method that is not marked idempotent on ABORTED, which does not prove the server \
+             never ran it; mark the method idempotent or retry only on UNAVAILABLE"
+        )]
+    );
+}
+
+#[test]
+fn service_config_retry_meets_a_streaming_method() {
+    // A service-wide retry leaves a client-streaming method alone (it cannot be
+    // re-sent); naming the method itself is an error, as on the proto method.
+    let f = one("service Svc {\n  rpc Up(stream M) returns (M);\n}\n");
+    let path = f.proto.join("svc.json");
+    let service_wide = format!(
+        r#"{{"methodConfig": [{{"name": [{{"service": "demo.Svc"}}], {}}}]}}"#,
+        json_retry(3, r#""UNAVAILABLE""#)
+    );
+    fs::write(&path, service_wide).unwrap();
+    f.builder().service_config(&path).compile().unwrap();
+    fs::remove_dir_all(&f.out).unwrap();
+    let err = f.error_with_config(&format!(
+        r#"{{"methodConfig": [{{"name": [{{"service": "demo.Svc", "method": "Up"}}], {}}}]}}"#,
+        json_retry(3, r#""UNAVAILABLE""#)
+    ));
+    assert_eq!(
+        err.problems(),
+        [format!(
+            "{}: methodConfig[0].retryPolicy: demo.Svc/Up: cannot apply to a client-streaming or \
+             bidi method: its requests are a stream that cannot be re-sent",
+            path.display()
+        )]
+    );
+}
+
+#[test]
+fn a_missing_service_config_is_an_io_error() {
+    let f = one("service Svc {\n  rpc Get(M) returns (M);\n}\n");
+    let err = f
+        .builder()
+        .service_config(f.proto.join("nope.json"))
+        .compile()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains("nope.json"), "{err}");
 }

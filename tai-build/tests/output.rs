@@ -248,3 +248,44 @@ fn generated_code_uses_runtime_paths_only() {
     }
     assert!(code.contains("::tai_runtime::__private::prost_types::Timestamp"));
 }
+
+#[test]
+fn a_service_config_joins_the_levels_below_the_method_options() {
+    let p = Project::new(&[("orders.proto", PROTO)]);
+    let json = p.dir.path().join("svc.json");
+    fs::write(
+        &json,
+        r#"{
+          "methodConfig": [{
+            "name": [{ "service": "shop.v1.Orders" }],
+            "timeout": "2s",
+            "retryPolicy": {
+              "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",
+              "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"]
+            },
+            "tai": { "breaker": { "failure_threshold": 3 } }
+          }],
+          "retryThrottling": { "maxTokens": 10, "tokenRatio": 0.5 },
+          "tai": { "balancer": "least_loaded" }
+        }"#,
+    )
+    .unwrap();
+    p.builder().service_config(&json).compile().unwrap();
+    let code = p.read_flat("shop.v1.rs");
+    // The client-wide part joins the service level.
+    assert!(
+        code.contains(
+            r#"service = "shop.v1.Orders", timeout = "5s", throttle(max_tokens = 10, token_ratio = 0.5), balancer = "least_loaded""#
+        ),
+        "{code}"
+    );
+    // The entry sits below the method's own options: its `max_attempts: 4` wins,
+    // the rest of the JSON policy (and its timeout, over the service's) applies. The
+    // merged level spells out what a retry implies: no hedging.
+    assert!(
+        code.contains(
+            r#"name = "Place", idempotent, timeout = "2s", retry(max_attempts = 4, initial_backoff = "50ms", max_backoff = "1s", multiplier = 2.0, codes = [UNAVAILABLE, ABORTED]), hedging = none, breaker(failure_threshold = 3)"#
+        ),
+        "{code}"
+    );
+}

@@ -11,7 +11,12 @@
 //! parent, default and doc — is one table, [`FIELDS`]; both front ends read their
 //! keys from it, and [`attribute_args`] prints a level back in the attribute grammar.
 //!
-//! It has no dependencies so that it costs nothing at build time.
+//! The gRPC service config JSON is a third front end ([`ServiceConfig`]): it reads
+//! `methodConfig` entries into the same levels, so tai-build and tai-runtime check a
+//! config by the same rules.
+//!
+//! Its one dependency is `serde_json`, for that JSON; it is small, and tai-runtime
+//! and tai-build need it anyway.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +24,7 @@ mod code;
 mod duration;
 mod grammar;
 mod problem;
+mod service_config;
 mod spec;
 mod validate;
 
@@ -26,9 +32,12 @@ pub use code::{Code, CodeSet};
 pub use duration::{format_duration, parse_duration};
 pub use grammar::{FIELDS, Field, FieldDef, Value, ValueKind, attribute_args};
 pub use problem::{Problem, ProblemKind};
+pub use service_config::{
+    ConfigProblem, MethodConfig, MethodName, ServiceConfig, json_path, parse_json_duration,
+};
 pub use spec::{
     Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
     ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry,
     ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
 };
-pub use validate::{MAX_ATTEMPTS_CAP, validate};
+pub use validate::{MAX_ATTEMPTS_CAP, check_level, validate};

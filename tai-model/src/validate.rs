@@ -34,6 +34,102 @@ impl Check {
         }
     }
 
+    /// The rules about one level on its own (its values, and what may be written
+    /// on a method), before levels are combined.
+    fn level(&mut self, i: usize, level: &PolicySpec, is_method: bool) {
+        self.positive_duration(Field::MaxTimeout, i, level.max_timeout);
+        if let Some(Toggle::On(t)) = level.timeout {
+            self.positive_duration(Field::Timeout, i, Some(t));
+        }
+        if let Some(r) = retry_of(level) {
+            self.count_at_least(Field::RetryMaxAttempts, i, r.max_attempts, 2);
+            self.positive_duration(Field::RetryInitialBackoff, i, r.initial_backoff);
+            self.positive_duration(Field::RetryMaxBackoff, i, r.max_backoff);
+            if let Some(m) = r.multiplier.filter(|m| !(*m > 0.0 && m.is_finite())) {
+                self.fail(
+                    Field::RetryMultiplier,
+                    i,
+                    ProblemKind::NotPositive { value: m },
+                );
+            }
+            if r.codes.as_ref().is_some_and(Vec::is_empty) {
+                self.fail(
+                    Field::RetryCodes,
+                    i,
+                    ProblemKind::NoCodes {
+                        hint: "list at least one code to retry, or turn retry off",
+                    },
+                );
+            }
+            self.no_ok(Field::RetryCodes, i, &r.codes);
+        }
+        if let Some(h) = hedging_of(level) {
+            self.count_at_least(Field::HedgingMaxAttempts, i, h.max_attempts, 2);
+            self.no_ok(Field::HedgingNonFatalCodes, i, &h.non_fatal_codes);
+        }
+        if retry_of(level).is_some() && hedging_of(level).is_some() {
+            self.fail(Field::Hedging, i, ProblemKind::RetryAndHedging);
+        }
+        if let Some(b) = breaker_of(level) {
+            self.count_at_least(Field::BreakerFailureThreshold, i, b.failure_threshold, 1);
+            self.count_at_least(Field::BreakerHalfOpenMaxCalls, i, b.half_open_max_calls, 1);
+            self.positive_duration(Field::BreakerOpenTimeout, i, b.open_timeout);
+            self.positive_duration(Field::BreakerMaxOpenTimeout, i, b.max_open_timeout);
+            self.no_ok(Field::BreakerFailureCodes, i, &b.failure_codes);
+            if let Some(Toggle::On(r)) = &b.rate {
+                if let Some(t) = r.threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
+                    self.fail(
+                        Field::BreakerFailureRate,
+                        i,
+                        ProblemKind::OutOfRange {
+                            value: t.to_string(),
+                            range: "(0, 1]",
+                        },
+                    );
+                }
+                self.positive_duration(Field::BreakerWindow, i, r.window);
+                self.count_at_least(Field::BreakerMinCalls, i, r.min_calls, 1);
+            }
+        }
+        if level.balancer.is_some() && is_method {
+            self.fail(
+                Field::Balancer,
+                i,
+                ProblemKind::PerClient {
+                    why: "is chosen per client",
+                },
+            );
+        }
+        if let Some(Toggle::On(t)) = &level.throttle {
+            if is_method {
+                self.fail(
+                    Field::Throttle,
+                    i,
+                    ProblemKind::PerClient {
+                        why: "is shared by every method of a client",
+                    },
+                );
+            }
+            if let Some(n) = t.max_tokens.filter(|n| !(1..=1000).contains(n)) {
+                self.fail(
+                    Field::ThrottleMaxTokens,
+                    i,
+                    ProblemKind::OutOfRange {
+                        value: n.to_string(),
+                        range: "1..=1000",
+                    },
+                );
+            }
+            if let Some(r) = t.token_ratio.filter(|r| !(*r > 0.0 && r.is_finite())) {
+                self.fail(
+                    Field::ThrottleTokenRatio,
+                    i,
+                    ProblemKind::NotPositive { value: r },
+                );
+            }
+        }
+    }
+
     fn no_ok(&mut self, field: Field, level: usize, codes: &Option<Vec<Code>>) {
         if codes.as_ref().is_some_and(|c| c.contains(&Code::Ok)) {
             self.fail(field, level, ProblemKind::ContainsOk);
@@ -67,6 +163,29 @@ fn breaker_of(l: &PolicySpec) -> Option<&BreakerSpec> {
     }
 }
 
+/// The rules about one level on its own, before it is combined with others: its
+/// values (`max_attempts` at least 2, durations above zero, ...), retry beside
+/// hedging, and, if `is_method`, the settings of a whole client written on a method.
+/// What needs the combined policy (unsafe retry on a method that is not idempotent,
+/// backoff order, streamed requests) is left to [`validate`]. The service-config
+/// reader uses it to reject a bad `methodConfig` before it knows the methods.
+///
+/// ```
+/// use tai_model::{Field, PolicySpec, RetrySpec, Toggle, check_level};
+/// let level = PolicySpec {
+///     retry: Some(Toggle::On(RetrySpec { max_attempts: Some(1), ..RetrySpec::default() })),
+///     ..PolicySpec::default()
+/// };
+/// assert_eq!(check_level(&level, true)[0].field, Field::RetryMaxAttempts);
+/// ```
+pub fn check_level(level: &PolicySpec, is_method: bool) -> Vec<Problem> {
+    let mut check = Check {
+        problems: Vec::new(),
+    };
+    check.level(0, level, is_method);
+    check.problems
+}
+
 /// Validates the levels of one method (outermost first: file, service, method) and
 /// returns the resolved policy, or every problem found — never just the first.
 ///
@@ -81,97 +200,7 @@ pub fn validate(
         problems: Vec::new(),
     };
     for (i, level) in levels.iter().enumerate() {
-        check.positive_duration(Field::MaxTimeout, i, level.max_timeout);
-        if let Some(Toggle::On(t)) = level.timeout {
-            check.positive_duration(Field::Timeout, i, Some(t));
-        }
-        if let Some(r) = retry_of(level) {
-            check.count_at_least(Field::RetryMaxAttempts, i, r.max_attempts, 2);
-            check.positive_duration(Field::RetryInitialBackoff, i, r.initial_backoff);
-            check.positive_duration(Field::RetryMaxBackoff, i, r.max_backoff);
-            if let Some(m) = r.multiplier.filter(|m| !(*m > 0.0 && m.is_finite())) {
-                check.fail(
-                    Field::RetryMultiplier,
-                    i,
-                    ProblemKind::NotPositive { value: m },
-                );
-            }
-            if r.codes.as_ref().is_some_and(Vec::is_empty) {
-                check.fail(
-                    Field::RetryCodes,
-                    i,
-                    ProblemKind::NoCodes {
-                        hint: "list at least one code to retry, or turn retry off",
-                    },
-                );
-            }
-            check.no_ok(Field::RetryCodes, i, &r.codes);
-        }
-        if let Some(h) = hedging_of(level) {
-            check.count_at_least(Field::HedgingMaxAttempts, i, h.max_attempts, 2);
-            check.no_ok(Field::HedgingNonFatalCodes, i, &h.non_fatal_codes);
-        }
-        if retry_of(level).is_some() && hedging_of(level).is_some() {
-            check.fail(Field::Hedging, i, ProblemKind::RetryAndHedging);
-        }
-        if let Some(b) = breaker_of(level) {
-            check.count_at_least(Field::BreakerFailureThreshold, i, b.failure_threshold, 1);
-            check.count_at_least(Field::BreakerHalfOpenMaxCalls, i, b.half_open_max_calls, 1);
-            check.positive_duration(Field::BreakerOpenTimeout, i, b.open_timeout);
-            check.positive_duration(Field::BreakerMaxOpenTimeout, i, b.max_open_timeout);
-            check.no_ok(Field::BreakerFailureCodes, i, &b.failure_codes);
-            if let Some(Toggle::On(r)) = &b.rate {
-                if let Some(t) = r.threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
-                    check.fail(
-                        Field::BreakerFailureRate,
-                        i,
-                        ProblemKind::OutOfRange {
-                            value: t.to_string(),
-                            range: "(0, 1]",
-                        },
-                    );
-                }
-                check.positive_duration(Field::BreakerWindow, i, r.window);
-                check.count_at_least(Field::BreakerMinCalls, i, r.min_calls, 1);
-            }
-        }
-        if level.balancer.is_some() && method_level == Some(i) {
-            check.fail(
-                Field::Balancer,
-                i,
-                ProblemKind::PerClient {
-                    why: "is chosen per client",
-                },
-            );
-        }
-        if let Some(Toggle::On(t)) = &level.throttle {
-            if method_level == Some(i) {
-                check.fail(
-                    Field::Throttle,
-                    i,
-                    ProblemKind::PerClient {
-                        why: "is shared by every method of a client",
-                    },
-                );
-            }
-            if let Some(n) = t.max_tokens.filter(|n| !(1..=1000).contains(n)) {
-                check.fail(
-                    Field::ThrottleMaxTokens,
-                    i,
-                    ProblemKind::OutOfRange {
-                        value: n.to_string(),
-                        range: "1..=1000",
-                    },
-                );
-            }
-            if let Some(r) = t.token_ratio.filter(|r| !(*r > 0.0 && r.is_finite())) {
-                check.fail(
-                    Field::ThrottleTokenRatio,
-                    i,
-                    ProblemKind::NotPositive { value: r },
-                );
-            }
-        }
+        check.level(i, level, method_level == Some(i));
     }
     if !check.problems.is_empty() {
         return Err(check.problems);

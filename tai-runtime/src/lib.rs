@@ -50,9 +50,10 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use client::breaker::{self, BreakerState, TripReason};
+pub use client::config::{ConfigError, ServiceConfig};
 pub use client::deadline::with_timeout;
 pub use client::layers;
-pub use client::state::{ClientState, Resilient};
+pub use client::state::{ClientState, EffectivePolicy, Resilient};
 pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;
 pub use error::ConnectError;

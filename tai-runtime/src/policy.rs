@@ -234,7 +234,7 @@ impl MethodPolicy {
     }
 
     /// This policy as one level of the shared model, every field set.
-    fn spec(&self) -> tai_model::PolicySpec {
+    pub(crate) fn spec(&self) -> tai_model::PolicySpec {
         use tai_model::{BreakerSpec, HedgingSpec, PolicySpec, RateRuleSpec, RetrySpec, Toggle};
         PolicySpec {
             idempotent: Some(self.idempotent),

@@ -17,6 +17,7 @@ mod attempt;
 pub(crate) mod backoff;
 pub mod breaker;
 mod codec;
+pub(crate) mod config;
 pub(crate) mod core;
 pub(crate) mod deadline;
 mod hedge;

@@ -1,5 +1,11 @@
-//! The run-time state of one client: a breaker per method, the retry throttle, and
-//! the jitter source. Shared by every clone of the client.
+//! The run-time state of one client: a breaker per method, the retry throttle, the
+//! jitter source, and the policies a run-time service config put in place of the
+//! compiled ones. Shared by every clone of the client.
+//!
+//! The run-time policies are one `ArcSwapOption`: empty (the compiled `&'static`
+//! policies apply, at no cost per call) until a [`ServiceConfig`] is set, then a
+//! whole table swapped atomically, so a call reads its method's policy once, without
+//! a lock, and keeps it to its end while a new config goes in beside it.
 //!
 //! Breakers and the throttle protect a backend, not a client object: a user who
 //! builds a client per request must still trip a breaker and throttle retries.
@@ -12,14 +18,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use arc_swap::ArcSwapOption;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::client::breaker::{BreakerState, CircuitBreaker};
+use crate::client::config::{ConfigError, Effective, ServiceConfig};
 use crate::client::throttle::RetryThrottle;
 use crate::client::timer::DeadlineTimer;
 use crate::metrics::{MethodMetrics, Metrics};
-use crate::policy::ServicePolicy;
+use crate::policy::{MethodPolicy, ServicePolicy};
 
 /// The run-time state behind a generated client.
 #[derive(Debug)]
@@ -33,6 +41,8 @@ pub struct ClientState {
     rng: Mutex<SmallRng>,
     /// Every call's deadline, on one timer.
     deadlines: DeadlineTimer,
+    /// The policies under the run-time service config, if one is set.
+    configured: ArcSwapOption<Effective>,
 }
 
 /// What protects a backend: the breakers and the retry throttle, shared by the
@@ -128,7 +138,60 @@ impl ClientState {
                 .collect(),
             rng: Mutex::new(SmallRng::from_os_rng()),
             deadlines: DeadlineTimer::default(),
+            configured: ArcSwapOption::empty(),
         }
+    }
+
+    /// The policy the method at `index` runs now: the compiled one, or what the
+    /// run-time service config made of it. A call reads it once, when it starts.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not a method of the client's policy.
+    pub fn method_policy(&self, index: usize) -> EffectivePolicy<'_> {
+        let configured = self.configured.load();
+        match &*configured {
+            None => EffectivePolicy(Source::Compiled {
+                policy: &self.policy.methods[index],
+                timeout_header: self.timeout_header(index),
+            }),
+            Some(table) => {
+                assert!(index < table.methods.len(), "no method at index {index}");
+                EffectivePolicy(Source::Configured {
+                    table: Arc::clone(table),
+                    index,
+                })
+            }
+        }
+    }
+
+    /// Checks `config` against every method of the compiled policy and, if all pass,
+    /// puts it in place at once: the next call of each method runs under it, calls
+    /// in flight finish as they started. An invalid config changes nothing and says
+    /// every reason, each with its JSON path. Setting a new config replaces the
+    /// previous one whole (it applies over the compiled policy, not over the last
+    /// config).
+    ///
+    /// ```
+    /// # use tai_runtime::__private::ClientState;
+    /// # use tai_runtime::policy::ServicePolicy;
+    /// # static POLICY: ServicePolicy = ServicePolicy {
+    /// #     name: "demo.Echo", methods: &[], throttle: None, balancer: None };
+    /// # let state = ClientState::new(&POLICY);
+    /// let bad = r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#;
+    /// let err = state.set_service_config(&bad.parse()?).unwrap_err();
+    /// assert!(err.to_string().starts_with("retryThrottling: cannot change at run time yet"));
+    /// # Ok::<(), tai_runtime::ConfigError>(())
+    /// ```
+    pub fn set_service_config(&self, config: &ServiceConfig) -> Result<(), ConfigError> {
+        let table = Effective::new(self.policy, config)?;
+        self.configured.store(Some(Arc::new(table)));
+        Ok(())
+    }
+
+    /// Drops the run-time service config: the next calls run the compiled policies.
+    pub fn clear_service_config(&self) {
+        self.configured.store(None);
     }
 
     /// The policy the client runs.
@@ -175,6 +238,48 @@ impl ClientState {
     }
 }
 
+/// A method's policy as a call runs it (see [`ClientState::method_policy`]): the
+/// compiled `&'static` one, or one from the run-time service config, held for as
+/// long as the call needs it. Dereferences to the [`MethodPolicy`].
+#[derive(Debug)]
+pub struct EffectivePolicy<'a>(Source<'a>);
+
+#[derive(Debug)]
+enum Source<'a> {
+    Compiled {
+        policy: &'static MethodPolicy,
+        timeout_header: Option<&'a http::HeaderValue>,
+    },
+    Configured {
+        table: Arc<Effective>,
+        index: usize,
+    },
+}
+
+impl EffectivePolicy<'_> {
+    /// The `grpc-timeout` header of the method's own timeout, encoded once per
+    /// policy, if it has one.
+    // Read by the call engine once it takes its policies from here.
+    #[allow(dead_code)]
+    pub(crate) fn timeout_header(&self) -> Option<http::HeaderValue> {
+        match &self.0 {
+            Source::Compiled { timeout_header, .. } => timeout_header.cloned(),
+            Source::Configured { table, index } => table.methods[*index].timeout_header.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for EffectivePolicy<'_> {
+    type Target = MethodPolicy;
+
+    fn deref(&self) -> &MethodPolicy {
+        match &self.0 {
+            Source::Compiled { policy, .. } => policy,
+            Source::Configured { table, index } => &table.methods[*index].policy,
+        }
+    }
+}
+
 /// What every generated client offers besides its RPC methods.
 ///
 /// These live on a trait, not on the client, so that no RPC name can clash with
@@ -206,5 +311,26 @@ pub trait Resilient {
     /// Current retry-throttle tokens, if the service throttles retries.
     fn retry_tokens(&self) -> Option<f64> {
         self.client_state().throttle().map(RetryThrottle::tokens)
+    }
+
+    /// Puts a run-time service config in place of the compiled policies, for this
+    /// client and its clones; see [`ClientState::set_service_config`].
+    ///
+    /// ```ignore
+    /// let config: tai_runtime::ServiceConfig = std::fs::read_to_string("svc.json")?.parse()?;
+    /// client.set_service_config(&config)?;
+    /// ```
+    fn set_service_config(&self, config: &ServiceConfig) -> Result<(), ConfigError> {
+        self.client_state().set_service_config(config)
+    }
+
+    /// The client with a run-time service config set, for building one:
+    /// `GovernorClient::new(channel).with_service_config(&config)?`.
+    fn with_service_config(self, config: &ServiceConfig) -> Result<Self, ConfigError>
+    where
+        Self: Sized,
+    {
+        self.set_service_config(config)?;
+        Ok(self)
     }
 }
