@@ -35,6 +35,11 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     service: String,
     method: String,
@@ -56,6 +61,7 @@ pub struct Metrics {
     breaker_open: Family<MethodLabels, Gauge>,
     server_calls: Family<CodeLabels, Counter>,
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    server_auth_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +82,7 @@ impl Metrics {
             breaker_open: Family::default(),
             server_calls: Family::default(),
             server_latency: Family::new_with_constructor(new_histogram),
+            server_auth_refusals: Family::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -118,6 +125,11 @@ impl Metrics {
                 "server_call_duration_seconds",
                 "Server handling time to response headers",
                 m.server_latency.clone(),
+            );
+            r.register(
+                "server_auth_refusals",
+                "Server calls refused as UNAUTHENTICATED, by reason",
+                m.server_auth_refusals.clone(),
             );
         }
         m
@@ -165,6 +177,15 @@ impl Metrics {
             calls: codes(&self.server_calls, service, method),
             latency: self.server_latency.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The refusal counter for one authentication failure reason. Reasons are a
+    /// closed enum (`server::auth::Reason`), so the label set is bounded.
+    #[cfg(feature = "server")]
+    pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
+        self.server_auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
     }
 }
 

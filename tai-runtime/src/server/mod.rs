@@ -20,6 +20,8 @@
 //! ```
 //!
 //! One concept per module, each with its layer, service and future, as in tower:
+//! - [`auth`]: UNAUTHENTICATED without a valid bearer JWT; the caller's
+//!   identity handed to handlers;
 //! - [`deadline`]: DEADLINE_EXCEEDED when the caller's `grpc-timeout` passes;
 //! - [`metrics`]: calls by method and status code, and their latency;
 //! - [`ServerLayer`]: the two above as one, sharing a clock read per call;
@@ -30,7 +32,9 @@
 //! All of it is behind the `server` feature (on by default); a client-only build
 //! turns default features off and builds none of it.
 
+pub mod auth;
 pub mod deadline;
+mod decided;
 mod layer;
 pub mod metrics;
 pub mod rate_limit;
