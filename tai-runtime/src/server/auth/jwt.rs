@@ -49,6 +49,21 @@ pub const DEFAULT_JWKS_RELOAD: Duration = Duration::from_secs(30);
 pub const DEFAULT_ROLES_CLAIM: &str = "roles";
 
 /// A configuration the server cannot start with: what is wrong, in a sentence.
+///
+/// ```
+/// use tai_runtime::server::auth::{Algorithm, JwtAuth, JwtKey};
+///
+/// let error = JwtKey::hmac(b"too short", Algorithm::HS256).unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "JWT key: an HMAC secret for HS256 needs at least 32 bytes, this one has 9"
+/// );
+/// let error = JwtAuth::builder().issuer("https://login.example.com").build().unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "JWT: no audience: tokens must name this server (`audience`)"
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     message: String,
@@ -78,7 +93,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The server's rules for bearer JWTs, and its keys; see the [module docs](self).
+/// The server's rules for bearer JWTs, and its keys; see the
+/// [module docs](super) for what is checked, in which order.
 ///
 /// Clones share the keys (and the JWKS reload). Build it with
 /// [`JwtAuth::builder`]:
@@ -303,6 +319,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Refusal> {
     if token.is_empty() {
         return Err(Refusal::new(Reason::EmptyToken, "bearer token is empty"));
     }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(too_large());
+    }
     Ok(token)
 }
 
@@ -501,5 +520,44 @@ impl JwtAuthBuilder {
                 issuers: self.issuers,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    fn reason(values: &[&[u8]]) -> Reason {
+        bearer_token(&headers(values)).unwrap_err().reason()
+    }
+
+    #[test]
+    fn the_bearer_token_is_found_whatever_the_scheme_case_and_spacing() {
+        assert_eq!(bearer_token(&headers(&[b"Bearer a.b.c"])), Ok("a.b.c"));
+        assert_eq!(bearer_token(&headers(&[b"bEaReR   a.b.c  "])), Ok("a.b.c"));
+    }
+
+    #[test]
+    fn anything_but_one_bearer_token_is_refused() {
+        assert_eq!(reason(&[]), Reason::MissingToken);
+        assert_eq!(
+            reason(&[b"Bearer a.b.c", b"Bearer d.e.f"]),
+            Reason::NotBearer
+        );
+        assert_eq!(reason(&[b"Basic YTpi"]), Reason::NotBearer);
+        assert_eq!(reason(&[b"Bearera.b.c"]), Reason::NotBearer);
+        assert_eq!(reason(&[b"Bearer \xffa.b.c"]), Reason::NotBearer);
+        assert_eq!(reason(&[b"Bearer"]), Reason::EmptyToken);
+        let huge = [b"Bearer ".as_slice(), &[b'a'; MAX_TOKEN_BYTES + 1]].concat();
+        assert_eq!(reason(&[&huge]), Reason::TokenTooLarge);
     }
 }
