@@ -552,3 +552,27 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
         .expect("the new key verifies");
     assert_eq!(script.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_jwks_file_without_a_usable_key_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    // Its only key is for HS256, which the allow-list does not have.
+    let oct =
+        json!({"kty": "oct", "kid": "k", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)});
+    std::fs::write(&path, jwks(&[oct])).unwrap();
+    let error = JwtAuth::builder()
+        .audience(AUDIENCE)
+        .issuer(ISSUER)
+        .algorithms([Algorithm::RS256])
+        .jwks_file(&path)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "JWKS file {}: it has no key this server can use",
+            path.display()
+        )
+    );
+}

@@ -431,7 +431,8 @@ impl JwtAuthBuilder {
     /// every [`jwks_reload_every`](Self::jwks_reload_every) (on the tokio
     /// runtime `build` runs in). A key with an `alg` outside the allow-list is
     /// skipped; a key without `alg` verifies the allowed algorithms of its
-    /// family. Never fetched over the network, and never taken from a token.
+    /// family. The first read must give at least one usable key. Never fetched
+    /// over the network, and never taken from a token.
     pub fn jwks_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.jwks = Some(path.into());
         self

@@ -278,7 +278,14 @@ impl KeySource {
             )
         })?;
         let bytes = read_jwks(&file.path).map_err(|e| ConfigError::jwks(&file.path, e))?;
-        let set = Arc::new(ArcSwap::from_pointee(self.build(Some(&bytes))?));
+        let first = self.build(Some(&bytes))?;
+        if first.by_kid.is_empty() && first.sole.is_none() {
+            return Err(ConfigError::jwks(
+                &file.path,
+                "it has no key this server can use",
+            ));
+        }
+        let set = Arc::new(ArcSwap::from_pointee(first));
         runtime.spawn(watch(Arc::downgrade(&set), self, file, bytes));
         Ok(set)
     }
