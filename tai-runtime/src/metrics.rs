@@ -35,6 +35,11 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     service: String,
     method: String,
@@ -63,6 +68,7 @@ pub struct Metrics {
     server_calls: Family<CodeLabels, Counter>,
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
+    server_auth_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +90,7 @@ impl Metrics {
             server_calls: Family::default(),
             server_latency: Family::new_with_constructor(new_histogram),
             tls_reloads: Family::default(),
+            server_auth_refusals: Family::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -131,6 +138,11 @@ impl Metrics {
                 "tls_reloads",
                 "Changed certificate files: applied, or rejected (the last good pair kept serving)",
                 m.tls_reloads.clone(),
+            );
+            r.register(
+                "server_auth_refusals",
+                "Server calls refused as UNAUTHENTICATED, by reason",
+                m.server_auth_refusals.clone(),
             );
         }
         m
@@ -187,6 +199,15 @@ impl Metrics {
             calls: codes(&self.server_calls, service, method),
             latency: self.server_latency.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The refusal counter for one authentication failure reason. Reasons are a
+    /// closed enum (`server::auth::Reason`), so the label set is bounded.
+    #[cfg(feature = "server")]
+    pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
+        self.server_auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
     }
 }
 

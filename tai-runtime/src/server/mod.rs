@@ -20,6 +20,8 @@
 //! ```
 //!
 //! One concept per module, each with its layer, service and future, as in tower:
+//! - [`auth`]: UNAUTHENTICATED without a valid bearer JWT; the caller's
+//!   identity handed to handlers;
 //! - [`deadline`]: DEADLINE_EXCEEDED when the caller's `grpc-timeout` passes;
 //! - [`metrics`]: calls by method and status code, and their latency;
 //! - [`ServerLayer`]: the two above as one, sharing a clock read per call;
@@ -31,8 +33,10 @@
 //! turns default features off and builds none of it.
 
 mod accept;
+pub mod auth;
 mod builder;
 mod call;
+mod decided;
 pub mod deadline;
 mod frames;
 mod health;

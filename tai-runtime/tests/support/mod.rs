@@ -21,7 +21,6 @@ use futures_util::Stream;
 use hyper_util::rt::TokioIo;
 use tai_runtime::policy::{MethodKind, MethodPolicy, ServicePolicy};
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
@@ -48,6 +47,8 @@ pub struct Seen {
     pub at: Instant,
     pub previous_attempts: Option<String>,
     pub grpc_timeout: Option<Duration>,
+    /// The request's extensions, as the handler saw them (what layers put there).
+    pub extensions: http::Extensions,
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -96,7 +97,8 @@ impl Script {
         self.seen.lock().unwrap().clone()
     }
 
-    fn record(&self, metadata: &MetadataMap) -> usize {
+    fn record<T>(&self, request: &Request<T>) -> usize {
+        let metadata = request.metadata();
         let index = self.calls.fetch_add(1, Ordering::SeqCst);
         let text = |k: &str| {
             metadata
@@ -109,28 +111,15 @@ impl Script {
             at: Instant::now(),
             previous_attempts: text("grpc-previous-rpc-attempts"),
             grpc_timeout: text("grpc-timeout").map(|t| parse_grpc_timeout(&t)),
+            extensions: request.extensions().clone(),
         });
         index
     }
 
     /// Serves on an in-memory pipe; the channel connects lazily through it.
     pub fn serve_in_memory(&self) -> Channel {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
-        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map_ok();
         let server = Server::builder().add_service(self.clone());
-        tokio::spawn(async move {
-            server.serve_with_incoming(incoming).await.expect("server");
-        });
-        Endpoint::from_static("http://in-memory.test").connect_with_connector_lazy(
-            tower::service_fn(move |_| {
-                let (client, server) = tokio::io::duplex(1 << 20);
-                let sent = tx.send(server);
-                async move {
-                    sent.map_err(|_| std::io::Error::other("server gone"))?;
-                    Ok::<_, std::io::Error>(TokioIo::new(client))
-                }
-            }),
-        )
+        in_memory(move |incoming| server.serve_with_incoming(incoming))
     }
 
     /// Serves on loopback TCP; returns the address.
@@ -144,6 +133,34 @@ impl Script {
         });
         addr
     }
+}
+
+/// The connections an in-memory server accepts.
+pub type Incoming =
+    MapOkStream<tokio_stream::wrappers::UnboundedReceiverStream<tokio::io::DuplexStream>>;
+
+/// Runs `serve` (a tonic server's `serve_with_incoming`, with any layers) on an
+/// in-memory pipe; the channel connects lazily through it.
+pub fn in_memory<F, Fut>(serve: F) -> Channel
+where
+    F: FnOnce(Incoming) -> Fut,
+    Fut: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+    let server = serve(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map_ok());
+    tokio::spawn(async move {
+        server.await.expect("server");
+    });
+    Endpoint::from_static("http://in-memory.test").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let sent = tx.send(server);
+            async move {
+                sent.map_err(|_| std::io::Error::other("server gone"))?;
+                Ok::<_, std::io::Error>(TokioIo::new(client))
+            }
+        },
+    ))
 }
 
 trait MapOk: Sized {
@@ -189,7 +206,7 @@ impl UnaryService<Echo> for UnaryCall {
     type Response = Echo;
     type Future = BoxFut<Result<Response<Echo>, Status>>;
     fn call(&mut self, request: Request<Echo>) -> Self::Future {
-        let index = self.0.record(request.metadata());
+        let index = self.0.record(&request);
         let fut = (self.0.unary)(index, request.into_inner());
         Box::pin(async move { fut.await.map(Response::new) })
     }
@@ -204,7 +221,7 @@ impl ServerStreamingService<Echo> for StreamCall {
     type ResponseStream = EchoStream;
     type Future = BoxFut<Result<Response<EchoStream>, Status>>;
     fn call(&mut self, request: Request<Echo>) -> Self::Future {
-        let index = self.0.record(request.metadata());
+        let index = self.0.record(&request);
         let fut = (self.0.stream)(index);
         Box::pin(async move {
             let items = fut.await?;

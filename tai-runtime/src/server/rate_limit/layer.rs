@@ -9,8 +9,6 @@
 //! an admitted call costs no allocation here.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
@@ -20,7 +18,6 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 use http::HeaderName;
-use pin_project_lite::pin_project;
 use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
 use tower::{Layer, Service};
@@ -28,6 +25,7 @@ use tower::{Layer, Service};
 use super::key::{ClientKey, KeyBy};
 use super::store::{ClientStore, DEFAULT_MAX_CLIENTS};
 
+pub use crate::server::decided::ResponseFuture;
 use crate::wire::GRPC_RETRY_PUSHBACK_MS as PUSHBACK;
 
 #[derive(Clone, Debug)]
@@ -326,64 +324,9 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let (key, request) = self.shared.key_of(request);
-        let state = match self.shared.check(&key) {
-            Ok(()) => State::Admitted {
-                future: self.inner.call(request),
-            },
-            Err(status) => State::Refused {
-                status: Some(status),
-            },
-        };
-        ResponseFuture { state }
-    }
-}
-
-pin_project! {
-    /// The future of a [`RateLimit`] call: the service's own, or a refusal that is
-    /// ready at once.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Admitted { #[pin] future: F },
-        Refused { status: Option<Status> },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Admitted { .. } => "Admitted",
-            State::Refused { .. } => "Refused",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-    B: Default,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Admitted { future } => future.poll(cx),
-            StateProj::Refused { status } => {
-                let status = status.take().unwrap_or_else(|| {
-                    Status::internal("rate limit: response polled after completion")
-                });
-                // Trailers-only: HTTP 200, `grpc-status` and the pushback in headers.
-                Poll::Ready(Ok(status.into_http()))
-            }
+        match self.shared.check(&key) {
+            Ok(()) => ResponseFuture::admitted(self.inner.call(request)),
+            Err(status) => ResponseFuture::refused(status),
         }
     }
 }
