@@ -112,7 +112,7 @@ enum Cmd {
     /// time and allocations per call; run it under `perf stat -e instructions:u`
     /// for instruction counts, which a busy machine does not disturb.
     Path {
-        /// raw, raw_deadline, tai_bare, tai_no_retry, tai_full, tai_full_consecutive.
+        /// raw, raw_deadline, tai_bare, tai_deadline, tai_no_retry, tai_full, tai_full_consecutive.
         variant: String,
         /// Calls to make.
         #[arg(long, default_value_t = 1_000_000)]

@@ -18,6 +18,7 @@ pub fn run(variant: &str, iters: u64, pending: bool) -> Result<(), Box<dyn std::
     let policy = match variant {
         "raw" | "raw_deadline" => None,
         "tai_bare" => Some(&BARE),
+        "tai_deadline" => Some(&DEADLINE),
         "tai_no_retry" => Some(&NO_RETRY),
         "tai_full" => Some(&FULL),
         "tai_full_consecutive" => Some(&FULL_CONSECUTIVE),

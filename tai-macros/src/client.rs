@@ -69,6 +69,23 @@ impl Client<'_> {
                 }
             }
         });
+        let with_metrics_fn = (!rust_names.contains("with_metrics")).then(|| {
+            quote! {
+                /// A client over `transport` that records its metrics into `metrics`
+                /// (a `tai_runtime::metrics::Metrics` over a registry of yours)
+                /// instead of the process's global ones.
+                pub fn with_metrics(
+                    transport: #t,
+                    metrics: &::tai_runtime::metrics::Metrics,
+                ) -> Self {
+                    Self {
+                        core: ::tai_runtime::__private::ClientCore::with_metrics(
+                            transport, &#statik, metrics,
+                        ),
+                    }
+                }
+            }
+        });
         let connect_fn = (!rust_names.contains("connect")).then(|| {
             quote! {
                 /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
@@ -119,6 +136,7 @@ impl Client<'_> {
             #[allow(dead_code)]
             impl<#t: #transport> #client<#t> {
                 #new_fn
+                #with_metrics_fn
                 #(#inherent)*
             }
 
@@ -288,7 +306,8 @@ impl Client<'_> {
         }
         doc.push(String::new());
         doc.push(
-            " Create one with `connect(address)`, or with `new(transport)` / `From` over any transport; \
+            " Create one with `connect(address)`, or with `new(transport)` / `From` over any transport \
+             (`with_metrics(transport, &metrics)` records into metrics of your own); \
              clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state."
                 .to_owned(),
         );

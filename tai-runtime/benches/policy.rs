@@ -11,7 +11,10 @@
 //! a canned response), so the difference between `path/raw` and `path/tai_*` is
 //! what tai's policies cost per call. Each iteration clones the 100-byte request in
 //! both, so the clone cancels out. `*_yield` variants are pending once per call, as
-//! a network call is, so that timers armed around the call really register.
+//! a network call is, so that timers armed around the call really register: the
+//! cost of a deadline is `path/raw_deadline_yield` minus `path/raw_yield` for
+//! tonic's timer per call, and `path/tai_deadline_yield` minus `path/tai_bare_yield`
+//! for tai's attempt on the client's shared deadline timer.
 
 mod support;
 
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tai_runtime::Code;
 use tai_runtime::bench_support::{
-    DeadlineTimer, Fake, MethodMetrics, Picker, RetryDecider, deadline_for_call, deadline_remaining,
+    Fake, MethodMetrics, Picker, RetryDecider, deadline_for_call, deadline_remaining,
 };
 use tai_runtime::breaker::CircuitBreaker;
 use tai_runtime::config::BalancerKind;
@@ -142,46 +145,6 @@ fn deadline(c: &mut Criterion) {
     c.bench_function("deadline/for_call_and_check", |b| {
         b.iter(|| deadline_for_call(black_box(policy)).and_then(deadline_remaining))
     });
-    // What an attempt does now: registration with the client's shared deadline
-    // timer when the exchange is pending once, and removal on completion.
-    let timer = DeadlineTimer::default();
-    c.bench_function("deadline/shared_timer_pending_once", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let d = tokio::time::Instant::now() + Duration::from_secs(5);
-                    let _ = black_box(timer.run(d, tokio::task::yield_now()).await);
-                }
-                start.elapsed()
-            })
-        })
-    });
-    // What tonic's `set_timeout` (and tai before the shared timer) arms per
-    // attempt: a tokio timer — registration in the wheel and removal on completion.
-    c.bench_function("deadline/timer_armed_pending_once", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let d = tokio::time::Instant::now() + Duration::from_secs(5);
-                    let _ = black_box(tokio::time::timeout_at(d, tokio::task::yield_now()).await);
-                }
-                start.elapsed()
-            })
-        })
-    });
-    c.bench_function("deadline/no_timer_pending_once", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tokio::task::yield_now().await;
-                }
-                start.elapsed()
-            })
-        })
-    });
 }
 
 /// What the rate limit layer adds to an admitted call once it knows the client's key
@@ -231,6 +194,7 @@ fn path(c: &mut Criterion) {
         }
         for (name, policy) in [
             ("tai_bare", &BARE),
+            ("tai_deadline", &DEADLINE),
             ("tai_no_retry", &NO_RETRY),
             ("tai_full", &FULL),
             ("tai_full_consecutive", &FULL_CONSECUTIVE),

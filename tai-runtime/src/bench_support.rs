@@ -1,8 +1,12 @@
 //! Internals exposed for tai's own benchmarks (`tai-runtime/benches`, `bench/`) and
-//! allocation tests. Not a public API: it changes whenever the internals do.
+//! allocation tests, behind the `bench` feature (off by default). Not a public API:
+//! it changes whenever the internals do.
 //!
 //! Everything here is a thin wrapper over the very function the call path runs, so
-//! a benchmark of it measures the real thing, not a copy.
+//! a benchmark of it measures the real thing, not a copy. What only a whole call
+//! exercises (the attempt's poll order, the shared deadline timer around a
+//! pending exchange) is measured through a whole call over [`FakeTransport`]
+//! (the `path/*` benchmarks), not by a copy of that order here.
 
 use std::time::Duration;
 
@@ -80,37 +84,6 @@ pub fn deadline_for_call(policy: &MethodPolicy) -> Option<Instant> {
 /// The per-attempt deadline check: the time left, `None` if it has passed.
 pub fn deadline_remaining(deadline: Instant) -> Option<Duration> {
     crate::client::deadline::remaining(deadline)
-}
-
-/// A client's deadline timer (`timer.rs`), as every attempt of the client uses it.
-#[derive(Debug, Default)]
-pub struct DeadlineTimer(crate::client::timer::DeadlineTimer);
-
-impl DeadlineTimer {
-    /// Runs `exchange` under `deadline` as an attempt does: the exchange first,
-    /// and on each pending poll the registration with (or check of) the shared
-    /// timer. `None` if the deadline passed first.
-    pub async fn run<F: std::future::Future>(
-        &self,
-        deadline: Instant,
-        exchange: F,
-    ) -> Option<F::Output> {
-        let mut exchange = std::pin::pin!(exchange);
-        let mut registration = None;
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(out) = exchange.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Some(out));
-            }
-            crate::client::timer::DeadlineTimer::poll_expired(
-                &mut registration,
-                || &self.0,
-                deadline,
-                cx,
-            )
-            .map(|()| None)
-        })
-        .await
-    }
 }
 
 /// A transport that answers every call in-process with one canned gRPC response

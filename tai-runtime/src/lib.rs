@@ -30,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench_support;
 pub mod channel;

@@ -1,19 +1,43 @@
-//! Prometheus metrics of every tai client and server in the process.
+//! Prometheus metrics of tai clients and servers.
+//!
+//! A [`Metrics`] is one set of tai's metric families. Every client and server
+//! layer records into [`Metrics::global`] unless it is given another:
+//! [`Metrics::new`] registers a fresh set into a `prometheus_client` [`Registry`]
+//! of your own, and a generated client (`with_metrics`), a
+//! [`ServerLayer`](crate::server::ServerLayer) or a
+//! [`MetricsLayer`](crate::server::metrics::MetricsLayer) built with it records
+//! there and nowhere else.
 //!
 //! Label values come only from compiled-in policies (service and method names) or,
 //! on servers, from the set of registered services — never from peer input — so
-//! every metric family is bounded.
+//! every metric family is bounded, whichever registry it is in.
 //!
 //! Per-method handles are resolved once, when a client is built; recording a call
 //! is then a few atomic additions, with no label hashing or lock on the call path.
 //!
 //! ```
+//! // The process's own metrics:
 //! let text = tai_runtime::metrics::Metrics::global().encode();
 //! assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
+//!
+//! // Or tai's series in a registry of your own, next to yours:
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let metrics = tai_runtime::metrics::Metrics::new(&mut registry);
+//! // Clients built `with_metrics(transport, &metrics)` and server layers built
+//! // `with_metrics(&metrics)` record there; the series (`tai_client_calls_total`,
+//! // ...) appear as they do, and the registry's scrape shows them.
+//! let mut text = String::new();
+//! prometheus_client::encoding::text::encode(&mut text, &registry)?;
+//! # Ok::<(), std::fmt::Error>(())
 //! ```
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// The `prometheus-client` crate tai records with, for a [`Registry`] of the
+/// version [`Metrics::new`] takes.
+pub use prometheus_client;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,25 +64,35 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReloadLabels {
+    side: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     service: String,
     method: String,
     code: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TlsReloadLabels {
-    side: &'static str,
-    outcome: &'static str,
-}
-
 fn new_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
-/// The process-wide metric families.
+/// One set of tai's metric families: the process's own ([`Metrics::global`]), or
+/// a set registered into a registry of yours ([`Metrics::new`]). A cheap handle:
+/// clones share the families. See the [module docs](self).
+#[derive(Clone)]
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    families: Arc<Families>,
+}
+
+struct Families {
+    /// Tells sets apart (clients share breakers only within one set).
+    id: u64,
+    /// These families alone, for [`Metrics::encode`].
+    own: Mutex<Registry>,
     client_calls: Family<CodeLabels, Counter>,
     client_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     client_retries: Family<MethodLabels, Counter>,
@@ -73,91 +107,122 @@ pub struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics { .. }")
+        f.debug_struct("Metrics")
+            .field("id", &self.families.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Metrics {
-    fn new() -> Self {
-        let m = Self {
-            registry: Mutex::new(Registry::with_prefix("tai")),
-            client_calls: Family::default(),
-            client_latency: Family::new_with_constructor(new_histogram),
-            client_retries: Family::default(),
-            client_hedges: Family::default(),
-            breaker_rejections: Family::default(),
-            breaker_open: Family::default(),
-            server_calls: Family::default(),
-            server_latency: Family::new_with_constructor(new_histogram),
-            tls_reloads: Family::default(),
-            server_auth_refusals: Family::default(),
-        };
-        {
-            let mut r = crate::sync::lock(&m.registry);
-            r.register(
-                "client_calls",
-                "Client calls by final status code",
-                m.client_calls.clone(),
-            );
-            r.register(
-                "client_call_duration_seconds",
-                "Client call latency, all attempts and backoffs included",
-                m.client_latency.clone(),
-            );
-            r.register(
-                "client_retries",
-                "Retry attempts sent",
-                m.client_retries.clone(),
-            );
-            r.register(
-                "client_hedges",
-                "Hedged attempts sent",
-                m.client_hedges.clone(),
-            );
-            r.register(
-                "breaker_rejections",
-                "Attempts refused by an open circuit breaker",
-                m.breaker_rejections.clone(),
-            );
-            r.register(
-                "breaker_open",
-                "1 while a method's breaker is open or half-open",
-                m.breaker_open.clone(),
-            );
-            r.register(
-                "server_calls",
-                "Server calls by status code",
-                m.server_calls.clone(),
-            );
-            r.register(
-                "server_call_duration_seconds",
-                "Server handling time to response headers",
-                m.server_latency.clone(),
-            );
-            r.register(
-                "tls_reloads",
-                "Changed certificate files: applied, or rejected (the last good pair kept serving)",
-                m.tls_reloads.clone(),
-            );
-            r.register(
-                "server_auth_refusals",
-                "Server calls refused as UNAUTHENTICATED, by reason",
-                m.server_auth_refusals.clone(),
-            );
-        }
-        m
+    /// A fresh set of tai's metric families, registered into `registry` under the
+    /// prefix `tai` (`tai_client_calls_total`, ...). Clients and server layers
+    /// given it (`with_metrics`) record there and not in [`Metrics::global`].
+    ///
+    /// ```
+    /// use prometheus_client::registry::Registry;
+    /// use tai_runtime::metrics::Metrics;
+    ///
+    /// let mut registry = Registry::default();
+    /// let metrics = Metrics::new(&mut registry);
+    /// # #[cfg(feature = "server")]
+    /// let layer = tai_runtime::server::ServerLayer::with_metrics(&metrics);
+    /// ```
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::unregistered();
+        metrics.register(registry.sub_registry_with_prefix("tai"));
+        metrics
     }
 
-    /// The metrics of this process.
+    /// The metrics of this process, where clients and server layers record unless
+    /// they are given others.
     pub fn global() -> &'static Metrics {
         static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-        GLOBAL.get_or_init(Metrics::new)
+        GLOBAL.get_or_init(Metrics::unregistered)
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Fresh families, registered only in their own registry.
+    fn unregistered() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let metrics = Self {
+            families: Arc::new(Families {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                own: Mutex::new(Registry::with_prefix("tai")),
+                client_calls: Family::default(),
+                client_latency: Family::new_with_constructor(new_histogram),
+                client_retries: Family::default(),
+                client_hedges: Family::default(),
+                breaker_rejections: Family::default(),
+                breaker_open: Family::default(),
+                server_calls: Family::default(),
+                server_latency: Family::new_with_constructor(new_histogram),
+                tls_reloads: Family::default(),
+                server_auth_refusals: Family::default(),
+            }),
+        };
+        metrics.register(&mut crate::sync::lock(&metrics.families.own));
+        metrics
+    }
+
+    /// Registers every family (a shared handle to it) into `r`.
+    fn register(&self, r: &mut Registry) {
+        let m = &*self.families;
+        r.register(
+            "client_calls",
+            "Client calls by final status code",
+            m.client_calls.clone(),
+        );
+        r.register(
+            "client_call_duration_seconds",
+            "Client call latency, all attempts and backoffs included",
+            m.client_latency.clone(),
+        );
+        r.register(
+            "client_retries",
+            "Retry attempts sent",
+            m.client_retries.clone(),
+        );
+        r.register(
+            "client_hedges",
+            "Hedged attempts sent",
+            m.client_hedges.clone(),
+        );
+        r.register(
+            "breaker_rejections",
+            "Attempts refused by an open circuit breaker",
+            m.breaker_rejections.clone(),
+        );
+        r.register(
+            "breaker_open",
+            "1 while a method's breaker is open or half-open",
+            m.breaker_open.clone(),
+        );
+        r.register(
+            "server_calls",
+            "Server calls by status code",
+            m.server_calls.clone(),
+        );
+        r.register(
+            "server_call_duration_seconds",
+            "Server handling time to response headers",
+            m.server_latency.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Changed certificate files: applied, or rejected (the last good pair kept serving)",
+            m.tls_reloads.clone(),
+        );
+        r.register(
+            "server_auth_refusals",
+            "Server calls refused as UNAUTHENTICATED, by reason",
+            m.server_auth_refusals.clone(),
+        );
+    }
+
+    /// The Prometheus text exposition of this set's metrics (for a set made with
+    /// [`Metrics::new`], only tai's series, not the rest of your registry).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = crate::sync::lock(&self.registry);
+        let registry = crate::sync::lock(&self.families.own);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
@@ -167,9 +232,25 @@ impl Metrics {
     #[cfg(feature = "tls")]
     pub(crate) fn tls_reload(&self, side: &'static str, applied: bool) {
         let outcome = if applied { "applied" } else { "rejected" };
-        self.tls_reloads
+        self.families
+            .tls_reloads
             .get_or_create(&TlsReloadLabels { side, outcome })
             .inc();
+    }
+
+    /// The refusal counter for one authentication failure reason. Reasons are a
+    /// closed enum (`server::auth::Reason`), so the label set is bounded.
+    #[cfg(feature = "server")]
+    pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
+        self.families
+            .server_auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
+    }
+
+    /// What tells this set apart from every other in the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.families.id
     }
 
     /// Handles for one client method.
@@ -178,13 +259,14 @@ impl Metrics {
             service: service.to_owned(),
             method: method.to_owned(),
         };
+        let m = &*self.families;
         MethodMetrics {
-            calls: codes(&self.client_calls, service, method),
-            latency: self.client_latency.get_or_create(&labels).clone(),
-            retries: self.client_retries.get_or_create(&labels).clone(),
-            hedges: self.client_hedges.get_or_create(&labels).clone(),
-            rejections: self.breaker_rejections.get_or_create(&labels).clone(),
-            open: self.breaker_open.get_or_create(&labels).clone(),
+            calls: codes(&m.client_calls, service, method),
+            latency: m.client_latency.get_or_create(&labels).clone(),
+            retries: m.client_retries.get_or_create(&labels).clone(),
+            hedges: m.client_hedges.get_or_create(&labels).clone(),
+            rejections: m.breaker_rejections.get_or_create(&labels).clone(),
+            open: m.breaker_open.get_or_create(&labels).clone(),
         }
     }
 
@@ -195,19 +277,11 @@ impl Metrics {
             service: service.to_owned(),
             method: method.to_owned(),
         };
+        let m = &*self.families;
         ServerMethodMetrics {
-            calls: codes(&self.server_calls, service, method),
-            latency: self.server_latency.get_or_create(&labels).clone(),
+            calls: codes(&m.server_calls, service, method),
+            latency: m.server_latency.get_or_create(&labels).clone(),
         }
-    }
-
-    /// The refusal counter for one authentication failure reason. Reasons are a
-    /// closed enum (`server::auth::Reason`), so the label set is bounded.
-    #[cfg(feature = "server")]
-    pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
-        self.server_auth_refusals
-            .get_or_create(&ReasonLabels { reason })
-            .clone()
     }
 }
 

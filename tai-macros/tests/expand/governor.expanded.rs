@@ -140,7 +140,7 @@ static __TAI_SERVICE_GOVERNOR: ::tai_runtime::policy::ServicePolicy = ::tai_runt
 ///
 /// Retries and hedges are throttled for the whole client: 20 tokens, 0.1 returned per success.
 ///
-/// Create one with `connect(address)`, or with `new(transport)` / `From` over any transport; clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state.
+/// Create one with `connect(address)`, or with `new(transport)` / `From` over any transport (`with_metrics(transport, &metrics)` records into metrics of your own); clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state.
 #[derive(::core::clone::Clone)]
 #[allow(dead_code)]
 pub struct GovernorClient<T = ::tai_runtime::Channel> {
@@ -152,6 +152,21 @@ impl<T: ::tai_runtime::__private::Transport> GovernorClient<T> {
     /// or any tower service that speaks gRPC.
     pub fn new(transport: T) -> Self {
         <Self as ::core::convert::From<T>>::from(transport)
+    }
+    /// A client over `transport` that records its metrics into `metrics`
+    /// (a `tai_runtime::metrics::Metrics` over a registry of yours)
+    /// instead of the process's global ones.
+    pub fn with_metrics(
+        transport: T,
+        metrics: &::tai_runtime::metrics::Metrics,
+    ) -> Self {
+        Self {
+            core: ::tai_runtime::__private::ClientCore::with_metrics(
+                transport,
+                &__TAI_SERVICE_GOVERNOR,
+                metrics,
+            ),
+        }
     }
     /// Proposes a policy.
     ///

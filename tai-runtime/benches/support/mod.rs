@@ -122,6 +122,14 @@ pub static FULL_CONSECUTIVE: ServicePolicy = ServicePolicy {
     balancer: None,
 };
 
+/// A deadline only: against [`BARE`], what the shared deadline timer costs a call.
+pub static DEADLINE: ServicePolicy = ServicePolicy {
+    name: "tai.bench.BenchDeadline",
+    methods: &[method(Some(Duration::from_secs(5)), None, None)],
+    throttle: None,
+    balancer: None,
+};
+
 /// Deadline and breaker, no retry (the engine's `unary` path: no `Arc`).
 pub static NO_RETRY: ServicePolicy = ServicePolicy {
     name: "tai.bench.BenchNoRetry",

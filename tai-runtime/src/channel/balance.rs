@@ -36,14 +36,15 @@ impl Candidate for Arc<Endpoint> {
     }
 }
 
-/// Picks an eligible endpoint, or `None` if none is eligible.
-pub(crate) fn pick<'a, E: Candidate>(
+/// The index in `endpoints` of an eligible endpoint, or `None` if none is
+/// eligible.
+pub(crate) fn pick<E: Candidate>(
     kind: BalancerKind,
-    endpoints: &'a [E],
+    endpoints: &[E],
     budget: &EjectionBudget,
     rng: &Rng,
     cursor: &AtomicUsize,
-) -> Option<&'a E> {
+) -> Option<usize> {
     // Eligibility is read once per endpoint per pick; the endpoints of a channel are
     // few, and this keeps every balancer honest about ejected or down endpoints.
     let mut eligible = [0u16; 64];
@@ -67,7 +68,7 @@ pub(crate) fn pick<'a, E: Candidate>(
         return pick_large(kind, endpoints, budget, rng, cursor);
     }
     let eligible = &eligible[..count];
-    let at = |k: usize| &endpoints[eligible[k] as usize];
+    let at = |k: usize| usize::from(eligible[k]);
     Some(match kind {
         BalancerKind::RoundRobin => at(cursor.fetch_add(1, Ordering::Relaxed) % count),
         BalancerKind::Random => at(rng.below(count)),
@@ -80,41 +81,43 @@ pub(crate) fn pick<'a, E: Candidate>(
             if b >= a {
                 b += 1;
             }
-            let (ea, eb) = (at(a), at(b));
+            let (a, b) = (at(a), at(b));
+            let (ea, eb) = (&endpoints[a], &endpoints[b]);
             let a_better = if kind == BalancerKind::LeastLoaded {
                 ea.load() <= eb.load()
             } else {
                 ea.cost() <= eb.cost()
             };
-            if a_better { ea } else { eb }
+            if a_better { a } else { b }
         }
     })
 }
 
-fn pick_large<'a, E: Candidate>(
+fn pick_large<E: Candidate>(
     kind: BalancerKind,
-    endpoints: &'a [E],
+    endpoints: &[E],
     budget: &EjectionBudget,
     rng: &Rng,
     cursor: &AtomicUsize,
-) -> Option<&'a E> {
+) -> Option<usize> {
     let n = endpoints.len();
     let start = match kind {
         BalancerKind::RoundRobin => cursor.fetch_add(1, Ordering::Relaxed),
         _ => rng.below(n),
     };
     let first = (0..n)
-        .map(|k| &endpoints[(start + k) % n])
-        .find(|e| e.eligible(budget))?;
+        .map(|k| (start + k) % n)
+        .find(|&i| endpoints[i].eligible(budget))?;
     if matches!(kind, BalancerKind::LeastLoaded | BalancerKind::PeakEwma) {
         let other = (0..n)
-            .map(|k| &endpoints[(rng.below(n) + k) % n])
-            .find(|e| e.eligible(budget) && !std::ptr::eq(*e, first));
+            .map(|k| (rng.below(n) + k) % n)
+            .find(|&i| i != first && endpoints[i].eligible(budget));
         if let Some(o) = other {
+            let (eo, ef) = (&endpoints[o], &endpoints[first]);
             let better = if kind == BalancerKind::LeastLoaded {
-                o.load() < first.load()
+                eo.load() < ef.load()
             } else {
-                o.cost() < first.cost()
+                eo.cost() < ef.cost()
             };
             if better {
                 return Some(o);
@@ -124,8 +127,9 @@ fn pick_large<'a, E: Candidate>(
     Some(first)
 }
 
-/// Balancer internals for benchmarks and property tests, on synthetic endpoints.
-#[doc(hidden)]
+/// The balancer on synthetic endpoints, for its tests and (through
+/// `bench_support`) tai's benchmarks.
+#[cfg(any(test, feature = "bench"))]
 pub mod bench {
     use super::*;
 
@@ -172,10 +176,7 @@ pub mod bench {
 
         /// The index of the endpoint picked, if any.
         pub fn pick(&self, endpoints: &[Fake]) -> Option<usize> {
-            pick(self.kind, endpoints, &self.budget, &self.rng, &self.cursor).map(|e| {
-                (e as *const Fake as usize - endpoints.as_ptr() as usize)
-                    / std::mem::size_of::<Fake>()
-            })
+            pick(self.kind, endpoints, &self.budget, &self.rng, &self.cursor)
         }
     }
 }

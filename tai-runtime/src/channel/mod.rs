@@ -33,8 +33,8 @@
 //! ```
 
 mod balance;
-#[doc(hidden)]
-pub use balance::bench as balance_bench;
+#[cfg(feature = "bench")]
+pub(crate) use balance::bench as balance_bench;
 mod connection;
 mod connectivity;
 mod connector;
@@ -194,13 +194,13 @@ impl EndpointSet {
     fn pick(&self) -> Option<Pick> {
         let endpoints = self.snapshot();
         for _ in 0..2 {
-            let endpoint = balance::pick(
+            let endpoint = &endpoints[balance::pick(
                 self.config.balancer,
                 &endpoints,
                 &self.budget,
                 &self.rng,
                 &self.cursor,
-            )?;
+            )?];
             if let Some((c, sender)) = endpoint.pick_connection() {
                 return Some((Arc::clone(endpoint), Arc::clone(c), sender));
             }

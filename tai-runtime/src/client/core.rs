@@ -183,15 +183,24 @@ impl<T: Transport> ClientCore<T> {
     /// target (see [`ClientState`]); over any other transport they are this
     /// client's (and its clones').
     pub fn new(transport: T, policy: &'static crate::policy::ServicePolicy) -> Self {
+        Self::with_metrics(transport, policy, crate::metrics::Metrics::global())
+    }
+
+    /// As [`new`](Self::new), recording the client's metrics into `metrics`
+    /// instead of the global ones; breakers and the throttle are shared only with
+    /// clients that record into the same `metrics`.
+    pub fn with_metrics(
+        transport: T,
+        policy: &'static crate::policy::ServicePolicy,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
         let channel = (&transport as &dyn std::any::Any).downcast_ref::<crate::Channel>();
         let limits = channel.map_or(MessageLimits::DEFAULT, |c| MessageLimits {
             send: c.config().connection.max_send_message_size,
             receive: c.config().connection.max_receive_message_size,
         });
-        let state = match channel.and_then(crate::Channel::target) {
-            Some(target) => ClientState::for_target(policy, target),
-            None => ClientState::new(policy),
-        };
+        let target = channel.and_then(crate::Channel::target);
+        let state = ClientState::with_metrics(policy, target, metrics);
         Self {
             transport,
             state: Arc::new(state),

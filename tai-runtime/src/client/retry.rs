@@ -32,7 +32,9 @@ pub(crate) struct Retries {
 }
 
 impl Retries {
-    /// Retries of a call that has made `previous` attempts, none pushed back.
+    /// Retries of a call that has made `previous` attempts, none pushed back
+    /// (`bench_support` decides from there).
+    #[cfg(feature = "bench")]
     pub(crate) fn after(previous: u32) -> Self {
         Self {
             previous,

@@ -70,14 +70,14 @@ impl Guards {
     }
 }
 
-/// The guards of every (policy, target) pair in use. They outlive their clients
-/// (a client built per request must find the breaker the previous one tripped),
-/// so the map is bounded: keyed by what the program's own code names (its
-/// compiled policies, the targets it connects to), never by anything a peer
-/// sends, and capped at [`MAX_SHARED_GUARDS`] pairs; when full, pairs no client
-/// holds any more are dropped, and if all are held a new pair gets guards of its
-/// own.
-type Registry = Mutex<HashMap<(usize, String), Arc<Guards>>>;
+/// The guards of every (policy, target) pair in use, per set of metrics the
+/// clients record into. They outlive their clients (a client built per request
+/// must find the breaker the previous one tripped), so the map is bounded: keyed
+/// by what the program's own code names (its compiled policies, the targets it
+/// connects to, its [`Metrics`]), never by anything a peer sends, and capped at
+/// [`MAX_SHARED_GUARDS`] pairs; when full, pairs no client holds any more are
+/// dropped, and if all are held a new pair gets guards of its own.
+type Registry = Mutex<HashMap<(usize, String, u64), Arc<Guards>>>;
 
 /// The most (policy, target) pairs whose guards are kept for sharing.
 const MAX_SHARED_GUARDS: usize = 1024;
@@ -90,16 +90,37 @@ fn registry() -> &'static Registry {
 impl ClientState {
     /// Fresh state for `policy`: breakers closed, throttle bucket full, its own.
     pub fn new(policy: &'static ServicePolicy) -> Self {
-        Self::with_guards(policy, |metrics| Arc::new(Guards::new(policy, metrics)))
+        Self::with_metrics(policy, None, Metrics::global())
     }
 
     /// State for `policy` over a transport to `target`: the breakers and the
     /// throttle are those of every other client of the same policy to the same
     /// target in the process (fresh if there is none).
     pub fn for_target(policy: &'static ServicePolicy, target: &str) -> Self {
-        Self::with_guards(policy, |metrics| {
+        Self::with_metrics(policy, Some(target), Metrics::global())
+    }
+
+    /// State for `policy` recording into `metrics`: with a `target`, as
+    /// [`for_target`](Self::for_target) among the clients that record into the
+    /// same `metrics` (a breaker's `breaker_open` gauge is in one set only);
+    /// without, as [`new`](Self::new).
+    pub(crate) fn with_metrics(
+        policy: &'static ServicePolicy,
+        target: Option<&str>,
+        metrics: &Metrics,
+    ) -> Self {
+        let Some(target) = target else {
+            return Self::with_guards(policy, metrics, |metrics| {
+                Arc::new(Guards::new(policy, metrics))
+            });
+        };
+        Self::with_guards(policy, metrics, |handles| {
             // The policy's address identifies it: each compiled policy is one static.
-            let key = (std::ptr::from_ref(policy) as usize, target.to_owned());
+            let key = (
+                std::ptr::from_ref(policy) as usize,
+                target.to_owned(),
+                metrics.id(),
+            );
             let mut map = crate::sync::lock(registry());
             if let Some(guards) = map.get(&key) {
                 return Arc::clone(guards);
@@ -107,7 +128,7 @@ impl ClientState {
             if map.len() >= MAX_SHARED_GUARDS {
                 map.retain(|_, guards| Arc::strong_count(guards) > 1);
             }
-            let guards = Arc::new(Guards::new(policy, metrics));
+            let guards = Arc::new(Guards::new(policy, handles));
             if map.len() < MAX_SHARED_GUARDS {
                 map.insert(key, Arc::clone(&guards));
             }
@@ -117,12 +138,13 @@ impl ClientState {
 
     fn with_guards(
         policy: &'static ServicePolicy,
+        metrics: &Metrics,
         guards: impl FnOnce(&[MethodMetrics]) -> Arc<Guards>,
     ) -> Self {
         let metrics: Box<[MethodMetrics]> = policy
             .methods
             .iter()
-            .map(|m| Metrics::global().client_method(policy.name, m.name))
+            .map(|m| metrics.client_method(policy.name, m.name))
             .collect();
         Self {
             policy,

@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::deadline::{self, Deadline, DeadlineLayer};
 use super::metrics::{self, MetricsLayer, Recorder};
+use crate::metrics::Metrics;
 
 /// Adds deadline enforcement and metrics to a tonic server: [`DeadlineLayer`]
 /// inside [`MetricsLayer`], with one clock read per call for both.
@@ -40,11 +41,29 @@ pub struct ServerLayer {
 }
 
 impl ServerLayer {
-    /// Deadlines and metrics on.
+    /// Deadlines and metrics on, metrics in [`Metrics::global`].
     pub fn new() -> Self {
         Self {
             deadline: DeadlineLayer::new(),
             metrics: Some(MetricsLayer::new()),
+        }
+    }
+
+    /// Deadlines and metrics on, metrics in `metrics` (made with [`Metrics::new`]
+    /// over a registry of yours) instead of the global ones.
+    ///
+    /// ```
+    /// use prometheus_client::registry::Registry;
+    /// use tai_runtime::metrics::Metrics;
+    /// use tai_runtime::server::ServerLayer;
+    ///
+    /// let mut registry = Registry::default();
+    /// let layer = ServerLayer::with_metrics(&Metrics::new(&mut registry));
+    /// ```
+    pub fn with_metrics(metrics: &Metrics) -> Self {
+        Self {
+            deadline: DeadlineLayer::new(),
+            metrics: Some(MetricsLayer::with_metrics(metrics)),
         }
     }
 
@@ -109,7 +128,6 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::metrics::Metrics;
 
     /// A handler that never answers.
     fn stuck()

@@ -1,6 +1,7 @@
 //! Server metrics: every call counted by method and status code, and timed to
 //! its response headers (`tai_server_calls`, `tai_server_call_duration_seconds`
-//! in [`Metrics::global`]).
+//! in [`Metrics::global`], or in the [`Metrics`] given to
+//! [`MetricsLayer::with_metrics`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,9 +61,27 @@ pub struct MetricsLayer {
 }
 
 impl MetricsLayer {
-    /// A layer with its own table of methods (the metrics are the process's).
+    /// A layer with its own table of methods, recording into
+    /// [`Metrics::global`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A layer with its own table of methods, recording into `metrics` (made with
+    /// [`Metrics::new`] over a registry of yours) instead of the global ones.
+    ///
+    /// ```
+    /// use prometheus_client::registry::Registry;
+    /// use tai_runtime::metrics::Metrics;
+    /// use tai_runtime::server::metrics::MetricsLayer;
+    ///
+    /// let mut registry = Registry::default();
+    /// let layer = MetricsLayer::with_metrics(&Metrics::new(&mut registry));
+    /// ```
+    pub fn with_metrics(metrics: &Metrics) -> Self {
+        Self {
+            methods: Arc::new(MethodTable::recording_into(metrics.clone())),
+        }
     }
 
     /// What a call to `request`'s path records into.
@@ -90,26 +109,43 @@ type MethodMap = HashMap<Box<str>, Arc<ServerMethodMetrics>, foldhash::fast::Ran
 
 /// Metric handles by request path. Read on every call without a lock (an
 /// `ArcSwap` snapshot and a fast hash); written copy-on-write, once per method.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct MethodTable {
+    /// Where the handles are resolved.
+    metrics: Metrics,
     known: ArcSwap<MethodMap>,
     insert: Mutex<()>,
     overflow: OnceLock<Arc<ServerMethodMetrics>>,
 }
 
+impl Default for MethodTable {
+    fn default() -> Self {
+        Self::recording_into(Metrics::global().clone())
+    }
+}
+
 impl MethodTable {
+    fn recording_into(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            known: ArcSwap::default(),
+            insert: Mutex::new(()),
+            overflow: OnceLock::new(),
+        }
+    }
+
     fn get(&self, path: &str) -> Option<Arc<ServerMethodMetrics>> {
         self.known.load().get(path).cloned()
     }
 
     /// The handles for a path first seen now, answered with `code`.
     fn resolve(&self, path: &str, code: Code) -> Arc<ServerMethodMetrics> {
-        let overflow =
-            || {
-                Arc::clone(self.overflow.get_or_init(|| {
-                    Arc::new(Metrics::global().server_method("unknown", "unknown"))
-                }))
-            };
+        let overflow = || {
+            Arc::clone(
+                self.overflow
+                    .get_or_init(|| Arc::new(self.metrics.server_method("unknown", "unknown"))),
+            )
+        };
         if code == Code::Unimplemented {
             return overflow();
         }
@@ -125,7 +161,7 @@ impl MethodTable {
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("unknown", path));
-        let metrics = Arc::new(Metrics::global().server_method(service, method));
+        let metrics = Arc::new(self.metrics.server_method(service, method));
         let mut next = MethodMap::clone(&known);
         next.insert(path.into(), Arc::clone(&metrics));
         self.known.store(Arc::new(next));
