@@ -48,7 +48,6 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use client::breaker::{self, BreakerState, TripReason};
-pub use client::deadline::with_timeout;
 pub use client::state::{ClientState, Resilient};
 pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;
@@ -91,8 +90,9 @@ macro_rules! include_descriptor_set {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::core::{
-        ClientCore, RequestMessage, ResponseMessage, Transport, connect,
+        ClientCore, RequestMessage, ResponseMessage, Transport, connect, connect_lazy,
     };
+    pub use crate::client::forward::into_inner;
     pub use crate::client::state::ClientState;
     pub use prost;
     pub use prost_types;

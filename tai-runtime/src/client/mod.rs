@@ -19,6 +19,7 @@ pub mod breaker;
 mod codec;
 pub(crate) mod core;
 pub(crate) mod deadline;
+pub(crate) mod forward;
 mod hedge;
 mod observed;
 pub(crate) mod retry;
