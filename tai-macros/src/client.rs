@@ -66,7 +66,7 @@ impl Client<'_> {
         let unless =
             |name: &str, tokens: TokenStream| (!rust_names.contains(name)).then_some(tokens);
         let core = quote!(::tai_runtime::__private::ClientCore);
-        let encoding = quote!(::tai_runtime::__private::tonic::codec::CompressionEncoding);
+        let encoding = quote!(::tai_runtime::CompressionEncoding);
         let options = [
             unless(
                 "new",
@@ -87,7 +87,7 @@ impl Client<'_> {
                     /// retried, and no circuit-breaker failure).
                     pub fn with_interceptor<F>(transport: #t, interceptor: F) -> Self
                     where
-                        F: ::tai_runtime::__private::tonic::service::Interceptor + ::core::marker::Send + 'static,
+                        F: ::tai_runtime::Interceptor + ::core::marker::Send + 'static,
                     {
                         let mut client = <Self as ::core::convert::From<#t>>::from(transport);
                         #core::set_interceptor(&mut client.core, interceptor);
@@ -281,13 +281,12 @@ impl Client<'_> {
         let ret = quote_spanned! {m.ident.span()=> impl ::core::future::Future<
             Output = ::core::result::Result<::tai_runtime::Response<#response>, ::tai_runtime::Status>,
         > + ::core::marker::Send + '_ };
-        let tonic = quote!(::tai_runtime::__private::tonic);
         let request = match m.shape.kind {
             MethodKind::Unary | MethodKind::ServerStreaming => {
-                quote!(impl #tonic::IntoRequest<#request_message>)
+                quote!(impl ::tai_runtime::IntoRequest<#request_message>)
             }
             MethodKind::ClientStreaming | MethodKind::Bidi => {
-                quote!(impl #tonic::IntoStreamingRequest<Message = #request_message>)
+                quote!(impl ::tai_runtime::IntoStreamingRequest<Message = #request_message>)
             }
         };
         let docs = &m.docs;
@@ -395,8 +394,11 @@ impl Client<'_> {
         }
         doc.push(String::new());
         doc.push(
-            " Create one with `connect(address)`, or with `new(transport)` / `From` over any transport; \
-             clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state."
+            " Its methods have tonic's shape: a message or a `Request` in (metadata, `set_timeout` for the \
+             call's deadline), a `Response` out (headers and trailers). Create one with `connect(address)` \
+             (waits until ready), `connect_lazy(address)`, `new(transport)` / `From` over any transport, or \
+             `with_interceptor(transport, f)`; clones share the breakers and the throttle. \
+             `tai_runtime::Resilient` reads their state."
                 .to_owned(),
         );
         doc

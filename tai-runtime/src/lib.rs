@@ -53,7 +53,11 @@ pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;
 pub use error::ConnectError;
 pub use tai_macros::resilient;
-pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+pub use tonic::codec::CompressionEncoding;
+pub use tonic::service::Interceptor;
+pub use tonic::{
+    Code, IntoRequest, IntoStreamingRequest, Request, Response, Status, Streaming, async_trait,
+};
 
 /// Protobuf's well-known types (`Timestamp`, `Duration`, `Empty`, ...), as generated
 /// code uses them.
