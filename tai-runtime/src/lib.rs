@@ -16,10 +16,10 @@
 //! }
 //!
 //! let client = GovernorClient::connect("http://127.0.0.1:50051").await?;
-//! let receipt = client.propose_policy(policy).await?;
+//! let receipt = client.propose_policy(policy).await?.into_inner();
 //! ```
 //!
-//! What runs on a call (see `call` for the order and why):
+//! What runs on a call (see the `client` module for the order and why):
 //! - a deadline over the whole call, sent to the server as `grpc-timeout` with the
 //!   time that is left, failing with DEADLINE_EXCEEDED;
 //! - a circuit breaker per method ([`breaker`]), gating every attempt;

@@ -336,3 +336,34 @@ async fn connect_waits_until_ready_and_connect_lazy_does_not() {
     let lazy = tai_runtime::__private::connect_lazy(closed_port().await, &POLICY).unwrap();
     assert_ne!(lazy.state(), tai_runtime::ConnectivityState::Ready);
 }
+
+/// What a caller put in a request's extensions.
+#[derive(Clone, Debug, PartialEq)]
+struct TraceId(u64);
+
+#[tokio::test(start_paused = true)]
+async fn extensions_go_with_every_attempt() {
+    let script = Script::unary(|i, e| async move {
+        if i == 0 {
+            Err(Status::unavailable("not yet"))
+        } else {
+            Ok(e)
+        }
+    });
+    let mut core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(unavailable())], None),
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    core.set_interceptor(move |request: Request<()>| {
+        log.lock()
+            .unwrap()
+            .push(request.extensions().get::<TraceId>().cloned());
+        Ok(request)
+    });
+    let mut request = Request::new(echo("x"));
+    request.extensions_mut().insert(TraceId(7));
+    core.unary_retry::<Echo, Echo>(0, request).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [Some(TraceId(7)), Some(TraceId(7))]);
+}
