@@ -38,6 +38,23 @@ fn unavailable() -> CodeSet {
     CodeSet(1 << Code::Unavailable as u32)
 }
 
+/// A server that answers UNAVAILABLE `failures` times, then echoes; a client
+/// that retries UNAVAILABLE.
+fn retried_after(failures: usize) -> (Script, ClientCore<tonic::transport::Channel>) {
+    let script = Script::unary(move |i, e| async move {
+        if i < failures {
+            Err(Status::unavailable("not yet"))
+        } else {
+            Ok(e)
+        }
+    });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(vec![retrying(unavailable())], None),
+    );
+    (script, core)
+}
+
 /// A request with a tenant header, as a caller sends one.
 fn with_tenant(message: Echo) -> Request<Echo> {
     let mut request = Request::new(message);
@@ -49,17 +66,7 @@ fn with_tenant(message: Echo) -> Request<Echo> {
 
 #[tokio::test(start_paused = true)]
 async fn metadata_reaches_the_server_on_every_retry() {
-    let script = Script::unary(|i, e| async move {
-        if i < 2 {
-            Err(Status::unavailable("not yet"))
-        } else {
-            Ok(e)
-        }
-    });
-    let core = ClientCore::new(
-        script.serve_in_memory(),
-        service(vec![retrying(unavailable())], None),
-    );
+    let (script, core) = retried_after(2);
     core.unary_retry::<Echo, Echo>(0, with_tenant(echo("x")))
         .await
         .unwrap();
@@ -161,17 +168,7 @@ async fn trailers_come_back_at_the_end_of_a_stream() {
 
 #[tokio::test(start_paused = true)]
 async fn the_interceptor_adds_metadata_to_every_attempt() {
-    let script = Script::unary(|i, e| async move {
-        if i == 0 {
-            Err(Status::unavailable("not yet"))
-        } else {
-            Ok(e)
-        }
-    });
-    let mut core = ClientCore::new(
-        script.serve_in_memory(),
-        service(vec![retrying(unavailable())], None),
-    );
+    let (script, mut core) = retried_after(1);
     core.set_interceptor(|mut request: Request<()>| {
         // It sees the attempt's own metadata.
         let attempt = request
@@ -343,17 +340,7 @@ struct TraceId(u64);
 
 #[tokio::test(start_paused = true)]
 async fn extensions_go_with_every_attempt() {
-    let script = Script::unary(|i, e| async move {
-        if i == 0 {
-            Err(Status::unavailable("not yet"))
-        } else {
-            Ok(e)
-        }
-    });
-    let mut core = ClientCore::new(
-        script.serve_in_memory(),
-        service(vec![retrying(unavailable())], None),
-    );
+    let (script, mut core) = retried_after(1);
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     core.set_interceptor(move |request: Request<()>| {
