@@ -353,4 +353,5 @@ async fn extensions_go_with_every_attempt() {
     request.extensions_mut().insert(TraceId(7));
     core.unary_retry::<Echo, Echo>(0, request).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), [Some(TraceId(7)), Some(TraceId(7))]);
+    assert_eq!(script.calls(), 2);
 }
