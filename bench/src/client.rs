@@ -132,7 +132,7 @@ async fn tai_run<T: tai_runtime::__private::Transport>(
         Op::Echo(m) => client.echo(m.clone()).await.map(|_| 1),
         Op::EchoNested(m) => client.echo_nested(m.clone()).await.map(|_| 1),
         Op::Stream(m) => {
-            let mut stream = client.stream(*m).await?;
+            let mut stream = client.stream(*m).await?.into_inner();
             let mut n = 0;
             while let Some(message) = stream.next().await {
                 std::hint::black_box(message?);

@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("1. The first response is lost after the server applied the proposal.");
     faults.set(FaultPlan::lose_first_responses(1, &[PROPOSE]));
-    let receipt = client.propose_policy(proposal("req-1")).await?;
+    let receipt = client.propose_policy(proposal("req-1")).await?.into_inner();
     println!(
         "   the client retried and got the original receipt back: accepted={} duplicate={} ({})",
         receipt.accepted, receipt.duplicate, receipt.message

@@ -194,16 +194,17 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
 
     macro_rules! unary {
         ($client:expr, $call:ident) => {{
-            let request = request_from_json(&input, &spec.json)?;
-            let reply = $client.$call(request).await?;
+            // A `Request` around the message, so that its type is the method's.
+            let request = tai_runtime::Request::new(request_from_json(&input, &spec.json)?);
+            let reply = $client.$call(request).await?.into_inner();
             writeln!(out, "{}", reply_to_json(&output, &reply))?;
             Ok(())
         }};
     }
     macro_rules! streaming {
         ($client:expr, $call:ident) => {{
-            let request = request_from_json(&input, &spec.json)?;
-            let stream = $client.$call(request).await?;
+            let request = tai_runtime::Request::new(request_from_json(&input, &spec.json)?);
+            let stream = $client.$call(request).await?.into_inner();
             print_stream(stream, &output, limit, out).await
         }};
     }

@@ -247,7 +247,11 @@ async fn serve_drains_an_in_flight_call_on(signal: &str) {
             .success()
     );
 
-    let receipt = call.await.unwrap().expect("the in-flight call is answered");
+    let receipt = call
+        .await
+        .unwrap()
+        .expect("the in-flight call is answered")
+        .into_inner();
     assert!(receipt.accepted, "{receipt:?}");
     assert!(started.elapsed() >= Duration::from_secs(3));
     let status = tokio::task::spawn_blocking(move || child.0.wait())

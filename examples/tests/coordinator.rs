@@ -70,7 +70,7 @@ async fn signals_are_recorded_once_and_counted_by_type() {
         ("s2", "deployment"),
         ("s3", "scaling"),
     ] {
-        let receipt = c.submit_signal(signal(r, t)).await.unwrap();
+        let receipt = c.submit_signal(signal(r, t)).await.unwrap().into_inner();
         assert!(receipt.accepted);
         assert_eq!(
             receipt.resource,
@@ -78,7 +78,11 @@ async fn signals_are_recorded_once_and_counted_by_type() {
             "the id defaults to the request_id"
         );
     }
-    let repeat = c.submit_signal(signal("s1", "deployment")).await.unwrap();
+    let repeat = c
+        .submit_signal(signal("s1", "deployment"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(repeat.duplicate);
     let mut same_id = signal("s4", "deployment");
     same_id.signal.as_mut().unwrap().id = "s1".to_owned();
@@ -87,7 +91,11 @@ async fn signals_are_recorded_once_and_counted_by_type() {
         Code::AlreadyExists,
         "signal `s1` was already submitted",
     );
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.signals_received, 3);
     assert_eq!(status.signals_by_type.get("deployment"), Some(&2));
     assert_eq!(status.signals_by_type.get("scaling"), Some(&1));
@@ -97,14 +105,26 @@ async fn signals_are_recorded_once_and_counted_by_type() {
 async fn actions_wait_in_the_queue_until_acknowledged() {
     let (_server, c) = server().await;
     c.request_action(action("a1", 0)).await.unwrap();
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((status.actions_pending, status.actions_in_flight), (1, 0));
 
-    let mut stream = c.stream_actions(subscribe("w1", 0)).await.unwrap();
+    let mut stream = c
+        .stream_actions(subscribe("w1", 0))
+        .await
+        .unwrap()
+        .into_inner();
     let a = next(&mut stream).await;
     assert_eq!((a.id.as_str(), a.delivery_attempt), ("a1", 1));
     assert!(a.requested_at.is_some());
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         (
             status.actions_pending,
@@ -114,15 +134,27 @@ async fn actions_wait_in_the_queue_until_acknowledged() {
         (0, 1, 1)
     );
 
-    let r = c.acknowledge_action(ack("k1", "a1")).await.unwrap();
+    let r = c
+        .acknowledge_action(ack("k1", "a1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted, "{}", r.message);
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         (status.actions_in_flight, status.actions_acknowledged),
         (0, 1)
     );
 
-    let again = c.acknowledge_action(ack("k2", "a1")).await.unwrap();
+    let again = c
+        .acknowledge_action(ack("k2", "a1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.accepted);
     assert!(
         again.message.contains("already acknowledged by `test`"),
@@ -141,13 +173,21 @@ async fn an_action_is_redelivered_to_another_subscriber_when_its_subscriber_disc
     let coordinator = Coordinator::new();
     let server = TestServer::start(MeshServer::new().coordinator(coordinator.clone())).await;
     let c = server.coordinator();
-    let mut first = c.stream_actions(subscribe("first", 0)).await.unwrap();
+    let mut first = c
+        .stream_actions(subscribe("first", 0))
+        .await
+        .unwrap()
+        .into_inner();
     c.request_action(action("a1", 0)).await.unwrap();
     let a = next(&mut first).await;
     assert_eq!((a.id.as_str(), a.delivery_attempt), ("a1", 1));
 
     // The second subscriber joins while a1 is in flight with the first.
-    let mut second = c.stream_actions(subscribe("second", 0)).await.unwrap();
+    let mut second = c
+        .stream_actions(subscribe("second", 0))
+        .await
+        .unwrap()
+        .into_inner();
     // The first disconnects without acknowledging.
     drop(first);
     let again = next(&mut second).await;
@@ -156,9 +196,14 @@ async fn an_action_is_redelivered_to_another_subscriber_when_its_subscriber_disc
         c.acknowledge_action(ack("k1", "a1"))
             .await
             .unwrap()
+            .into_inner()
             .accepted
     );
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         (
             status.redeliveries,
@@ -184,7 +229,8 @@ async fn an_unacknowledged_action_is_redelivered_after_its_ack_timeout() {
             ..StreamActionsRequest::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     c.request_action(action("a1", 0)).await.unwrap();
     assert_eq!(next(&mut stream).await.delivery_attempt, 1);
     // Not acknowledged: it comes again once the ack timeout passes.
@@ -194,9 +240,14 @@ async fn an_unacknowledged_action_is_redelivered_after_its_ack_timeout() {
         c.acknowledge_action(ack("k1", "a1"))
             .await
             .unwrap()
+            .into_inner()
             .accepted
     );
-    let status = c.get_status(GetStatusRequest {}).await.unwrap();
+    let status = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         (
             status.redeliveries,
@@ -217,11 +268,16 @@ async fn higher_priority_actions_go_first_and_max_in_flight_holds_back_the_rest(
     let mut stream = c
         .stream_actions(subscribe("one-at-a-time", 1))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     for expected in ["high", "mid", "low"] {
         let a = next(&mut stream).await;
         assert_eq!(a.id, expected);
-        let status = c.get_status(GetStatusRequest {}).await.unwrap();
+        let status = c
+            .get_status(GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(
             status.actions_in_flight, 1,
             "max_in_flight 1 holds back the rest"
@@ -286,7 +342,11 @@ async fn a_retried_request_action_queues_the_action_once() {
     )
     .await;
     let c = server.coordinator();
-    let r = c.request_action(action("a1", 0)).await.unwrap();
+    let r = c
+        .request_action(action("a1", 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted && r.duplicate, "{r:?}");
     assert_eq!(faults.counts().dropped, 1);
     assert_eq!(coordinator.status().actions_pending, 1);

@@ -56,7 +56,8 @@ async fn versions_grow_and_a_stale_version_is_rejected() {
     let r = c
         .propose_policy(proposal("r1", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(r.accepted);
     assert_eq!(
         (r.id.as_str(), r.version, r.resource.as_str()),
@@ -65,7 +66,8 @@ async fn versions_grow_and_a_stale_version_is_rejected() {
     let r = c
         .propose_policy(proposal("r2", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(r.version, 2, "0 means the next version");
     assert_status(
         c.propose_policy(proposal("r3", "p1", "security", 2)).await,
@@ -80,12 +82,14 @@ async fn versions_grow_and_a_stale_version_is_rejected() {
     let r = c
         .propose_policy(proposal("r5", "p1", "security", 7))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(r.version, 7, "any higher version is fine");
     let p = c
         .get_policies(GetPoliciesRequest::default())
         .await
         .unwrap()
+        .into_inner()
         .policies;
     assert_eq!(p.len(), 1);
     assert_eq!(
@@ -125,9 +129,17 @@ async fn enforce_and_revoke_follow_the_current_version() {
         "no policy `nope`",
     );
 
-    let r = c.enforce_policy(enforce("e4", "p1", 2)).await.unwrap();
+    let r = c
+        .enforce_policy(enforce("e4", "p1", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted, "{}", r.message);
-    let again = c.enforce_policy(enforce("e5", "p1", 2)).await.unwrap();
+    let again = c
+        .enforce_policy(enforce("e5", "p1", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.accepted);
     assert!(
         again.message.contains("already enforced"),
@@ -141,15 +153,24 @@ async fn enforce_and_revoke_follow_the_current_version() {
         })
         .await
         .unwrap()
+        .into_inner()
         .policies;
     assert_eq!(enabled.len(), 1);
     assert!(enabled[0].enabled);
     assert_eq!(enabled[0].state, PolicyState::Enforced as i32);
 
-    let r = c.revoke_policy(revoke("v1", "p1", 2)).await.unwrap();
+    let r = c
+        .revoke_policy(revoke("v1", "p1", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted);
     assert!(r.message.contains("revoked: test"), "{}", r.message);
-    let again = c.revoke_policy(revoke("v2", "p1", 2)).await.unwrap();
+    let again = c
+        .revoke_policy(revoke("v2", "p1", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.accepted);
     assert_status(
         c.enforce_policy(enforce("e6", "p1", 2)).await,
@@ -160,6 +181,7 @@ async fn enforce_and_revoke_follow_the_current_version() {
         .get_policies(GetPoliciesRequest::default())
         .await
         .unwrap()
+        .into_inner()
         .policies;
     assert!(
         visible.is_empty(),
@@ -172,6 +194,7 @@ async fn enforce_and_revoke_follow_the_current_version() {
         })
         .await
         .unwrap()
+        .into_inner()
         .policies;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, PolicyState::Revoked as i32);
@@ -181,12 +204,14 @@ async fn enforce_and_revoke_follow_the_current_version() {
     let r = c
         .propose_policy(proposal("r3", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(r.version, 3);
     assert!(
         c.enforce_policy(enforce("e7", "p1", 3))
             .await
             .unwrap()
+            .into_inner()
             .accepted
     );
 }
@@ -222,6 +247,7 @@ async fn get_policies_filters_by_type_state_and_id() {
             .get_policies(query("", false, &[]))
             .await
             .unwrap()
+            .into_inner()
             .policies),
         ["a", "b", "c", "d"]
     );
@@ -230,11 +256,17 @@ async fn get_policies_filters_by_type_state_and_id() {
             .get_policies(query("security", false, &[]))
             .await
             .unwrap()
+            .into_inner()
             .policies),
         ["a", "b"]
     );
     assert_eq!(
-        ids(c.get_policies(query("", true, &[])).await.unwrap().policies),
+        ids(c
+            .get_policies(query("", true, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .policies),
         ["b", "c"]
     );
     assert_eq!(
@@ -242,6 +274,7 @@ async fn get_policies_filters_by_type_state_and_id() {
             .get_policies(query("security", true, &[]))
             .await
             .unwrap()
+            .into_inner()
             .policies),
         ["b"]
     );
@@ -250,6 +283,7 @@ async fn get_policies_filters_by_type_state_and_id() {
             .get_policies(query("", false, &["d", "a", "zz"]))
             .await
             .unwrap()
+            .into_inner()
             .policies),
         ["a", "d"]
     );
@@ -271,7 +305,8 @@ async fn stream_policies_sends_the_current_state_then_every_matching_change() {
             include_existing: true,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let first = next(&mut stream).await;
     assert_eq!((first.id.as_str(), first.version), ("s1", 1));
 
@@ -356,6 +391,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         c.get_policies(GetPoliciesRequest::default())
             .await
             .unwrap()
+            .into_inner()
             .policies
             .is_empty()
     );
@@ -364,7 +400,8 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let r = c
         .propose_policy(proposal("r4", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(r.accepted && !r.duplicate);
 }
 
@@ -376,11 +413,13 @@ async fn a_repeated_request_id_gets_the_first_receipt_and_a_reused_one_is_refuse
     let first = c
         .propose_policy(proposal("r1", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let repeat = c
         .propose_policy(proposal("r1", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(!first.duplicate && repeat.duplicate);
     assert_eq!(
         (repeat.version, &repeat.message, repeat.timestamp),
@@ -420,7 +459,8 @@ async fn a_retry_after_a_lost_response_is_not_applied_twice() {
     let r = c
         .propose_policy(proposal("r1", "p1", "security", 0))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(
         r.accepted && r.duplicate,
         "the retry was answered from the dedup log: {r:?}"
@@ -430,9 +470,14 @@ async fn a_retry_after_a_lost_response_is_not_applied_twice() {
     let r = c
         .propose_policy(proposal("r2", "p1", "security", 2))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(r.accepted && r.duplicate && r.version == 2, "{r:?}");
-    let r = c.enforce_policy(enforce("e1", "p1", 2)).await.unwrap();
+    let r = c
+        .enforce_policy(enforce("e1", "p1", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted && r.duplicate, "{r:?}");
 
     assert_eq!(faults.counts().dropped, 3, "each first response was lost");
@@ -441,6 +486,7 @@ async fn a_retry_after_a_lost_response_is_not_applied_twice() {
         .get_policies(GetPoliciesRequest::default())
         .await
         .unwrap()
+        .into_inner()
         .policies;
     assert_eq!((p[0].version, p[0].enabled), (2, true));
 }
@@ -452,7 +498,11 @@ async fn health_check_reports_serving_and_counts() {
     c.propose_policy(proposal("r1", "p1", "security", 0))
         .await
         .unwrap();
-    let h = c.health_check(HealthCheckRequest {}).await.unwrap();
+    let h = c
+        .health_check(HealthCheckRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(h.status, ServingStatus::Serving as i32);
     assert_eq!(h.service, "tai.v1.mesh.Governor");
     assert_eq!(h.details.get("policies").map(String::as_str), Some("1"));

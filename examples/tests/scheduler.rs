@@ -130,19 +130,22 @@ async fn transitions_are_streamed_and_the_task_starts_no_earlier_than_scheduled(
             include_current: true,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let at = SystemTime::now() + Duration::from_millis(300);
     let receipt = c
         .submit_task(submit("t1", "sleep", &[("ms", "20")], Some(at)))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(receipt.resource, "tasks/t1");
     let status = c
         .get_task_status(GetTaskStatusRequest {
             task_id: "t1".to_owned(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(status.state, TaskState::Scheduled as i32);
 
     let mut seen = Vec::new();
@@ -164,7 +167,8 @@ async fn transitions_are_streamed_and_the_task_starts_no_earlier_than_scheduled(
             task_id: "t1".to_owned(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(status.result, "slept 20ms");
     let started = SystemTime::try_from(status.started_at.unwrap()).unwrap();
     let finished = SystemTime::try_from(status.finished_at.unwrap()).unwrap();
@@ -179,14 +183,19 @@ async fn a_task_can_be_cancelled_before_it_runs_but_not_after() {
     let mut updates = c
         .stream_task_updates(StreamTaskUpdatesRequest::default())
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let later = SystemTime::now() + Duration::from_secs(3600);
     c.submit_task(submit("later", "echo", &[], Some(later)))
         .await
         .unwrap();
     assert_eq!(next(&mut updates).await.state, TaskState::Scheduled as i32);
 
-    let r = c.cancel_task(cancel("c1", "later")).await.unwrap();
+    let r = c
+        .cancel_task(cancel("c1", "later"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.accepted, "{}", r.message);
     let u = next(&mut updates).await;
     assert_eq!(
@@ -199,12 +208,17 @@ async fn a_task_can_be_cancelled_before_it_runs_but_not_after() {
             task_id: "later".to_owned(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(
         (status.state, status.error.as_str()),
         (TaskState::Cancelled as i32, "changed my mind")
     );
-    let again = c.cancel_task(cancel("c2", "later")).await.unwrap();
+    let again = c
+        .cancel_task(cancel("c2", "later"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.accepted);
     assert!(again.message.contains("is cancelled"), "{}", again.message);
 
@@ -218,7 +232,11 @@ async fn a_task_can_be_cancelled_before_it_runs_but_not_after() {
             break;
         }
     }
-    let late = c.cancel_task(cancel("c3", "now")).await.unwrap();
+    let late = c
+        .cancel_task(cancel("c3", "now"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!late.accepted);
     assert!(
         late.message
@@ -300,7 +318,8 @@ async fn a_failing_task_ends_failed_with_its_error() {
             include_current: false,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     c.submit_task(submit("f", "fail", &[("message", "disk full")], None))
         .await
         .unwrap();
@@ -336,7 +355,8 @@ async fn replicas_share_the_task_store_and_deduplicate_retries() {
         .scheduler()
         .submit_task(submit("t1", "echo", &[], Some(later)))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(
         r.accepted && r.duplicate,
         "applied once, the retry answered from the log: {r:?}"
@@ -355,13 +375,15 @@ async fn replicas_share_the_task_store_and_deduplicate_retries() {
             task_id: "t1".to_owned(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(status.state, TaskState::Scheduled as i32);
     assert!(
         b.scheduler()
             .cancel_task(cancel("c1", "t1"))
             .await
             .unwrap()
+            .into_inner()
             .accepted
     );
 }

@@ -120,7 +120,8 @@ async fn graceful_shutdown_drains_an_in_flight_call() {
     let mut updates = scheduler
         .stream_task_updates(StreamTaskUpdatesRequest::default())
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
 
     faults.set(FaultPlan {
         latency: Duration::from_millis(500),

@@ -3,9 +3,12 @@
 //! that forwards to them, and the `static` policy data they index into.
 //!
 //! The expansion is small on purpose: everything that behaves lives in the runtime,
-//! and the data is written by `tokens.rs`. tonic users find tonic's habits here
-//! (`connect`, `new`, `From<T>`); an RPC named `new` or `connect` wins over the
-//! constructor of that name.
+//! and the data is written by `tokens.rs`. tonic users find tonic's habits here:
+//! each RPC method takes `impl IntoRequest<Req>` (or `impl IntoStreamingRequest`)
+//! and returns a `Response`, whatever form the trait is written in; `connect`,
+//! `connect_lazy`, `new`, `with_interceptor`, `send_compressed`,
+//! `accept_compressed`, `max_decoding_message_size`, `max_encoding_message_size`
+//! and `From<T>`. An RPC named like one of these wins over it.
 
 use std::collections::HashSet;
 
@@ -60,49 +63,138 @@ impl Client<'_> {
             .iter()
             .map(|m| m.ident.unraw().to_string())
             .collect();
-        let new_fn = (!rust_names.contains("new")).then(|| {
-            quote! {
-                /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
-                /// or any tower service that speaks gRPC.
-                pub fn new(transport: #t) -> Self {
-                    <Self as ::core::convert::From<#t>>::from(transport)
-                }
-            }
-        });
-        let with_metrics_fn = (!rust_names.contains("with_metrics")).then(|| {
-            quote! {
-                /// A client over `transport` that records its metrics into `metrics`
-                /// (a `tai_runtime::metrics::Metrics` over a registry of yours)
-                /// instead of the process's global ones.
-                pub fn with_metrics(
-                    transport: #t,
-                    metrics: &::tai_runtime::metrics::Metrics,
-                ) -> Self {
-                    Self {
-                        core: ::tai_runtime::__private::ClientCore::with_metrics(
-                            transport, &#statik, metrics,
-                        ),
+        let unless =
+            |name: &str, tokens: TokenStream| (!rust_names.contains(name)).then_some(tokens);
+        let core = quote!(::tai_runtime::__private::ClientCore);
+        let encoding = quote!(::tai_runtime::CompressionEncoding);
+        let options = [
+            unless(
+                "new",
+                quote! {
+                    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
+                    /// or any tower service that speaks gRPC.
+                    pub fn new(transport: #t) -> Self {
+                        <Self as ::core::convert::From<#t>>::from(transport)
                     }
-                }
-            }
-        });
-        let connect_fn = (!rust_names.contains("connect")).then(|| {
-            quote! {
-                /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
-                /// `tai_runtime::Channel` (production preset, the service's balancer).
-                ///
-                /// # Errors
-                ///
-                /// If the address is invalid or the channel cannot be built.
-                pub async fn connect(
-                    dst: impl ::core::convert::Into<::std::string::String>,
-                ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
-                    ::tai_runtime::__private::connect(::core::convert::Into::into(dst), &#statik)
-                        .await
-                        .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
-                }
-            }
-        });
+                },
+            ),
+            unless(
+                "with_metrics",
+                quote! {
+                    /// A client over `transport` that records its metrics into `metrics`
+                    /// (a `tai_runtime::metrics::Metrics` over a registry of yours)
+                    /// instead of the process's global ones.
+                    pub fn with_metrics(
+                        transport: #t,
+                        metrics: &::tai_runtime::metrics::Metrics,
+                    ) -> Self {
+                        Self {
+                            core: #core::with_metrics(transport, &#statik, metrics),
+                        }
+                    }
+                },
+            ),
+            unless(
+                "with_interceptor",
+                quote! {
+                    /// A client whose `interceptor` (tonic's `Interceptor`: a closure over
+                    /// `Request<()>` will do) runs on every attempt before it is sent: it may
+                    /// add metadata, or refuse the call with a status, which is final (not
+                    /// retried, and no circuit-breaker failure).
+                    pub fn with_interceptor<F>(transport: #t, interceptor: F) -> Self
+                    where
+                        F: ::tai_runtime::Interceptor + ::core::marker::Send + 'static,
+                    {
+                        let mut client = <Self as ::core::convert::From<#t>>::from(transport);
+                        #core::set_interceptor(&mut client.core, interceptor);
+                        client
+                    }
+                },
+            ),
+            unless(
+                "send_compressed",
+                quote! {
+                    /// Compresses requests with `encoding` (gzip or zstd).
+                    #[must_use]
+                    pub fn send_compressed(mut self, encoding: #encoding) -> Self {
+                        #core::send_compressed(&mut self.core, encoding);
+                        self
+                    }
+                },
+            ),
+            unless(
+                "accept_compressed",
+                quote! {
+                    /// Accepts responses compressed with `encoding` (gzip or zstd).
+                    #[must_use]
+                    pub fn accept_compressed(mut self, encoding: #encoding) -> Self {
+                        #core::accept_compressed(&mut self.core, encoding);
+                        self
+                    }
+                },
+            ),
+            unless(
+                "max_decoding_message_size",
+                quote! {
+                    /// The largest response message accepted, in bytes.
+                    #[must_use]
+                    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+                        #core::max_decoding_message_size(&mut self.core, limit);
+                        self
+                    }
+                },
+            ),
+            unless(
+                "max_encoding_message_size",
+                quote! {
+                    /// The largest request message sent, in bytes.
+                    #[must_use]
+                    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+                        #core::max_encoding_message_size(&mut self.core, limit);
+                        self
+                    }
+                },
+            ),
+        ];
+        let connect = [
+            unless(
+                "connect",
+                quote! {
+                    /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
+                    /// `tai_runtime::Channel` (production preset, the service's balancer),
+                    /// and waits until the channel is ready.
+                    ///
+                    /// # Errors
+                    ///
+                    /// If the address is invalid, or the channel is not ready after the
+                    /// connect timeout: the error names the address and why.
+                    pub async fn connect(
+                        dst: impl ::core::convert::Into<::std::string::String>,
+                    ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
+                        ::tai_runtime::__private::connect(::core::convert::Into::into(dst), &#statik)
+                            .await
+                            .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
+                    }
+                },
+            ),
+            unless(
+                "connect_lazy",
+                quote! {
+                    /// Like `connect`, but returns at once: the first call waits for the
+                    /// connection.
+                    ///
+                    /// # Errors
+                    ///
+                    /// If the address is invalid.
+                    pub fn connect_lazy(
+                        dst: impl ::core::convert::Into<::std::string::String>,
+                    ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
+                        ::tai_runtime::__private::connect_lazy(::core::convert::Into::into(dst), &#statik)
+                            .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
+                    }
+                },
+            ),
+        ];
         let inherent = self
             .methods
             .iter()
@@ -111,11 +203,17 @@ impl Client<'_> {
             .map(|(index, (m, p))| self.rpc(index, m, p));
         let forwarding = self.methods.iter().map(|m| {
             let ident = &m.ident;
-            let request = &m.shape.request;
+            let request = &m.shape.written_request;
             let output = &m.output;
+            let call = quote!(#client::#ident(self, request));
+            let body = if m.shape.tonic {
+                call
+            } else {
+                quote!(::tai_runtime::__private::into_inner(#call))
+            };
             quote! {
                 fn #ident(&self, request: #request) #output {
-                    #client::#ident(self, request)
+                    #body
                 }
             }
         });
@@ -135,8 +233,7 @@ impl Client<'_> {
 
             #[allow(dead_code)]
             impl<#t: #transport> #client<#t> {
-                #new_fn
-                #with_metrics_fn
+                #(#options)*
                 #(#inherent)*
             }
 
@@ -164,7 +261,7 @@ impl Client<'_> {
                 /// before the client (its `balancer`, say).
                 pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &#statik;
 
-                #connect_fn
+                #(#connect)*
             }
 
         }
@@ -174,7 +271,6 @@ impl Client<'_> {
     /// policy need.
     fn rpc(&self, index: usize, m: &Method, p: &ResolvedPolicy) -> TokenStream {
         let ident = &m.ident;
-        let request = &m.shape.request;
         let response = &m.shape.response;
         let request_message = &m.shape.request_message;
         let response_message = &m.shape.response_message;
@@ -199,8 +295,16 @@ impl Client<'_> {
         // the message types; should they fail, the repeat of the error (already
         // reported at the type, through the turbofish) points at the method.
         let ret = quote_spanned! {m.ident.span()=> impl ::core::future::Future<
-            Output = ::core::result::Result<#response, ::tai_runtime::Status>,
+            Output = ::core::result::Result<::tai_runtime::Response<#response>, ::tai_runtime::Status>,
         > + ::core::marker::Send + '_ };
+        let request = match m.shape.kind {
+            MethodKind::Unary | MethodKind::ServerStreaming => {
+                quote!(impl ::tai_runtime::IntoRequest<#request_message>)
+            }
+            MethodKind::ClientStreaming | MethodKind::Bidi => {
+                quote!(impl ::tai_runtime::IntoStreamingRequest<Message = #request_message>)
+            }
+        };
         let docs = &m.docs;
         let gap = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
         let summary = format!(
@@ -306,9 +410,11 @@ impl Client<'_> {
         }
         doc.push(String::new());
         doc.push(
-            " Create one with `connect(address)`, or with `new(transport)` / `From` over any transport \
-             (`with_metrics(transport, &metrics)` records into metrics of your own); \
-             clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state."
+            " Its methods have tonic's shape: a message or a `Request` in (metadata, `set_timeout` for the \
+             call's deadline), a `Response` out (headers and trailers). Create one with `connect(address)` \
+             (waits until ready), `connect_lazy(address)`, `new(transport)` / `From` over any transport, `with_interceptor(transport, f)`, or \
+             `with_metrics(transport, &metrics)` (metrics of your own); clones share the breakers and the throttle. \
+             `tai_runtime::Resilient` reads their state."
                 .to_owned(),
         );
         doc

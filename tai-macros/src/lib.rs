@@ -41,9 +41,18 @@
 //! async fn propose() -> Result<Receipt, Box<dyn std::error::Error>> {
 //!     // `GovernorClient` was generated next to the trait.
 //!     let client = GovernorClient::connect("http://127.0.0.1:50051").await?;
-//!     Ok(client.propose_policy(Policy { name: "quota".into() }).await?)
+//!     // tonic's call shape: a message or a `Request` in, a `Response` out.
+//!     let mut request = tai_runtime::Request::new(Policy { name: "quota".into() });
+//!     request.set_timeout(std::time::Duration::from_millis(500));
+//!     Ok(client.propose_policy(request).await?.into_inner())
 //! }
 //! ```
+//!
+//! A method may also be written as tonic writes it, `Request` in and `Response`
+//! out (`fn propose_policy(&self, request: Request<Policy>) -> impl Future<Output =
+//! Result<Response<Receipt>, Status>> + Send`); then the trait's methods keep the
+//! metadata too. The generated client's own methods have tonic's shape either
+//! way: `impl IntoRequest<Policy>` in, `Response<Receipt>` out.
 //!
 //! # Where the attribute goes
 //!

@@ -4,6 +4,12 @@
 //! A `#[resilient]` trait holds only RPCs of one fixed shape (`&self`, one request,
 //! a future of `Result<Response, Status>`); everything else is reported here, at the
 //! token that is wrong, as a *shape* error — one that leaves no client to generate.
+//!
+//! A method is written in one of two forms: with plain messages
+//! (`request: Policy` → `Result<Receipt, Status>`), or as tonic writes it
+//! (`request: Request<Policy>` → `Result<Response<Receipt>, Status>`). The client's
+//! own methods have tonic's shape either way; the trait impl follows the trait.
+//! Half of one and half of the other is an error.
 //! Types are matched by their last path segment, so `std::future::Future`,
 //! `tonic::Status` and `tai_runtime::Status` all work.
 
@@ -39,11 +45,15 @@ pub(crate) struct Method {
 /// What a method's signature says.
 pub(crate) struct Shape {
     pub(crate) kind: MethodKind,
-    /// The request parameter's type as written (`Policy`, `RequestStream<Policy>`).
+    /// Written as tonic writes it: `Request<..>` in, `Response<..>` out.
+    pub(crate) tonic: bool,
+    /// The request parameter's type as written (`Policy`, `Request<Policy>`).
+    pub(crate) written_request: Type,
+    /// The request's body (`Policy`, `RequestStream<Policy>`).
     pub(crate) request: Type,
     /// The request message (`Policy`).
     pub(crate) request_message: Type,
-    /// The response as written (`Receipt`, `ResponseStream<Receipt>`).
+    /// The response's body (`Receipt`, `ResponseStream<Receipt>`).
     pub(crate) response: Type,
     /// The response message (`Receipt`).
     pub(crate) response_message: Type,
@@ -263,7 +273,39 @@ fn signature(sig: &mut Signature, ctxt: &mut Ctxt) -> Option<Shape> {
             "the error type of an RPC is `Status` (tai_runtime::Status, which is tonic::Status)",
         ));
     }
+    let written_request = request.clone();
+    let (request, response, tonic) = match (
+        request.as_ref().map(tonic_inner_request),
+        tonic_inner(&response, "Response"),
+    ) {
+        (Some(Some(req)), Some(resp)) => (Some(req), resp, true),
+        (Some(None), None) => (request, response, false),
+        (Some(Some(_)), None) => {
+            ctxt.shape(syn::Error::new_spanned(&response, MIXED));
+            (None, response, false)
+        }
+        (Some(None), Some(_)) => {
+            if let Some(req) = &request {
+                ctxt.shape(syn::Error::new_spanned(req, MIXED));
+            }
+            (None, response, false)
+        }
+        (None, _) => (None, response, false),
+    };
+    for (ty, what) in [(request.as_ref(), "request"), (Some(&response), "response")] {
+        if let Some(ty) = ty.filter(|t| last_segment(t).is_some_and(|s| s.ident == "Streaming")) {
+            ctxt.shape(syn::Error::new_spanned(
+                ty,
+                format!(
+                    "a tai client's {what} stream is `{}<Message>`: tonic's `Streaming` is the server's side of a stream, \
+                     and cannot carry the call's deadline",
+                    if what == "request" { "RequestStream" } else { "ResponseStream" }
+                ),
+            ));
+        }
+    }
     let request = request.filter(|_| ctxt.shape_errors() == before)?;
+    let written_request = written_request?;
 
     if let Some(token) = sig.asyncness.take() {
         // `async fn` in a public trait does not promise `Send`; write out the form
@@ -284,11 +326,30 @@ fn signature(sig: &mut Signature, ctxt: &mut Ctxt) -> Option<Shape> {
     };
     Some(Shape {
         kind,
+        tonic,
+        written_request,
         request_message: request_stream.unwrap_or_else(|| request.clone()),
         request,
         response_message: response_stream.unwrap_or_else(|| response.clone()),
         response,
     })
+}
+
+const MIXED: &str = "write an RPC's request and response in the same form: \
+                     plain messages (`request: Req` -> `Result<Resp, Status>`) \
+                     or as tonic does (`request: Request<Req>` -> `Result<Response<Resp>, Status>`)";
+
+/// `Request<T>` → `Some(T)`.
+fn tonic_inner_request(ty: &Type) -> Option<Type> {
+    tonic_inner(ty, "Request")
+}
+
+/// `Name<T>` (tonic's `Request` or `Response`) → `T`.
+fn tonic_inner(ty: &Type, name: &str) -> Option<Type> {
+    match type_args(ty, name)?.as_slice() {
+        [inner] => Some((*inner).clone()),
+        _ => None,
+    }
 }
 
 fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {

@@ -78,7 +78,7 @@ impl MethodMetrics {
 
 /// The deadline of a call under `policy`, as the engine computes it at call start.
 pub fn deadline_for_call(policy: &MethodPolicy) -> Option<Instant> {
-    crate::client::deadline::for_call(policy, Instant::now()).map(|d| d.at)
+    crate::client::deadline::for_call(policy, Instant::now(), None).map(|d| d.at)
 }
 
 /// The per-attempt deadline check: the time left, `None` if it has passed.

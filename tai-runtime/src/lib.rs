@@ -16,10 +16,10 @@
 //! }
 //!
 //! let client = GovernorClient::connect("http://127.0.0.1:50051").await?;
-//! let receipt = client.propose_policy(policy).await?;
+//! let receipt = client.propose_policy(policy).await?.into_inner();
 //! ```
 //!
-//! What runs on a call (see `call` for the order and why):
+//! What runs on a call (see the `client` module for the order and why):
 //! - a deadline over the whole call, sent to the server as `grpc-timeout` with the
 //!   time that is left, failing with DEADLINE_EXCEEDED;
 //! - a circuit breaker per method ([`breaker`]), gating every attempt;
@@ -52,14 +52,17 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use client::breaker::{self, BreakerState, TripReason};
 pub use client::config::{ConfigError, ServiceConfig};
-pub use client::deadline::with_timeout;
 pub use client::layers;
 pub use client::state::{ClientState, EffectivePolicy, Resilient};
 pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;
 pub use error::ConnectError;
 pub use tai_macros::resilient;
-pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+pub use tonic::codec::CompressionEncoding;
+pub use tonic::service::Interceptor;
+pub use tonic::{
+    Code, IntoRequest, IntoStreamingRequest, Request, Response, Status, Streaming, async_trait,
+};
 
 /// Protobuf's well-known types (`Timestamp`, `Duration`, `Empty`, ...), as generated
 /// code uses them.
@@ -96,8 +99,9 @@ macro_rules! include_descriptor_set {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::core::{
-        ClientCore, RequestMessage, ResponseMessage, Transport, connect,
+        ClientCore, RequestMessage, ResponseMessage, Transport, connect, connect_lazy,
     };
+    pub use crate::client::forward::into_inner;
     pub use crate::client::state::ClientState;
     pub use prost;
     pub use prost_types;

@@ -163,7 +163,7 @@ pub struct MethodPolicy {
     /// Deadline of the whole call (already clamped by `max_timeout`).
     pub timeout: Option<Duration>,
     /// Upper bound on any deadline, including one a caller asks for with
-    /// [`with_timeout`](crate::with_timeout); a call with no timeout gets this one.
+    /// with `Request::set_timeout`; a call with no timeout gets this one.
     pub max_timeout: Option<Duration>,
     /// Retry, if on.
     pub retry: Option<RetryPolicy>,

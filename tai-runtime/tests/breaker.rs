@@ -102,7 +102,10 @@ async fn trips_fails_fast_probes_and_closes() {
         .count();
     assert_eq!(ok, 2, "the two probes succeed, the other three fail fast");
     assert_eq!(state(), BreakerState::Closed);
-    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    core.unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,7 +242,7 @@ async fn a_dropped_probe_releases_its_slot() {
         tokio::time::advance(Duration::from_secs(1)).await;
         reply = core.unary::<Echo, Echo>(0, echo("x")).await;
     }
-    assert_eq!(reply.unwrap().msg, "healthy");
+    assert_eq!(reply.unwrap().into_inner().msg, "healthy");
     assert_eq!(state(), BreakerState::Closed);
 }
 
@@ -258,7 +261,8 @@ async fn a_stream_failing_midway_counts_as_a_failure() {
     let mut stream = core
         .server_streaming::<Echo, Echo>(0, echo("x"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
     assert_eq!(
         core.state().breaker("Stream").unwrap().state(),
@@ -299,13 +303,15 @@ async fn a_stream_probe_reports_at_its_end() {
     let dropped = core
         .server_streaming::<Echo, Echo>(0, echo("x"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(matches!(state(), BreakerState::HalfOpen { .. }));
     drop(dropped);
     let mut stream = core
         .server_streaming::<Echo, Echo>(0, echo("x"))
         .await
-        .expect("the dropped probe gave its slot back");
+        .expect("the dropped probe gave its slot back")
+        .into_inner();
     while stream.message().await.unwrap().is_some() {}
     assert_eq!(state(), BreakerState::Closed);
 }

@@ -121,7 +121,8 @@ async fn killing_an_endpoint_mid_load_fails_no_idempotent_call() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     assert!(b.calls() >= 5, "b is back in rotation: {} calls", b.calls());
 }
@@ -145,7 +146,8 @@ async fn a_failing_endpoint_is_ejected_and_returns() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     let bad_calls = bad.calls();
     assert_eq!(bad_calls, 3, "ejected after 3 consecutive failures");
@@ -162,7 +164,8 @@ async fn a_failing_endpoint_is_ejected_and_returns() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(bad.calls(), bad_calls, "no calls while ejected");
 
@@ -172,7 +175,8 @@ async fn a_failing_endpoint_is_ejected_and_returns() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(bad.calls(), 6);
     let stats = ch.endpoint_stats();
@@ -234,7 +238,11 @@ async fn fast_share(balancer: BalancerKind) -> f64 {
         let client = Arc::clone(&client);
         tokio::spawn(async move {
             while Instant::now() < until {
-                client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+                client
+                    .unary::<Echo, Echo>(0, echo("x"))
+                    .await
+                    .unwrap()
+                    .into_inner();
             }
         })
     });
@@ -276,7 +284,11 @@ async fn random_balancer_spreads_calls() {
     assert!(ch.ready(Duration::from_secs(1)).await);
     let client = core(ch, service(vec![unary_method()], None));
     for _ in 0..300 {
-        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+        client
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap()
+            .into_inner();
     }
     for s in &servers {
         assert!((60..=140).contains(&s.calls()), "{}", s.calls());
@@ -314,7 +326,11 @@ async fn discover_stream_changes_keep_calls_in_flight() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(ch.endpoint_stats().len(), 1);
     for _ in 0..5 {
-        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+        client
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(b.calls(), 5, "new calls go to the new endpoint");
     in_flight
@@ -365,7 +381,11 @@ async fn dns_re_resolution_adds_and_removes_endpoints() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     let addresses: Vec<String> = ch.endpoint_stats().into_iter().map(|s| s.address).collect();
     assert_eq!(addresses, ["10.0.0.2:7000"]);
-    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    client
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(two.calls(), 1);
     in_flight
         .await
@@ -391,7 +411,8 @@ async fn real_dns_name_over_loopback_tcp() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(server.calls(), 3);
     assert!(
@@ -475,7 +496,8 @@ async fn connect_errors_burn_no_attempts_or_tokens() {
         client
             .unary_retry::<Echo, Echo>(0, echo("x"))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(up.calls(), 50);
     assert!(
@@ -519,7 +541,11 @@ async fn not_serving_endpoints_leave_rotation_on_the_next_update() {
     }
     let before = a.calls();
     for _ in 0..20 {
-        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+        client
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(a.calls(), before, "no calls to a NOT_SERVING endpoint");
 
@@ -530,7 +556,11 @@ async fn not_serving_endpoints_leave_rotation_on_the_next_update() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     for _ in 0..20 {
-        client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+        client
+            .unary::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap()
+            .into_inner();
     }
     assert_eq!(a.calls(), before + 10);
 }
@@ -606,11 +636,19 @@ async fn idle_connections_close_and_reopen_on_demand() {
     config.connection.idle_timeout = Some(Duration::from_secs(1));
     let ch = channel(&net, &["i:1"], config);
     let client = core(ch.clone(), service(vec![unary_method()], None));
-    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    client
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ch.connect_attempts("i:1"), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ch.state(), ConnectivityState::Idle);
-    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    client
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ch.connect_attempts("i:1"), 2);
     assert_eq!(net.accepted("i:1"), 2);
 }
@@ -647,10 +685,12 @@ async fn message_size_limits_apply_both_ways() {
     client
         .unary::<Echo, Echo>(0, echo(&"x".repeat(400)))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
 }
 
-/// The generated `connect` builds its channel with the service's balancer.
+/// The generated `connect_lazy` (and so `connect`) builds its channel with the
+/// service's balancer.
 #[tokio::test]
 async fn generated_connect_uses_the_service_balancer() {
     static POLICY: ServicePolicy = ServicePolicy {
@@ -659,13 +699,9 @@ async fn generated_connect_uses_the_service_balancer() {
         throttle: None,
         balancer: Some(BalancerKind::PeakEwma),
     };
-    let channel = tai_runtime::__private::connect("127.0.0.1:1".to_owned(), &POLICY)
-        .await
-        .unwrap();
+    let channel = tai_runtime::__private::connect_lazy("127.0.0.1:1".to_owned(), &POLICY).unwrap();
     assert_eq!(channel.config().balancer, BalancerKind::PeakEwma);
-    let err = tai_runtime::__private::connect("no port".to_owned(), &POLICY)
-        .await
-        .unwrap_err();
+    let err = tai_runtime::__private::connect_lazy("no port".to_owned(), &POLICY).unwrap_err();
     assert!(err.to_string().contains("no port"), "{err}");
 }
 
@@ -1025,9 +1061,17 @@ async fn durations_past_what_instant_holds_saturate() {
     let ch = channel(&net, &["up:1"], config);
     assert!(ch.ready(Duration::MAX).await);
     let client = core(ch.clone(), service(vec![unary_method()], None));
-    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    client
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    client
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ch.connect_attempts("up:1"), 1, "never idle");
 
     // Nothing to connect to: waits forever (cut short here), does not panic.

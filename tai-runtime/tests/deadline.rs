@@ -174,7 +174,15 @@ async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
     assert!(!client_line.ends_with(" 0"), "{client_line}");
 }
 
-/// A caller can shorten or lengthen a call's deadline, but never past max_timeout.
+/// A request with the caller's timeout, as a tonic caller sets it.
+fn timed(message: Echo, timeout: Duration) -> tai_runtime::Request<Echo> {
+    let mut request = tai_runtime::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// A caller can shorten or lengthen a call's deadline with `Request::set_timeout`,
+/// but never past max_timeout.
 #[tokio::test(start_paused = true)]
 async fn caller_timeout_is_clamped_by_max_timeout() {
     let script = Script::unary(|_, _| async {
@@ -192,7 +200,8 @@ async fn caller_timeout_is_clamped_by_max_timeout() {
         (Duration::from_secs(30), Duration::from_secs(5)),
     ] {
         let start = Instant::now();
-        let err = tai_runtime::with_timeout(asked, core.unary::<Echo, Echo>(0, echo("x")))
+        let err = core
+            .unary::<Echo, Echo>(0, timed(echo("x"), asked))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded);
@@ -210,19 +219,26 @@ async fn caller_timeout_is_clamped_by_max_timeout() {
     assert_eq!(seen[1].grpc_timeout, Some(Duration::from_secs(5)));
 }
 
-/// A caller's timeout too far away for `Instant` is no deadline, not a panic.
+/// The largest caller timeout tonic's `set_timeout` can write (99999999 hours;
+/// past it tonic panics in the caller's code) waits as long as it takes, and is
+/// no panic of ours.
 #[tokio::test(start_paused = true)]
-async fn a_caller_timeout_of_duration_max_is_no_deadline() {
+async fn the_largest_caller_timeout_is_no_panic() {
     let script = Script::unary(|_, _| async { Ok(echo("ok")) });
     let core = ClientCore::new(
         script.serve_in_memory(),
         service(vec![unary_method()], None),
     );
-    let reply = tai_runtime::with_timeout(Duration::MAX, core.unary::<Echo, Echo>(0, echo("x")))
+    let reply = core
+        .unary::<Echo, Echo>(0, timed(echo("x"), Duration::from_secs(99_999_999 * 3600)))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "ok");
-    assert_eq!(script.seen()[0].grpc_timeout, None);
+    assert_eq!(
+        script.seen()[0].grpc_timeout,
+        Some(Duration::from_secs(99_999_999 * 3600))
+    );
 }
 
 /// A deadline that passes while the response is being read ends a committed

@@ -29,7 +29,7 @@ async fn a_call_in_flight_is_about_as_big_as_tonics() {
     ));
 
     let plain = ClientCore::new(channel.clone(), &NO_RETRY);
-    let unary = size_of_val(&plain.unary::<Payload, Payload>(0, payload()));
+    let unary = size_of_val(&plain.unary::<Payload, Payload>(0, tonic::Request::new(payload())));
     let retrying = ClientCore::new(channel, &FULL);
     let unary_retry = size_of_val(&retrying.unary_retry::<Payload, Payload>(0, payload()));
     eprintln!(
@@ -40,8 +40,12 @@ async fn a_call_in_flight_is_about_as_big_as_tonics() {
     // hundred bytes, not a multiple (before the flat engine: 3.7 KB and 4.0 KB).
     // The attempt's own clone of the channel holds the endpoint its readiness
     // picked (about 60 B), which is how the engine knows nothing was sent while
-    // it waited.
-    assert!(unary <= tonic + 320, "unary: {unary} B vs tonic {tonic} B");
+    // it waited. With tonic's call shape (issue 11) a call also holds the
+    // response's headers and extensions while it reads the message and the
+    // trailers (about 100 B, as tonic's own unary does), and the request's
+    // metadata until the call starts: 320 B became 416 B. The request's metadata
+    // shares the one `Arc` with the message, so a retried call is no bigger.
+    assert!(unary <= tonic + 416, "unary: {unary} B vs tonic {tonic} B");
     assert!(
         unary_retry <= tonic + 768,
         "unary with retry: {unary_retry} B vs tonic {tonic} B"

@@ -34,7 +34,11 @@ async fn a_slow_first_attempt_is_overtaken() {
     });
     let core = ClientCore::new(script.serve_in_memory(), service(vec![hedged()], None));
     let start = Instant::now();
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "fast");
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert_eq!(script.calls(), 2);
@@ -52,7 +56,11 @@ async fn a_non_fatal_failure_starts_the_next_attempt_at_once() {
     });
     let core = ClientCore::new(script.serve_in_memory(), service(vec![hedged()], None));
     let start = Instant::now();
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "second");
     assert_eq!(start.elapsed(), Duration::ZERO);
 }
@@ -170,7 +178,11 @@ async fn hedging_commits_when_headers_arrive() {
     });
     let core = ClientCore::new(server.channel(), service(vec![hedged_with(50, None)], None));
     let start = Instant::now();
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "slow but answering");
     assert_eq!(start.elapsed(), Duration::from_millis(500));
     assert_eq!(server.streams(), 1);
@@ -215,6 +227,7 @@ async fn a_refused_hedge_keeps_the_attempt_in_flight() {
     let reply = slow
         .await
         .unwrap()
-        .expect("the first attempt was not cancelled");
+        .expect("the first attempt was not cancelled")
+        .into_inner();
     assert_eq!(reply.msg, "slow");
 }

@@ -149,7 +149,11 @@ async fn pushback_stops_or_delays_retries() {
         script.serve_in_memory(),
         service(vec![retrying(4, &[Code::Unavailable])], None),
     );
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "late");
     let seen = script.seen();
     assert_eq!(seen.len(), 2);
@@ -227,7 +231,8 @@ async fn stream_is_committed_once_headers_arrive() {
     let mut stream = core
         .server_streaming_retry::<Echo, Echo>(0, echo("x"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
     let err = stream.message().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -252,7 +257,8 @@ async fn every_attempt_sends_the_same_request() {
     let reply = core
         .unary_retry::<Echo, Echo>(0, echo("payload"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!((reply.msg.as_str(), reply.n), ("payload", 2));
 }
 
@@ -281,6 +287,7 @@ async fn retries_over_loopback_tcp() {
         core.unary_retry::<Echo, Echo>(0, echo("x"))
             .await
             .unwrap()
+            .into_inner()
             .msg,
         "tcp"
     );
@@ -357,7 +364,11 @@ async fn status_details_that_are_not_base64_do_not_panic() {
         server.channel(),
         service(vec![retrying(3, &[Code::Unavailable])], None),
     );
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "second");
     assert_eq!(server.streams(), 2);
 
@@ -397,7 +408,11 @@ async fn an_http_error_page_is_retried_like_unavailable() {
         server.channel(),
         service(vec![retrying(3, &[Code::Unavailable])], None),
     );
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "through");
     assert_eq!(server.streams(), 2);
 
@@ -419,7 +434,11 @@ async fn a_refused_stream_is_retried_transparently() {
         _ => Answer::ok("accepted"),
     });
     let core = ClientCore::new(server.channel(), service(vec![unary_method()], None));
-    let reply = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "accepted");
     assert_eq!(server.streams(), 2);
 
@@ -432,7 +451,11 @@ async fn a_refused_stream_is_retried_transparently() {
         server.channel(),
         service(vec![retrying(2, &[Code::Unavailable])], throttled(10)),
     );
-    let reply = core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let reply = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.msg, "accepted");
     assert_eq!(core.state().throttle().unwrap().tokens(), 10.0);
 }

@@ -259,11 +259,14 @@ async fn well_known_types() {
     assert_eq!(client.service_policy().name, "wkt.Clock");
     // Empty is `()`; the others are prost-types', reached through tai-runtime.
     drop(client.now(()));
-    drop(client.sleep(Default::default()));
-    drop(client.wrap(Default::default()));
-    drop(client.ticks(Default::default()));
+    drop(client.sleep(tai_runtime::Request::new(Default::default())));
+    drop(client.wrap(tai_runtime::Request::new(Default::default())));
+    drop(client.ticks(tai_runtime::Request::new(Default::default())));
     // Wrappers are the Rust types prost maps them to.
-    let echo: Result<bool, Status> = client.echo(String::from("hi")).await;
+    let echo: Result<bool, Status> = client
+        .echo(String::from("hi"))
+        .await
+        .map(tai_runtime::Response::into_inner);
     assert_eq!(echo.unwrap_err().code(), Code::Unavailable);
     drop(client.bytes(vec![1u8, 2, 3]));
     let status = client.now(()).await.unwrap_err();
@@ -356,9 +359,9 @@ async fn round_trip_through_generated_server_and_client() {
         data: vec![seq as u8],
     };
 
-    assert_eq!(client.unary(chunk(7)).await.unwrap(), chunk(7));
+    assert_eq!(client.unary(chunk(7)).await.unwrap().into_inner(), chunk(7));
 
-    let mut responses = client.server_stream(chunk(10)).await.unwrap();
+    let mut responses = client.server_stream(chunk(10)).await.unwrap().into_inner();
     let mut seqs = Vec::new();
     while let Some(c) = responses.message().await.unwrap() {
         seqs.push(c.seq);
@@ -367,7 +370,7 @@ async fn round_trip_through_generated_server_and_client() {
 
     let requests: tai_runtime::RequestStream<Chunk> =
         Box::pin(stream::iter(vec![chunk(1), chunk(2), chunk(3)]));
-    let total = client.client_stream(requests).await.unwrap();
+    let total = client.client_stream(requests).await.unwrap().into_inner();
     assert_eq!(
         total,
         Chunk {
@@ -382,6 +385,7 @@ async fn round_trip_through_generated_server_and_client() {
         .bidi(requests)
         .await
         .unwrap()
+        .into_inner()
         .map(|c| c.unwrap().seq)
         .collect()
         .await;

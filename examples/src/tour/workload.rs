@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tai_runtime::{Channel, Resilient, ResponseStream, Status};
+use tai_runtime::{Channel, Resilient, Response, ResponseStream, Status};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -143,20 +143,22 @@ struct Context {
 }
 
 impl Context {
-    /// Makes a timed call.
+    /// Makes a timed call; its response message.
     async fn call<T>(
         &self,
         method: &'static str,
-        call: impl Future<Output = Result<T, Status>>,
+        call: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<T, Status> {
-        timed(&self.stats, method, call).await
+        timed(&self.stats, method, call)
+            .await
+            .map(Response::into_inner)
     }
 
     /// Makes a timed mutation; a success counts once in `counter`.
     async fn mutate<T>(
         &self,
         method: &'static str,
-        call: impl Future<Output = Result<T, Status>>,
+        call: impl Future<Output = Result<Response<T>, Status>>,
         counter: Counter,
     ) -> Option<T> {
         let result = self.call(method, call).await.ok();
@@ -186,7 +188,7 @@ struct Subscription<O, T> {
 impl<O, F, T> Subscription<O, T>
 where
     O: FnMut() -> F,
-    F: Future<Output = Result<ResponseStream<T>, Status>>,
+    F: Future<Output = Result<Response<ResponseStream<T>>, Status>>,
 {
     fn new(cx: Context, method: &'static str, rest: Duration, open: O) -> Self {
         Self {

@@ -140,7 +140,7 @@ static __TAI_SERVICE_GOVERNOR: ::tai_runtime::policy::ServicePolicy = ::tai_runt
 ///
 /// Retries and hedges are throttled for the whole client: 20 tokens, 0.1 returned per success.
 ///
-/// Create one with `connect(address)`, or with `new(transport)` / `From` over any transport (`with_metrics(transport, &metrics)` records into metrics of your own); clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state.
+/// Its methods have tonic's shape: a message or a `Request` in (metadata, `set_timeout` for the call's deadline), a `Response` out (headers and trailers). Create one with `connect(address)` (waits until ready), `connect_lazy(address)`, `new(transport)` / `From` over any transport, `with_interceptor(transport, f)`, or `with_metrics(transport, &metrics)` (metrics of your own); clones share the breakers and the throttle. `tai_runtime::Resilient` reads their state.
 #[derive(::core::clone::Clone)]
 #[allow(dead_code)]
 pub struct GovernorClient<T = ::tai_runtime::Channel> {
@@ -168,14 +168,71 @@ impl<T: ::tai_runtime::__private::Transport> GovernorClient<T> {
             ),
         }
     }
+    /// A client whose `interceptor` (tonic's `Interceptor`: a closure over
+    /// `Request<()>` will do) runs on every attempt before it is sent: it may
+    /// add metadata, or refuse the call with a status, which is final (not
+    /// retried, and no circuit-breaker failure).
+    pub fn with_interceptor<F>(transport: T, interceptor: F) -> Self
+    where
+        F: ::tai_runtime::Interceptor + ::core::marker::Send + 'static,
+    {
+        let mut client = <Self as ::core::convert::From<T>>::from(transport);
+        ::tai_runtime::__private::ClientCore::set_interceptor(
+            &mut client.core,
+            interceptor,
+        );
+        client
+    }
+    /// Compresses requests with `encoding` (gzip or zstd).
+    #[must_use]
+    pub fn send_compressed(
+        mut self,
+        encoding: ::tai_runtime::CompressionEncoding,
+    ) -> Self {
+        ::tai_runtime::__private::ClientCore::send_compressed(&mut self.core, encoding);
+        self
+    }
+    /// Accepts responses compressed with `encoding` (gzip or zstd).
+    #[must_use]
+    pub fn accept_compressed(
+        mut self,
+        encoding: ::tai_runtime::CompressionEncoding,
+    ) -> Self {
+        ::tai_runtime::__private::ClientCore::accept_compressed(
+            &mut self.core,
+            encoding,
+        );
+        self
+    }
+    /// The largest response message accepted, in bytes.
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        ::tai_runtime::__private::ClientCore::max_decoding_message_size(
+            &mut self.core,
+            limit,
+        );
+        self
+    }
+    /// The largest request message sent, in bytes.
+    #[must_use]
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+        ::tai_runtime::__private::ClientCore::max_encoding_message_size(
+            &mut self.core,
+            limit,
+        );
+        self
+    }
     /// Proposes a policy.
     ///
     /// `/tai.v1.Governor/ProposePolicy` (unary): idempotent; timeout 2s; retry up to 4 attempts on ABORTED, UNAVAILABLE (backoff 100ms to 10s, ×2); breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
     pub fn propose_policy(
         &self,
-        request: Policy,
+        request: impl ::tai_runtime::IntoRequest<Policy>,
     ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<Receipt, ::tai_runtime::Status>,
+        Output = ::core::result::Result<
+            ::tai_runtime::Response<Receipt>,
+            ::tai_runtime::Status,
+        >,
     > + ::core::marker::Send + '_ {
         self.core.unary_retry::<Policy, Receipt>(0, request)
     }
@@ -184,18 +241,24 @@ impl<T: ::tai_runtime::__private::Transport> GovernorClient<T> {
     /// `/tai.v1.Governor/WatchPolicies` (server-streaming): idempotent; timeout 30s; hedging 2 attempts 50ms apart; breaker opens after 5 failures in a row (open 30s to 5m).
     pub fn watch_policies(
         &self,
-        request: Receipt,
+        request: impl ::tai_runtime::IntoRequest<Receipt>,
     ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<ResponseStream<Policy>, ::tai_runtime::Status>,
+        Output = ::core::result::Result<
+            ::tai_runtime::Response<ResponseStream<Policy>>,
+            ::tai_runtime::Status,
+        >,
     > + ::core::marker::Send + '_ {
         self.core.server_streaming_retry::<Receipt, Policy>(1, request)
     }
     /// `/tai.v1.Governor/Upload` (client-streaming): timeout 30s; breaker opens after 5 failures in a row or 50% of at least 20 calls in 10s (open 30s to 5m).
     pub fn upload(
         &self,
-        request: RequestStream<Policy>,
+        request: impl ::tai_runtime::IntoStreamingRequest<Message = Policy>,
     ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<Receipt, ::tai_runtime::Status>,
+        Output = ::core::result::Result<
+            ::tai_runtime::Response<Receipt>,
+            ::tai_runtime::Status,
+        >,
     > + ::core::marker::Send + '_ {
         self.core.client_streaming::<Policy, Receipt>(2, request)
     }
@@ -216,7 +279,9 @@ impl<T: ::tai_runtime::__private::Transport> Governor for GovernorClient<T> {
         &self,
         request: Policy,
     ) -> impl Future<Output = Result<Receipt, Status>> + Send {
-        GovernorClient::propose_policy(self, request)
+        ::tai_runtime::__private::into_inner(
+            GovernorClient::propose_policy(self, request),
+        )
     }
     fn watch_policies(
         &self,
@@ -224,13 +289,15 @@ impl<T: ::tai_runtime::__private::Transport> Governor for GovernorClient<T> {
     ) -> impl ::core::future::Future<
         Output = Result<ResponseStream<Policy>, Status>,
     > + ::core::marker::Send {
-        GovernorClient::watch_policies(self, request)
+        ::tai_runtime::__private::into_inner(
+            GovernorClient::watch_policies(self, request),
+        )
     }
     fn upload(
         &self,
         request: RequestStream<Policy>,
     ) -> impl Future<Output = Result<Receipt, Status>> + Send {
-        GovernorClient::upload(self, request)
+        ::tai_runtime::__private::into_inner(GovernorClient::upload(self, request))
     }
 }
 impl<T: ::tai_runtime::__private::Transport> ::tai_runtime::Resilient
@@ -245,11 +312,13 @@ impl GovernorClient<::tai_runtime::Channel> {
     /// before the client (its `balancer`, say).
     pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &__TAI_SERVICE_GOVERNOR;
     /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
-    /// `tai_runtime::Channel` (production preset, the service's balancer).
+    /// `tai_runtime::Channel` (production preset, the service's balancer),
+    /// and waits until the channel is ready.
     ///
     /// # Errors
     ///
-    /// If the address is invalid or the channel cannot be built.
+    /// If the address is invalid, or the channel is not ready after the
+    /// connect timeout: the error names the address and why.
     pub async fn connect(
         dst: impl ::core::convert::Into<::std::string::String>,
     ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
@@ -258,6 +327,21 @@ impl GovernorClient<::tai_runtime::Channel> {
                 &__TAI_SERVICE_GOVERNOR,
             )
             .await
+            .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
+    }
+    /// Like `connect`, but returns at once: the first call waits for the
+    /// connection.
+    ///
+    /// # Errors
+    ///
+    /// If the address is invalid.
+    pub fn connect_lazy(
+        dst: impl ::core::convert::Into<::std::string::String>,
+    ) -> ::core::result::Result<Self, ::tai_runtime::ConnectError> {
+        ::tai_runtime::__private::connect_lazy(
+                ::core::convert::Into::into(dst),
+                &__TAI_SERVICE_GOVERNOR,
+            )
             .map(<Self as ::core::convert::From<::tai_runtime::Channel>>::from)
     }
 }

@@ -180,9 +180,10 @@ pub async fn tai_call(
     core: &ClientCore<FakeTransport>,
     request: Payload,
 ) -> Result<Payload, Status> {
-    if core.state().policy().methods[0].retry.is_some() {
+    let response = if core.state().policy().methods[0].retry.is_some() {
         core.unary_retry::<Payload, Payload>(0, request).await
     } else {
         core.unary::<Payload, Payload>(0, request).await
-    }
+    };
+    response.map(tonic::Response::into_inner)
 }

@@ -746,6 +746,12 @@ impl Channel {
         self.shared.target.as_deref()
     }
 
+    /// Why no call could be sent now: each endpoint's state and last connection
+    /// error (what a `connect` that timed out reports).
+    pub(crate) fn unready_reason(&self) -> String {
+        self.shared.set.no_endpoint_status().message().to_owned()
+    }
+
     /// Reseeds the balancing and jitter randomness.
     pub fn reseed(&self, seed: u64) {
         self.shared.set.rng.reseed(seed);

@@ -25,11 +25,11 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::client::{Grpc, GrpcService};
 use tonic::codec::{Codec, Streaming};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use super::breaker::{CircuitBreaker, Permit, Rejected};
-use super::core::{ClientCore, Exchange, MessageLimits, Transport};
+use super::core::{ClientCore, Compression, Exchange, MessageLimits, Transport};
 use super::deadline::{self, CallDeadline};
 use super::state::ClientState;
 use super::stream::{RequestStream, ResponseStream, StreamOutcome};
@@ -44,7 +44,8 @@ pub(super) struct Failure {
     pub(super) status: Status,
     /// The server sent response headers (or a message): A6 forbids retrying now.
     pub(super) committed: bool,
-    /// The breaker refused the attempt; nothing was sent.
+    /// The breaker or the client's interceptor refused the attempt; nothing was
+    /// sent, and no attempt after it may be (the call's status is final).
     pub(super) rejected: bool,
     /// The server never processed the attempt (REFUSED_STREAM), or it never left
     /// the client: sending it again is safe, and costs no attempt (A6 transparent
@@ -130,6 +131,30 @@ impl<T: Transport> ClientCore<T> {
                 MetadataValue::from(previous),
             );
         }
+        if let Some(interceptor) = &self.interceptor {
+            // After the attempt's own metadata, so the interceptor sees what is
+            // sent; before the breaker gate, so a refusal takes no probe slot.
+            let (metadata, extensions, message) = exchange.request.into_parts();
+            let asked = Request::from_parts(metadata, extensions, ());
+            match crate::sync::lock(interceptor).call(asked) {
+                Ok(request) => {
+                    let (metadata, extensions, ()) = request.into_parts();
+                    exchange.request = Request::from_parts(metadata, extensions, message);
+                }
+                Err(status) => {
+                    return Attempt::failed(
+                        &self.state,
+                        index,
+                        Failure {
+                            status,
+                            committed: false,
+                            rejected: true,
+                            unprocessed: false,
+                        },
+                    );
+                }
+            }
+        }
         Attempt {
             stage: Stage::Waiting {
                 transport: Some(Screened::new(self.transport.clone(), timeout)),
@@ -140,6 +165,7 @@ impl<T: Transport> ClientCore<T> {
             deadline: deadline.map(|d| d.at),
             permit,
             limits: self.limits,
+            compression: self.compression,
             state: &self.state,
             index,
         }
@@ -192,6 +218,7 @@ pin_project! {
         deadline: Option<Instant>,
         permit: Option<Permit<'a>>,
         limits: MessageLimits,
+        compression: Compression,
         state: &'a Arc<ClientState>,
         index: usize,
     }
@@ -209,6 +236,7 @@ impl<'a, T, M, C, S, SFut, R, RFut> Attempt<'a, T, M, C, S, SFut, R, RFut> {
             deadline: None,
             permit: None,
             limits: MessageLimits::DEFAULT,
+            compression: Compression::default(),
             state,
             index,
         }
@@ -258,9 +286,15 @@ where
                             else {
                                 unreachable!("an attempt leaves Waiting once")
                             };
-                            let grpc = Grpc::new(transport)
+                            let mut grpc = Grpc::new(transport)
                                 .max_encoding_message_size(this.limits.send)
                                 .max_decoding_message_size(this.limits.receive);
+                            if let Some(encoding) = this.compression.send {
+                                grpc = grpc.send_compressed(encoding);
+                            }
+                            for encoding in this.compression.accept.into_iter().flatten() {
+                                grpc = grpc.accept_compressed(encoding);
+                            }
                             let future =
                                 (exchange.send)(grpc, exchange.request, path, exchange.codec);
                             this.stage.set(Stage::Sending { future });
@@ -439,29 +473,41 @@ where
         .await
 }
 
-/// Reads the single message and the trailers of a unary response.
+/// Reads the single message and the trailers of a unary response: the response
+/// carries the server's headers with its trailers merged in, as tonic's does.
 pub(super) async fn read_unary<Resp>(
     response: Response<Streaming<Resp>>,
     _head: Head,
-) -> Result<Resp, Status> {
-    let mut body = response.into_inner();
+) -> Result<Response<Resp>, Status> {
+    let (metadata, mut body, extensions) = response.into_parts();
     let message = body
         .message()
         .await?
         .ok_or_else(|| Status::internal("the server ended the call without a response message"))?;
     // Trailers carry the final status: an error there fails the call even after a message.
-    body.trailers().await?;
-    Ok(message)
+    let trailers = body.trailers().await?;
+    let metadata = match trailers {
+        Some(trailers) => merged(metadata, trailers),
+        None => metadata,
+    };
+    Ok(Response::from_parts(metadata, message, extensions))
 }
 
+/// Response headers with the trailers added, as tonic merges them (a trailer
+/// replaces a header of the same name).
+fn merged(headers: MetadataMap, trailers: MetadataMap) -> MetadataMap {
+    let mut headers = headers.into_headers();
+    headers.extend(trailers.into_headers());
+    MetadataMap::from_headers(headers)
+}
+
+/// Opens a response stream: the response carries the server's headers; the
+/// stream, its messages and (at its end) its trailers.
 pub(super) async fn open_stream<Resp>(
     response: Response<Streaming<Resp>>,
     head: Head,
-) -> Result<ResponseStream<Resp>, Status> {
-    Ok(ResponseStream::new(
-        response.into_inner(),
-        head.deadline,
-        head.path,
-        head.outcome,
-    ))
+) -> Result<Response<ResponseStream<Resp>>, Status> {
+    let (metadata, body, extensions) = response.into_parts();
+    let stream = ResponseStream::new(body, head.deadline, head.path, head.outcome);
+    Ok(Response::from_parts(metadata, stream, extensions))
 }

@@ -1,30 +1,38 @@
 //! The engine behind one generated client: [`ClientCore`], its entry points
 //! (one per kind of call), and what it asks of a transport and of messages.
 //!
-//! A single-request call shares its request (one `Arc`) between every attempt it
-//! may make — retries, hedges, a transparent retry — so no message is ever
-//! cloned. Calls without a policy and calls with one run in different futures: a
-//! call's future is as big as its largest branch.
+//! The entry points have tonic's call shape: they take a [`tonic::Request`] (its
+//! metadata, extensions and `set_timeout`) and give a [`tonic::Response`] (the
+//! server's headers and trailers). A single-request call shares its message (one
+//! `Arc`) between every attempt it may make — retries, hedges, a transparent
+//! retry — so no message is ever cloned; each attempt gets its own copy of the
+//! request's metadata and extensions (tonic's `Extensions` are `Clone`, as
+//! `http::Extensions` are). Calls without a policy and calls with one run in
+//! different futures: a call's future is as big as its largest branch.
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use tokio::time::Instant;
 use tonic::client::GrpcService;
-use tonic::codec::{Codec, Streaming};
+use tonic::codec::{Codec, CompressionEncoding, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use super::attempt::{Answering, Failure, Head, open_stream, read_unary, send_one, send_stream};
-use super::codec::SharedCodec;
+use super::codec::{SharedCodec, SharedRequest};
 use super::deadline::{self, CallDeadline};
 use super::observed::Observed;
 use super::state::ClientState;
 use super::stream::{RequestStream, ResponseStream};
 use crate::policy::MethodPolicy;
+use crate::wire;
 
 use crate::BoxError;
 
@@ -113,12 +121,39 @@ impl MessageLimits {
     }
 }
 
-/// The engine behind one generated client: the transport and the shared state.
-#[derive(Debug)]
+/// How a client compresses what it sends and which compressions it accepts, as
+/// tonic's `send_compressed` / `accept_compressed` set them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Compression {
+    pub(super) send: Option<CompressionEncoding>,
+    /// gzip and zstd: at most two encodings to accept.
+    pub(super) accept: [Option<CompressionEncoding>; 2],
+}
+
+impl Compression {
+    fn accept(&mut self, encoding: CompressionEncoding) {
+        if self.accept.contains(&Some(encoding)) {
+            return;
+        }
+        if let Some(slot) = self.accept.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(encoding);
+        }
+    }
+}
+
+/// A client's interceptor, shared by its clones (tonic's `Interceptor` takes
+/// `&mut self`, so the calls of all clones take turns; an interceptor runs for
+/// microseconds, before anything is sent).
+pub(super) type SharedInterceptor = Arc<Mutex<dyn Interceptor + Send>>;
+
+/// The engine behind one generated client: the transport, the shared state, and
+/// the client's own options (message limits, compression, interceptor).
 pub struct ClientCore<T> {
     pub(super) transport: T,
     pub(super) state: Arc<ClientState>,
     pub(super) limits: MessageLimits,
+    pub(super) compression: Compression,
+    pub(super) interceptor: Option<SharedInterceptor>,
 }
 
 impl<T: Clone> Clone for ClientCore<T> {
@@ -127,7 +162,21 @@ impl<T: Clone> Clone for ClientCore<T> {
             transport: self.transport.clone(),
             state: Arc::clone(&self.state),
             limits: self.limits,
+            compression: self.compression,
+            interceptor: self.interceptor.clone(),
         }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ClientCore<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCore")
+            .field("transport", &self.transport)
+            .field("state", &self.state)
+            .field("limits", &self.limits)
+            .field("compression", &self.compression)
+            .field("interceptor", &self.interceptor.is_some())
+            .finish()
     }
 }
 
@@ -136,7 +185,7 @@ pub(super) struct Attempts<'a, T, Req, Resp, R> {
     pub(super) core: &'a ClientCore<T>,
     pub(super) method: usize,
     pub(super) deadline: Option<CallDeadline>,
-    pub(super) request: Arc<Req>,
+    pub(super) request: Arc<SharedRequest<Req>>,
     pub(super) read: R,
     pub(super) response: PhantomData<fn() -> Resp>,
 }
@@ -156,7 +205,11 @@ impl<'a, T: Transport, Req: RequestMessage, Resp: ResponseMessage, R>
         RFut: Future<Output = Result<Out, Status>>,
     {
         let exchange = Exchange {
-            request: Request::new(Arc::clone(&self.request)),
+            request: Request::from_parts(
+                self.request.metadata.clone(),
+                self.request.extensions.clone(),
+                Arc::clone(&self.request),
+            ),
             codec: SharedCodec::<Req, Resp>::default(),
             send: send_one,
         };
@@ -205,7 +258,40 @@ impl<T: Transport> ClientCore<T> {
             transport,
             state: Arc::new(state),
             limits,
+            compression: Compression::default(),
+            interceptor: None,
         }
+    }
+
+    /// Runs `interceptor` on every attempt of every call, after the attempt's
+    /// metadata is written and before it is sent (tonic's `with_interceptor`).
+    /// It may add metadata and extensions, or refuse the attempt with a status:
+    /// the call then ends with that status, is not retried, and costs no breaker
+    /// failure (nothing was sent).
+    pub fn set_interceptor(&mut self, interceptor: impl Interceptor + Send + 'static) {
+        self.interceptor = Some(Arc::new(Mutex::new(interceptor)));
+    }
+
+    /// Compresses requests with `encoding` (tonic's `send_compressed`).
+    pub fn send_compressed(&mut self, encoding: CompressionEncoding) {
+        self.compression.send = Some(encoding);
+    }
+
+    /// Accepts responses compressed with `encoding` (tonic's
+    /// `accept_compressed`); may be called for gzip and for zstd.
+    pub fn accept_compressed(&mut self, encoding: CompressionEncoding) {
+        self.compression.accept(encoding);
+    }
+
+    /// The largest response message accepted (tonic's
+    /// `max_decoding_message_size`).
+    pub fn max_decoding_message_size(&mut self, limit: usize) {
+        self.limits.receive = limit;
+    }
+
+    /// The largest request message sent (tonic's `max_encoding_message_size`).
+    pub fn max_encoding_message_size(&mut self, limit: usize) {
+        self.limits.send = limit;
     }
 
     /// The shared run-time state.
@@ -218,10 +304,9 @@ impl<T: Transport> ClientCore<T> {
     }
 
     /// Runs a whole call inside a tracing span and records its metrics. The call
-    /// starts when first polled: `call` gets that instant (its deadline counts from
-    /// it, and [`with_timeout`](crate::with_timeout) around the returned future
-    /// applies) and yields the result with the instant it ended (read once, shared
-    /// with the breaker).
+    /// starts when first polled: `call` gets that instant (its deadline counts
+    /// from it) and yields the result with the instant it ended (read once,
+    /// shared with the breaker).
     pub(super) fn observed<Out, F, Fut>(&self, index: usize, call: F) -> Observed<'_, F, Fut>
     where
         F: FnOnce(Instant) -> Fut,
@@ -239,12 +324,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn unary<Req, Resp>(
         &self,
         method: usize,
-        request: Req,
-    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+        request: impl tonic::IntoRequest<Req>,
+    ) -> impl Future<Output = Result<Response<Resp>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let request = request.into_request();
         self.observed(method, move |start| {
             self.single(method, start, request, read_unary)
         })
@@ -255,12 +341,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn unary_retry<Req, Resp>(
         &self,
         method: usize,
-        request: Req,
-    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+        request: impl tonic::IntoRequest<Req>,
+    ) -> impl Future<Output = Result<Response<Resp>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let request = request.into_request();
         self.observed(method, move |start| {
             self.single_retried(method, start, request, read_unary)
         })
@@ -271,12 +358,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn server_streaming<Req, Resp>(
         &self,
         method: usize,
-        request: Req,
-    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+        request: impl tonic::IntoRequest<Req>,
+    ) -> impl Future<Output = Result<Response<ResponseStream<Resp>>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let request = request.into_request();
         self.observed(method, move |start| {
             self.single(method, start, request, open_stream)
         })
@@ -288,12 +376,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn server_streaming_retry<Req, Resp>(
         &self,
         method: usize,
-        request: Req,
-    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+        request: impl tonic::IntoRequest<Req>,
+    ) -> impl Future<Output = Result<Response<ResponseStream<Resp>>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let request = request.into_request();
         self.observed(method, move |start| {
             self.single_retried(method, start, request, open_stream)
         })
@@ -304,12 +393,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn client_streaming<Req, Resp>(
         &self,
         method: usize,
-        requests: RequestStream<Req>,
-    ) -> impl Future<Output = Result<Resp, Status>> + Send + '_
+        requests: impl tonic::IntoStreamingRequest<Message = Req>,
+    ) -> impl Future<Output = Result<Response<Resp>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let requests = boxed_stream(requests);
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         self.observed(method, move |start| {
             self.once(method, start, requests, codec, read_unary)
@@ -320,12 +410,13 @@ impl<T: Transport> ClientCore<T> {
     pub fn bidi_streaming<Req, Resp>(
         &self,
         method: usize,
-        requests: RequestStream<Req>,
-    ) -> impl Future<Output = Result<ResponseStream<Resp>, Status>> + Send + '_
+        requests: impl tonic::IntoStreamingRequest<Message = Req>,
+    ) -> impl Future<Output = Result<Response<ResponseStream<Resp>>, Status>> + Send + '_
     where
         Req: RequestMessage,
         Resp: ResponseMessage,
     {
+        let requests = boxed_stream(requests);
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         self.observed(method, move |start| {
             self.once(method, start, requests, codec, open_stream)
@@ -338,7 +429,7 @@ impl<T: Transport> ClientCore<T> {
         &self,
         method: usize,
         start: Instant,
-        requests: RequestStream<M>,
+        requests: Request<RequestStream<M>>,
         codec: C,
         read: R,
     ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, M, C, Out, R, RFut, T>
@@ -349,38 +440,53 @@ impl<T: Transport> ClientCore<T> {
         R: FnOnce(Response<Streaming<C::Decode>>, Head) -> RFut,
         RFut: Future<Output = Result<Out, Status>>,
     {
-        let deadline = deadline::for_call(self.method(method), start);
+        let (mut metadata, extensions, requests) = requests.into_parts();
+        let deadline = caller_timeout(&mut metadata, self.method(method))
+            .map(|asked| deadline::for_call(self.method(method), start, asked));
         let exchange = Exchange {
-            request: Request::new(requests),
+            request: Request::from_parts(metadata, extensions, requests),
             codec,
             send: send_stream,
         };
-        self.attempt(method, deadline, 0, exchange, read)
-            .map(|(result, end)| (result.map_err(|f| f.status), end))
+        let attempt = match deadline {
+            Ok(deadline) => Either::Left(self.attempt(method, deadline, 0, exchange, read)),
+            Err(status) => Either::Right(std::future::ready((
+                Err(super::attempt::Failure::uncommitted(status)),
+                start,
+            ))),
+        };
+        attempt.map(|(result, end)| (result.map_err(|f| f.status), end))
     }
 
-    /// The attempts of a single-request call: the size check, then a maker of
-    /// attempts that all share the one request. Calls without a policy and calls
-    /// with one run them in different futures ([`single`](Self::single),
-    /// [`single_retried`](Self::single_retried)): a call's future is as big as
-    /// its largest branch, and a call without a policy needs no retry loop.
+    /// The attempts of a single-request call: the size check, the caller's
+    /// timeout, then a maker of attempts that all share the one request. Calls
+    /// without a policy and calls with one run them in different futures
+    /// ([`single`](Self::single), [`single_retried`](Self::single_retried)): a
+    /// call's future is as big as its largest branch, and a call without a policy
+    /// needs no retry loop.
     pub(super) fn attempts<Req, Resp, R>(
         &self,
         method: usize,
         start: Instant,
-        request: Req,
+        request: Request<Req>,
         read: R,
     ) -> Result<Attempts<'_, T, Req, Resp, R>, Status>
     where
         Req: RequestMessage,
     {
         let m = self.method(method);
+        let (mut metadata, extensions, request) = request.into_parts();
         self.limits.check_send(&request, m.path)?;
+        let asked = caller_timeout(&mut metadata, m)?;
         Ok(Attempts {
             core: self,
             method,
-            deadline: deadline::for_call(m, start),
-            request: Arc::new(request),
+            deadline: deadline::for_call(m, start, asked),
+            request: Arc::new(SharedRequest {
+                message: request,
+                metadata,
+                extensions,
+            }),
             read,
             response: PhantomData,
         })
@@ -391,7 +497,7 @@ impl<T: Transport> ClientCore<T> {
         &self,
         method: usize,
         start: Instant,
-        request: Req,
+        request: Request<Req>,
         read: R,
     ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, Req, Resp, Out, R, RFut, T>
     where
@@ -411,7 +517,7 @@ impl<T: Transport> ClientCore<T> {
         &self,
         method: usize,
         start: Instant,
-        request: Req,
+        request: Request<Req>,
         read: R,
     ) -> impl Future<Output = (Result<Out, Status>, Instant)> + use<'_, Req, Resp, Out, R, RFut, T>
     where
@@ -453,10 +559,59 @@ impl<T: Transport> ClientCore<T> {
     }
 }
 
+/// The timeout the caller set with [`Request::set_timeout`], taken out of the
+/// metadata (each attempt writes its own `grpc-timeout`, with the time left).
+/// A value that is not a gRPC timeout is the caller's mistake: INVALID_ARGUMENT,
+/// before anything is sent.
+fn caller_timeout(
+    metadata: &mut MetadataMap,
+    m: &MethodPolicy,
+) -> Result<Option<Duration>, Status> {
+    let Some(value) = metadata.remove(wire::GRPC_TIMEOUT.as_str()) else {
+        return Ok(None);
+    };
+    wire::timeout::decode(value.as_bytes()).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{}: the request's grpc-timeout {value:?} is not a gRPC timeout (set it with Request::set_timeout)",
+            m.path
+        ))
+    })
+}
+
+/// The caller's request stream, boxed into the one stream type the engine sends.
+fn boxed_stream<Req>(
+    requests: impl tonic::IntoStreamingRequest<Message = Req>,
+) -> Request<RequestStream<Req>> {
+    requests
+        .into_streaming_request()
+        .map(|s| Box::pin(s) as RequestStream<Req>)
+}
+
 /// Builds a channel to `dst` for the generated `connect`: the production preset
-/// with the service's balancer. Non-blocking: the first call waits for the
-/// connection.
+/// with the service's balancer. With `wait`, returns once the channel is ready,
+/// or fails after the connect timeout with the address and why (tonic's
+/// `connect`); without, returns at once (tonic's `connect_lazy`), and the first
+/// call waits for the connection.
 pub async fn connect(
+    dst: String,
+    policy: &'static crate::policy::ServicePolicy,
+) -> Result<crate::Channel, crate::ConnectError> {
+    let channel = connect_lazy(dst.clone(), policy)?;
+    let timeout = channel.config().connection.connect_timeout;
+    if channel.ready(timeout).await {
+        return Ok(channel);
+    }
+    Err(crate::ConnectError::new(
+        &dst,
+        format!(
+            "not ready after the connect timeout ({timeout:?}): {}",
+            channel.unready_reason()
+        ),
+    ))
+}
+
+/// Builds a channel to `dst` without waiting for it (see [`connect`]).
+pub fn connect_lazy(
     dst: String,
     policy: &'static crate::policy::ServicePolicy,
 ) -> Result<crate::Channel, crate::ConnectError> {

@@ -4,6 +4,12 @@
 //! the server how much of it is left (`grpc-timeout`), so the server can stop work
 //! nobody waits for; and when it passes the caller gets DEADLINE_EXCEEDED — never
 //! CANCELLED, which is what tonic reports for its own client timeout.
+//!
+//! The caller sets a call's timeout as with tonic, by `Request::set_timeout`; the
+//! method's `max_timeout` clamps it, so a caller cannot ask for more than the
+//! service owner allows. Without one, the method's own timeout applies. (A
+//! task-local timeout reaching every nested call, tai's earlier way, is gone: a
+//! timeout belongs to one request.)
 
 use std::time::Duration;
 
@@ -12,27 +18,6 @@ use tonic::Status;
 
 use crate::policy::MethodPolicy;
 
-tokio::task_local! {
-    static CALLER_TIMEOUT: Duration;
-}
-
-/// Runs `calls` with `timeout` as the deadline of every tai call made inside it,
-/// instead of each method's compiled-in timeout — still clamped by the method's
-/// `max_timeout`, so a caller cannot ask for more than the service owner allows.
-///
-/// ```no_run
-/// # async fn f(client: impl Sized) {
-/// use std::time::Duration;
-/// let reply = tai_runtime::with_timeout(Duration::from_millis(300), async {
-///     // client.propose_policy(policy).await
-/// })
-/// .await;
-/// # }
-/// ```
-pub async fn with_timeout<F: std::future::Future>(timeout: Duration, calls: F) -> F::Output {
-    CALLER_TIMEOUT.scope(timeout, calls).await
-}
-
 /// A call's deadline, as fixed when the call starts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CallDeadline {
@@ -40,16 +25,19 @@ pub(crate) struct CallDeadline {
     pub(crate) at: Instant,
     /// The whole call's timeout: what the first attempt has left.
     pub(crate) timeout: Duration,
-    /// Whether the timeout is the method's own (not the caller's, see
-    /// [`with_timeout`]): then its `grpc-timeout` header is the one computed when
-    /// the client was made.
+    /// Whether the timeout is the method's own (not the caller's, from
+    /// `Request::set_timeout`): then its `grpc-timeout` header is the one
+    /// computed when the client was made.
     pub(crate) from_policy: bool,
 }
 
-/// When a call that starts at `start` must end: the caller's timeout (see
-/// [`with_timeout`]) or the policy's, clamped by `max_timeout`.
-pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDeadline> {
-    let caller = caller_timeout();
+/// When a call that starts at `start` must end: the caller's timeout (`asked`,
+/// from `Request::set_timeout`) or the policy's, clamped by `max_timeout`.
+pub(crate) fn for_call(
+    policy: &MethodPolicy,
+    start: Instant,
+    caller: Option<Duration>,
+) -> Option<CallDeadline> {
     let timeout = clamped(caller.or(policy.timeout), policy.max_timeout)?;
     Some(CallDeadline {
         // A deadline beyond what `Instant` can hold is no deadline.
@@ -57,12 +45,6 @@ pub(crate) fn for_call(policy: &MethodPolicy, start: Instant) -> Option<CallDead
         timeout,
         from_policy: caller.is_none(),
     })
-}
-
-/// The timeout the caller asked for with [`with_timeout`], if the current task
-/// runs inside one.
-pub(crate) fn caller_timeout() -> Option<Duration> {
-    CALLER_TIMEOUT.try_with(|t| *t).ok()
 }
 
 /// The method's own timeout (no caller timeout), clamped by `max_timeout`.

@@ -20,6 +20,7 @@ mod codec;
 pub(crate) mod config;
 pub(crate) mod core;
 pub(crate) mod deadline;
+pub(crate) mod forward;
 mod hedge;
 pub mod layers;
 mod observed;

@@ -1,4 +1,11 @@
 //! Streams in and out of a resilient call.
+//!
+//! A response stream is tai's own type rather than tonic's `Streaming` (a
+//! concrete type that cannot be extended): it ends with the call's deadline and
+//! reports its final status to the breaker and the throttle. It offers what
+//! `Streaming` offers — `message()`, `trailers()` and `Stream` — so a tonic call
+//! site (`stream.message().await?`, `while let Some(x) = stream.next().await`)
+//! compiles unchanged.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +27,8 @@ use crate::client::state::ClientState;
 /// ```
 pub type RequestStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
-/// The responses of a server-streaming or bidi call.
+/// The responses of a server-streaming or bidi call, as the body of the call's
+/// `tonic::Response` (where tonic gives a `tonic::Streaming`).
 ///
 /// It ends with the call's deadline: once the deadline passes it yields one
 /// `DEADLINE_EXCEEDED` error and then ends, even if the server keeps the stream
@@ -34,6 +42,8 @@ pub struct ResponseStream<T> {
     deadline: Option<Pin<Box<Sleep>>>,
     method: &'static str,
     done: bool,
+    /// Ended by the call's deadline, not by the server.
+    expired: bool,
     outcome: Option<StreamOutcome>,
 }
 
@@ -49,6 +59,7 @@ impl<T> ResponseStream<T> {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             method,
             done: false,
+            expired: false,
             outcome,
         }
     }
@@ -74,6 +85,27 @@ impl<T> ResponseStream<T> {
         use futures_util::StreamExt;
         self.next().await.transpose()
     }
+
+    /// The trailers the server ended the stream with, once it has ended; the
+    /// messages not read yet are read and dropped first (as tonic's
+    /// `Streaming::trailers` does). An error status, or the call's deadline
+    /// passing, is the error.
+    ///
+    /// ```no_run
+    /// # async fn f(mut s: tai_runtime::ResponseStream<String>) -> Result<(), tai_runtime::Status> {
+    /// while let Some(msg) = s.message().await? {}
+    /// if let Some(trailers) = s.trailers().await? {
+    ///     println!("{:?}", trailers.get("x-checksum"));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn trailers(&mut self) -> Result<Option<tonic::metadata::MetadataMap>, Status> {
+        while self.message().await?.is_some() {}
+        if self.expired {
+            return Err(crate::client::deadline::exceeded(self.method));
+        }
+        self.inner.trailers().await
+    }
 }
 
 impl<T> Unpin for ResponseStream<T> {}
@@ -89,6 +121,7 @@ impl<T> Stream for ResponseStream<T> {
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
+            this.expired = true;
             this.finish(Code::DeadlineExceeded);
             return Poll::Ready(Some(Err(crate::client::deadline::exceeded(this.method))));
         }

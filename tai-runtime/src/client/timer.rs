@@ -12,7 +12,7 @@
 //! task per client, the sweeper, sleeps until the earliest deadline, marks the
 //! calls whose deadline has passed and wakes them. The sweeper re-arms only when a
 //! call registers a deadline earlier than the one it waits for (after an idle
-//! period, or a caller's shorter [`with_timeout`](crate::with_timeout)), and
+//! period, or a caller's shorter `Request::set_timeout`), and
 //! otherwise wakes about once per timeout period. Deadlines stay exact: the
 //! sweeper's timer is a tokio timer at the earliest deadline, not a tick.
 //!

@@ -21,6 +21,8 @@ use futures_util::Stream;
 use hyper_util::rt::TokioIo;
 use tai_runtime::policy::{MethodKind, MethodPolicy, ServicePolicy};
 use tokio::time::Instant;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
@@ -49,6 +51,15 @@ pub struct Seen {
     pub grpc_timeout: Option<Duration>,
     /// The request's extensions, as the handler saw them (what layers put there).
     pub extensions: http::Extensions,
+    /// All the request's metadata, as the server read it.
+    pub metadata: MetadataMap,
+}
+
+impl Seen {
+    /// A request header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.metadata.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -112,6 +123,7 @@ impl Script {
             previous_attempts: text("grpc-previous-rpc-attempts"),
             grpc_timeout: text("grpc-timeout").map(|t| parse_grpc_timeout(&t)),
             extensions: request.extensions().clone(),
+            metadata: metadata.clone(),
         });
         index
     }
@@ -208,7 +220,14 @@ impl UnaryService<Echo> for UnaryCall {
     fn call(&mut self, request: Request<Echo>) -> Self::Future {
         let index = self.0.record(&request);
         let fut = (self.0.unary)(index, request.into_inner());
-        Box::pin(async move { fut.await.map(Response::new) })
+        Box::pin(async move {
+            let mut response = Response::new(fut.await?);
+            // A response header for the client to read back.
+            response
+                .metadata_mut()
+                .insert("x-served-by", MetadataValue::from(index as u32));
+            Ok(response)
+        })
     }
 }
 
@@ -244,7 +263,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for Script {
         let script = self.clone();
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<Echo, Echo>::default();
-            let mut grpc = Grpc::new(codec);
+            // Compression as tonic's servers offer it: either way, when asked.
+            let mut grpc = Grpc::new(codec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd);
             Ok(match req.uri().path() {
                 "/test.Echo/Unary" => grpc.unary(UnaryCall(script), req).await,
                 "/test.Echo/Stream" => grpc.server_streaming(StreamCall(script), req).await,

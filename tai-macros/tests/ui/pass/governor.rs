@@ -45,7 +45,7 @@ pub async fn run<G: Governor>(governor: &G) -> Result<Receipt, Status> {
 }
 
 async fn calls(client: GovernorClient) -> Result<(), Box<dyn std::error::Error>> {
-    let receipt = client.propose_policy(Policy::default()).await?;
+    let receipt = client.propose_policy(Policy::default()).await?.into_inner();
     let _ = client.withdraw_policy(Policy::default()).await?;
     let _ = client.read(receipt.clone()).await?;
     let _ = run(&client).await?;
@@ -53,6 +53,7 @@ async fn calls(client: GovernorClient) -> Result<(), Box<dyn std::error::Error>>
     let _ = client.service_policy().method_index("Withdraw");
     let _ = client.breaker_state("ProposePolicy");
     let connected = GovernorClient::connect("http://127.0.0.1:50051").await?;
+    let _ = GovernorClient::connect_lazy("http://127.0.0.1:50051")?;
     let _ = GovernorClient::new(tai_runtime::Channel::to("http://127.0.0.1:50051")?);
     drop(connected);
     Ok(())

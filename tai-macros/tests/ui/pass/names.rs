@@ -64,10 +64,10 @@ use service::{Names, NamesClient};
 
 async fn calls(channel: tai_runtime::Channel) -> Result<(), Status> {
     let client = NamesClient::from(channel);
-    let _: T = client.new(T {}).await?;
-    let _: Empty = client.connect(Empty {}).await?;
-    let _: Empty = client.r#type(Empty {}).await?;
-    let _: Empty = client.client_state(Empty {}).await?;
+    let _: T = client.new(T {}).await?.into_inner();
+    let _: Empty = client.connect(Empty {}).await?.into_inner();
+    let _: Empty = client.r#type(Empty {}).await?.into_inner();
+    let _: Empty = client.client_state(Empty {}).await?.into_inner();
     let _: &tai_runtime::ClientState = tai_runtime::Resilient::client_state(&client);
     let policy = tai_runtime::Resilient::service_policy(&client);
     assert_eq!(policy.name, "Names");

@@ -40,7 +40,7 @@ pub trait Hands {
 
 async fn calls() -> Result<(), Box<dyn std::error::Error>> {
     let client = HandsClient::connect("http://127.0.0.1:50051").await?;
-    let _: Msg = client.tweak(Msg {}).await?;
+    let _: Msg = client.tweak(Msg {}).await?.into_inner();
     Ok(())
 }
 

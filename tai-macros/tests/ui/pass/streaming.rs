@@ -29,13 +29,17 @@ pub trait Streams {
     async fn server_once(&self, request: Msg) -> Result<tai_runtime::ResponseStream<Msg>, tonic::Status>;
 }
 
+/// The client's methods have tonic's shape; the trait's keep the plain messages.
 async fn calls(client: &StreamsClient, requests: fn() -> RequestStream<Msg>) -> Result<(), Status> {
-    let _: Msg = client.unary(Msg::default()).await?;
-    let mut stream: ResponseStream<Msg> = client.server(Msg::default()).await?;
+    let _: Msg = client.unary(Msg::default()).await?.into_inner();
+    let mut stream: ResponseStream<Msg> = client.server(Msg::default()).await?.into_inner();
     let _ = stream.message().await?;
-    let _: Msg = client.client(requests()).await?;
-    let _: ResponseStream<Msg> = client.bidi(requests()).await?;
-    let _: ResponseStream<Msg> = client.server_once(Msg::default()).await?;
+    let _ = stream.trailers().await?;
+    let _: Msg = client.client(requests()).await?.into_inner();
+    let _: ResponseStream<Msg> = client.bidi(requests()).await?.into_inner();
+    let _: ResponseStream<Msg> = client.server_once(Msg::default()).await?.into_inner();
+    let _: Msg = Streams::unary(client, Msg::default()).await?;
+    let _: ResponseStream<Msg> = Streams::bidi(client, requests()).await?;
     Ok(())
 }
 

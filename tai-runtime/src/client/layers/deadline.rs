@@ -122,10 +122,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let caller = shared::caller_timeout().or_else(|| {
-            let header = request.headers().get(wire::GRPC_TIMEOUT)?;
-            wire::timeout::decode(header.as_bytes())
-        });
+        // The caller's own timeout (tonic's `Request::set_timeout` writes it here).
+        let caller = request
+            .headers()
+            .get(wire::GRPC_TIMEOUT)
+            .and_then(|header| wire::timeout::decode(header.as_bytes()));
         let timeout = match (caller, self.timeouts.get(request.uri().path())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
