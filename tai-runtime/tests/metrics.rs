@@ -99,7 +99,10 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
 
     let client_a = EchoServiceClient::with_metrics(channel(&net, "a:1"), &metrics_a);
     for _ in 0..2 {
-        assert_eq!(client_a.unary(echo("hi")).await.unwrap().into_inner().msg, "hi");
+        assert_eq!(
+            client_a.unary(echo("hi")).await.unwrap().into_inner().msg,
+            "hi"
+        );
     }
     // B's breaker trips after two NOT_FOUNDs and refuses the third call itself.
     let breaker = BreakerPolicy {
