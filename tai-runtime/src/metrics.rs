@@ -34,6 +34,12 @@ struct MethodLabels {
     method: String,
 }
 
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrefixLabels {
+    prefix: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     service: String,
@@ -56,6 +62,8 @@ pub struct Metrics {
     breaker_open: Family<MethodLabels, Gauge>,
     server_calls: Family<CodeLabels, Counter>,
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    #[cfg(feature = "redis")]
+    rate_limit_fallbacks: Family<PrefixLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +84,8 @@ impl Metrics {
             breaker_open: Family::default(),
             server_calls: Family::default(),
             server_latency: Family::new_with_constructor(new_histogram),
+            #[cfg(feature = "redis")]
+            rate_limit_fallbacks: Family::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -119,6 +129,12 @@ impl Metrics {
                 "Server handling time to response headers",
                 m.server_latency.clone(),
             );
+            #[cfg(feature = "redis")]
+            r.register(
+                "rate_limit_redis_fallbacks",
+                "Calls the rate limit decided locally because Redis was unreachable, by key prefix",
+                m.rate_limit_fallbacks.clone(),
+            );
         }
         m
     }
@@ -152,6 +168,17 @@ impl Metrics {
             rejections: self.breaker_rejections.get_or_create(&labels).clone(),
             open: self.breaker_open.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The counter of calls a Redis-backed rate limit with key `prefix` decided
+    /// locally (the prefix is server configuration, not peer input).
+    #[cfg(feature = "redis")]
+    pub(crate) fn rate_limit_redis_fallbacks(&self, prefix: &str) -> Counter {
+        self.rate_limit_fallbacks
+            .get_or_create(&PrefixLabels {
+                prefix: prefix.to_owned(),
+            })
+            .clone()
     }
 
     /// Handles for one server method.
