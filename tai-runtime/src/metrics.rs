@@ -58,6 +58,12 @@ struct MethodLabels {
     method: String,
 }
 
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrefixLabels {
+    prefix: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -103,6 +109,8 @@ struct Families {
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
     server_auth_refusals: Family<ReasonLabels, Counter>,
+    #[cfg(feature = "redis")]
+    rate_limit_fallbacks: Family<PrefixLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,6 +165,8 @@ impl Metrics {
                 server_latency: Family::new_with_constructor(new_histogram),
                 tls_reloads: Family::default(),
                 server_auth_refusals: Family::default(),
+                #[cfg(feature = "redis")]
+                rate_limit_fallbacks: Family::default(),
             }),
         };
         metrics.register(&mut crate::sync::lock(&metrics.families.own));
@@ -216,6 +226,12 @@ impl Metrics {
             "Server calls refused as UNAUTHENTICATED, by reason",
             m.server_auth_refusals.clone(),
         );
+        #[cfg(feature = "redis")]
+        r.register(
+            "rate_limit_redis_fallbacks",
+            "Calls the rate limit decided locally because Redis was unreachable, by key prefix",
+            m.rate_limit_fallbacks.clone(),
+        );
     }
 
     /// The Prometheus text exposition of this set's metrics (for a set made with
@@ -268,6 +284,18 @@ impl Metrics {
             rejections: m.breaker_rejections.get_or_create(&labels).clone(),
             open: m.breaker_open.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The counter of calls a Redis-backed rate limit with key `prefix` decided
+    /// locally (the prefix is server configuration, not peer input).
+    #[cfg(feature = "redis")]
+    pub(crate) fn rate_limit_redis_fallbacks(&self, prefix: &str) -> Counter {
+        self.families
+            .rate_limit_fallbacks
+            .get_or_create(&PrefixLabels {
+                prefix: prefix.to_owned(),
+            })
+            .clone()
     }
 
     /// Handles for one server method.

@@ -1,7 +1,7 @@
 //! How the rate limit tells clients apart: a [`ClientKey`] per request.
 //!
 //! A key is a small value, not a string: an IPv4 address, an IPv6 /64 network, an
-//! id of at most [`MAX_KEY_LEN`] bytes, or "unknown". Peers choose the values that
+//! id or an authenticated identity of at most [`MAX_KEY_LEN`] bytes, or "unknown". Peers choose the values that
 //! end up here, so keys are bounded in size, hashed with one short write (the
 //! table's hasher costs by the byte), and shown in refusals as a person would
 //! name them. Grouping IPv6 by /64 is why a key is not simply the peer's address:
@@ -34,6 +34,8 @@ enum Repr {
     /// An IPv6 address with its last 64 bits cleared.
     Ipv6Net(Ipv6Addr),
     Id(Box<[u8]>),
+    /// An authenticated identity (token subject, certificate SAN).
+    Identity(Box<str>),
     Unknown,
 }
 
@@ -60,6 +62,28 @@ impl ClientKey {
         (!id.is_empty() && id.len() <= MAX_KEY_LEN).then(|| Self(Repr::Id(id.into())))
     }
 
+    /// An authenticated identity, e.g. a token's subject or a certificate's SAN:
+    /// `None` if empty or longer than [`MAX_KEY_LEN`] bytes.
+    pub fn identity(identity: &str) -> Option<Self> {
+        (!identity.is_empty() && identity.len() <= MAX_KEY_LEN)
+            .then(|| Self(Repr::Identity(identity.into())))
+    }
+
+    /// The key as Redis stores it (after the layer's prefix): a kind, then the
+    /// value, so that kinds never collide.
+    #[cfg(feature = "redis")]
+    pub(super) fn write_redis_key(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = match &self.0 {
+            Repr::Ip(a) => write!(out, "ip:{a}"),
+            Repr::Ipv6Net(a) => write!(out, "net:{a}/64"),
+            Repr::Id(id) => out.write_all(b"id:").and_then(|()| out.write_all(id)),
+            Repr::Identity(id) => write!(out, "identity:{id}"),
+            Repr::Unknown => out.write_all(b"unknown"),
+        };
+    }
+
     /// The one key shared by every request nothing else identifies.
     pub fn unknown() -> Self {
         Self(Repr::Unknown)
@@ -75,6 +99,7 @@ impl Hash for ClientKey {
             Repr::Ip(IpAddr::V6(a)) => state.write_u128(a.to_bits()),
             Repr::Ipv6Net(a) => state.write_u64((a.to_bits() >> 64) as u64),
             Repr::Id(id) => state.write(id),
+            Repr::Identity(id) => state.write(id.as_bytes()),
             Repr::Unknown => state.write_u8(0),
         }
     }
@@ -86,6 +111,7 @@ impl fmt::Display for ClientKey {
             Repr::Ip(a) => write!(f, "peer {a}"),
             Repr::Ipv6Net(a) => write!(f, "peer network {a}/64"),
             Repr::Id(id) => write!(f, "client id \"{}\"", id.escape_ascii()),
+            Repr::Identity(id) => write!(f, "identity \"{}\"", id.escape_default()),
             Repr::Unknown => f.write_str("peers without an address"),
         }
     }
@@ -98,6 +124,7 @@ impl fmt::Debug for ClientKey {
 }
 
 pub(super) type KeyFn = dyn Fn(&http::request::Parts) -> Option<ClientKey> + Send + Sync;
+pub(super) type ExtensionKeyFn = dyn Fn(&http::Extensions) -> Option<ClientKey> + Send + Sync;
 
 /// Where the layer finds a request's key; the peer address is the fallback of
 /// each.
@@ -105,7 +132,26 @@ pub(super) type KeyFn = dyn Fn(&http::request::Parts) -> Option<ClientKey> + Sen
 pub(super) enum KeyBy {
     Peer,
     Header(HeaderName),
+    /// A value an earlier layer put in the request's extensions (an
+    /// authenticated identity): read without taking the request apart.
+    Extension(Arc<ExtensionKeyFn>),
     Custom(Arc<KeyFn>),
+}
+
+impl KeyBy {
+    /// Keys by the identity `name` reads from the request extension `T`.
+    pub(super) fn extension<T, F>(name: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&T) -> Option<&str> + Send + Sync + 'static,
+    {
+        Self::Extension(Arc::new(move |extensions: &http::Extensions| {
+            extensions
+                .get::<T>()
+                .and_then(&name)
+                .and_then(ClientKey::identity)
+        }))
+    }
 }
 
 impl fmt::Debug for KeyBy {
@@ -113,6 +159,7 @@ impl fmt::Debug for KeyBy {
         match self {
             KeyBy::Peer => f.write_str("Peer"),
             KeyBy::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            KeyBy::Extension(_) => f.write_str("Extension(..)"),
             KeyBy::Custom(_) => f.write_str("Custom(..)"),
         }
     }
@@ -135,6 +182,7 @@ impl KeyBy {
                     .and_then(|v| ClientKey::id(v.as_bytes())),
                 request,
             ),
+            KeyBy::Extension(key) => (key(request.extensions()), request),
             KeyBy::Custom(key) => {
                 let (parts, body) = request.into_parts();
                 (key(&parts), http::Request::from_parts(parts, body))
@@ -184,5 +232,14 @@ mod tests {
         assert!(ClientKey::id(b"").is_none());
         assert!(ClientKey::id(&[b'x'; MAX_KEY_LEN]).is_some());
         assert!(ClientKey::id(&[b'x'; MAX_KEY_LEN + 1]).is_none());
+        assert_eq!(
+            ClientKey::identity("spiffe://acme/billing")
+                .unwrap()
+                .to_string(),
+            r#"identity "spiffe://acme/billing""#
+        );
+        assert_ne!(ClientKey::identity("a"), ClientKey::id(b"a"));
+        assert!(ClientKey::identity("").is_none());
+        assert!(ClientKey::identity(&"x".repeat(MAX_KEY_LEN + 1)).is_none());
     }
 }

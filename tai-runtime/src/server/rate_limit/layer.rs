@@ -1,40 +1,47 @@
 //! The rate limit as a tower layer: [`RateLimitLayer`], the [`RateLimit`]
 //! service and its [`ResponseFuture`].
 //!
-//! The layer is configuration plus one shared state (the keyed limiter over the
-//! [store](super::store), the optional global limiter); every service it wraps
-//! holds an `Arc` of that state, so clones count against the same buckets. A call
-//! is decided before it reaches the service: the future is either the service's
-//! own or a refusal that is ready at once, a two-state enum rather than a box, so
-//! an admitted call costs no allocation here.
+//! The layer is configuration plus one shared state (the [local](super::local)
+//! quotas and, optionally, the [Redis](super::redis) store); every service it
+//! wraps holds an `Arc` of that state, so clones count against the same buckets.
+//! A call is decided before it reaches the service. Locally that takes no await:
+//! the future is the service's own or a refusal that is ready at once, so an
+//! admitted call costs no allocation here. With Redis the future first awaits the
+//! check (boxed: it is a network round trip anyway) with a clone of the ready
+//! service and the request, as tower-http's async authorization does; this is
+//! why the service must be `Clone`.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
+use governor::Quota;
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, Quota, RateLimiter};
 use http::HeaderName;
+use pin_project_lite::pin_project;
 use tonic::Status;
-use tonic::metadata::AsciiMetadataValue;
 use tower::{Layer, Service};
 
 use super::key::{ClientKey, KeyBy};
-use super::store::{ClientStore, DEFAULT_MAX_CLIENTS};
-
-pub use crate::server::decided::ResponseFuture;
-use crate::wire::GRPC_RETRY_PUSHBACK_MS as PUSHBACK;
+use super::local::Local;
+use super::method::Methods;
+#[cfg(feature = "redis")]
+use super::redis::{Redis, RedisStore};
+use super::store::DEFAULT_MAX_CLIENTS;
 
 #[derive(Clone, Debug)]
 struct Settings<C> {
     quota: Quota,
+    methods: Methods,
     global: Option<Quota>,
     max_clients: usize,
     key_by: KeyBy,
     clock: C,
+    #[cfg(feature = "redis")]
+    redis: Option<Arc<Redis>>,
 }
 
 /// Adds per-client (and optionally global) rate limiting to a tonic server; see
@@ -59,6 +66,7 @@ impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
         let s = &self.shared.settings;
         f.debug_struct("RateLimitLayer")
             .field("per_client", &s.quota)
+            .field("per_method", &s.methods)
             .field("global", &s.global)
             .field("max_clients", &s.max_clients)
             .field("key_by", &s.key_by)
@@ -83,11 +91,33 @@ where
     pub fn with_clock(quota: Quota, clock: C) -> Self {
         Self::from_settings(Settings {
             quota,
+            methods: Methods::default(),
             global: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             key_by: KeyBy::Peer,
             clock,
+            #[cfg(feature = "redis")]
+            redis: None,
         })
+    }
+
+    /// Gives the method at `path` (`/package.Service/Method`) its own quota per
+    /// client, counted instead of the per-client default for calls to it. Only
+    /// the paths listed here get buckets of their own; calls to any other path
+    /// (made-up ones included) count against the default, so a peer cannot add
+    /// entries by inventing paths.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use tai_runtime::server::rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::per_client(Quota::per_second(NonZeroU32::new(100).unwrap()))
+    ///     // An expensive method: 2 a second per client, on top of nothing else.
+    ///     .per_method("/billing.v1.Billing/Export", Quota::per_second(NonZeroU32::new(2).unwrap()));
+    /// # let _ = layer;
+    /// ```
+    pub fn per_method(self, path: &str, quota: Quota) -> Self {
+        self.rebuild(|s| s.methods.set(path, quota))
     }
 
     /// Also limits all clients together to `quota`. Checked after the client's
@@ -108,6 +138,49 @@ where
     /// [`MAX_KEY_LEN`](super::MAX_KEY_LEN) bytes, are keyed by their peer address.
     pub fn key_by_header(self, name: HeaderName) -> Self {
         self.rebuild(|s| s.key_by = KeyBy::Header(name))
+    }
+
+    /// Keys clients by an authenticated identity that an earlier layer put in the
+    /// request's extensions as a `T`, read by `identity` (e.g. a token's subject,
+    /// else a certificate's SAN); requests without a `T`, or for which `identity`
+    /// returns `None`, an empty value or one over
+    /// [`MAX_KEY_LEN`](super::MAX_KEY_LEN) bytes, are keyed by their peer address.
+    /// Refusals name the client as `identity "…"`.
+    ///
+    /// tai's own authentication puts a `server::auth::Identity` there; with any
+    /// other authenticating layer, name its type:
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use tai_runtime::server::rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// /// What your authentication layer inserts into each request's extensions.
+    /// struct Caller {
+    ///     subject: Option<String>,
+    ///     certificate_sans: Vec<String>,
+    /// }
+    ///
+    /// let layer = RateLimitLayer::per_client(Quota::per_second(NonZeroU32::new(10).unwrap()))
+    ///     .key_by_extension(|caller: &Caller| {
+    ///         caller.subject.as_deref().or(caller.certificate_sans.first().map(String::as_str))
+    ///     });
+    /// # let _ = layer;
+    /// ```
+    pub fn key_by_extension<T, F>(self, identity: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&T) -> Option<&str> + Send + Sync + 'static,
+    {
+        self.rebuild(|s| s.key_by = KeyBy::extension(identity))
+    }
+
+    /// Keeps the quotas in Redis, shared by every replica that names the same
+    /// store and prefix; this layer's own quotas are what each replica falls back
+    /// to while Redis is unreachable. See [`RedisStore`].
+    #[cfg(feature = "redis")]
+    pub fn shared_in(self, store: RedisStore) -> Self {
+        let redis = Arc::new(Redis::new(store));
+        self.rebuild(|s| s.redis = Some(redis))
     }
 
     /// Keys clients with `key`, given the request's method, URI, headers and
@@ -139,16 +212,16 @@ where
     }
 
     fn from_settings(settings: Settings<C>) -> Self {
-        let store = ClientStore::new(settings.quota, settings.max_clients, settings.clock.clone());
-        let clients = RateLimiter::new(settings.quota, store.clone(), settings.clock.clone());
-        let global = settings
-            .global
-            .map(|q| RateLimiter::direct_with_clock(q, settings.clock.clone()));
+        let local = Local::new(
+            settings.quota,
+            &settings.methods,
+            settings.global,
+            settings.max_clients,
+            &settings.clock,
+        );
         Self {
             shared: Arc::new(Shared {
-                clients,
-                store,
-                global,
+                local,
                 settings,
                 warned_unknown: AtomicBool::new(false),
             }),
@@ -157,24 +230,48 @@ where
 }
 
 impl<C: Clock> RateLimitLayer<C> {
-    /// Clients with a bucket of their own now (at most the
+    /// Local buckets held now: clients with a bucket of their own, over the
+    /// per-client table and each method's (each at most
     /// [`max_clients`](RateLimitLayer::max_clients)).
     pub fn tracked_clients(&self) -> usize {
-        self.shared.clients.len()
+        self.shared.local.len()
     }
 
     /// Forgets the clients whose state is no different from a fresh one. The
     /// layer does this by itself when its table is full; call it on a timer to
     /// give memory back sooner.
     pub fn retain_recent(&self) {
-        self.shared.clients.retain_recent();
+        self.shared.local.retain_recent();
     }
 
-    /// Counts one call from `key`, as the service does for each request: `Err` is
-    /// the RESOURCE_EXHAUSTED status a refused call gets. For benchmarks.
+    /// Calls decided by the local quotas because Redis was unreachable, counted
+    /// since start-up over every layer with the same Redis prefix (also the
+    /// `tai_rate_limit_redis_fallbacks` metric); 0 without Redis.
+    #[cfg(feature = "redis")]
+    pub fn redis_fallbacks(&self) -> u64 {
+        self.shared
+            .settings
+            .redis
+            .as_ref()
+            .map_or(0, |r| r.fallbacks())
+    }
+
+    /// Whether the quotas are being decided locally because Redis is unreachable.
+    #[cfg(feature = "redis")]
+    pub fn redis_is_down(&self) -> bool {
+        self.shared
+            .settings
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.is_down())
+    }
+
+    /// Counts one call from `key` against the local per-client default, as the
+    /// service does for each request: `Err` is the RESOURCE_EXHAUSTED status a
+    /// refused call gets. For benchmarks.
     #[doc(hidden)]
     pub fn check(&self, key: &ClientKey) -> Result<(), Status> {
-        self.shared.check(key)
+        self.shared.check_local(key, None)
     }
 }
 
@@ -190,19 +287,21 @@ impl<S, C: Clock> Layer<S> for RateLimitLayer<C> {
 }
 
 struct Shared<C: Clock> {
-    clients: RateLimiter<ClientKey, ClientStore<C>, C, NoOpMiddleware<C::Instant>>,
-    /// The same store `clients` holds, to tell tracked clients from the overflow.
-    store: ClientStore<C>,
-    global: Option<RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>>,
+    local: Local<C>,
     settings: Settings<C>,
     warned_unknown: AtomicBool,
 }
 
-/// Which quota refused a call.
-#[derive(Clone, Copy, Debug)]
-enum Scope {
-    Client,
-    Global,
+/// A boxed Redis check: the status of a refused call.
+type Check = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// How a call is decided.
+enum Decision {
+    Admit,
+    Refuse(Status),
+    /// Redis decides, after a round trip.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Ask(Check),
 }
 
 impl<C: Clock> Shared<C> {
@@ -210,78 +309,61 @@ impl<C: Clock> Shared<C> {
         self.settings.key_by.key_of(request, &self.warned_unknown)
     }
 
-    fn check(&self, key: &ClientKey) -> Result<(), Status> {
-        if let Err(refused) = self.clients.check_key(key) {
-            return Err(self.refuse(key, Scope::Client, &refused));
-        }
-        if let Some(global) = &self.global
-            && let Err(refused) = global.check()
-        {
-            return Err(self.refuse(key, Scope::Global, &refused));
-        }
-        Ok(())
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn refuse(&self, key: &ClientKey, scope: Scope, refused: &NotUntil<C::Instant>) -> Status {
-        let wait = refused.wait_time_from(self.settings.clock.now());
-        // Rounded up, and at least 1: a client that comes back on time is admitted.
-        let retry_ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000))
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let quota = QuotaText(refused.quota());
-        let message = match scope {
-            Scope::Client if self.store.is_tracked(key) => format!(
-                "rate limit exceeded for {key}: the limit is {quota} per client; \
-                 retry in {retry_ms} ms"
-            ),
-            Scope::Client => format!(
-                "rate limit exceeded for {key}: this server tracks at most {} clients and \
-                 is full, so {key} shares one limit of {quota} with every other client it \
-                 does not track; retry in {retry_ms} ms",
-                self.settings.max_clients
-            ),
-            Scope::Global => format!(
-                "the server is over its rate limit for all clients together ({quota}); \
-                 retry in {retry_ms} ms"
-            ),
-        };
-        tracing::debug!(client = %key, ?scope, retry_ms, "rate limit: call refused");
-        let mut status = Status::resource_exhausted(message);
-        status
-            .metadata_mut()
-            .insert(PUSHBACK, AsciiMetadataValue::from(retry_ms));
-        status
+    fn check_local(&self, key: &ClientKey, method: Option<usize>) -> Result<(), Status> {
+        self.local.check(key, method).map_err(|refusal| {
+            refusal.into_status(key, self.settings.max_clients, &self.settings.methods)
+        })
     }
 }
 
-/// A quota as a person reads it: `10 calls/s in bursts of up to 20`.
-struct QuotaText(Quota);
-
-impl fmt::Display for QuotaText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let per_second = 1e9 / (self.0.replenish_interval().as_nanos().max(1) as f64);
-        let (rate, unit) = if per_second >= 1.0 {
-            (per_second, "s")
-        } else if per_second * 60.0 >= 1.0 {
-            (per_second * 60.0, "min")
-        } else {
-            (per_second * 3600.0, "h")
-        };
-        let burst = self.0.burst_size();
-        if (rate - rate.round()).abs() < 0.005 {
-            write!(f, "{rate:.0}")?;
-        } else {
-            write!(f, "{rate:.2}")?;
+impl<C> Shared<C>
+where
+    C: Clock + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    fn decide(self: &Arc<Self>, key: ClientKey, path: &str) -> Decision {
+        let method = self.settings.methods.find(path);
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.settings.redis {
+            if redis.should_ask() {
+                return Decision::Ask(Box::pin(Arc::clone(self).ask_redis(
+                    Arc::clone(redis),
+                    key,
+                    method,
+                )));
+            }
+            redis.fell_back();
         }
-        let calls = |n: bool| if n { "call" } else { "calls" };
-        write!(
-            f,
-            " {}/{unit} in bursts of up to {burst} {}",
-            calls((rate - 1.0).abs() < 0.005),
-            calls(burst.get() == 1)
-        )
+        match self.check_local(&key, method) {
+            Ok(()) => Decision::Admit,
+            Err(status) => Decision::Refuse(status),
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    async fn ask_redis(
+        self: Arc<Self>,
+        redis: Arc<Redis>,
+        key: ClientKey,
+        method: Option<usize>,
+    ) -> Result<(), Status> {
+        let s = &self.settings;
+        let (quota, named) = match method {
+            Some(i) => {
+                let (path, quota) = s.methods.get(i);
+                (quota, Some((i, path)))
+            }
+            None => (s.quota, None),
+        };
+        match redis.check(&key, named, quota, s.global).await {
+            Ok(decided) => {
+                decided.map_err(|refusal| refusal.into_status(&key, s.max_clients, &s.methods))
+            }
+            Err(()) => {
+                redis.fell_back();
+                self.check_local(&key, method)
+            }
+        }
     }
 }
 
@@ -310,13 +392,14 @@ impl<S: fmt::Debug, C: Clock> fmt::Debug for RateLimit<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<http::Request<ReqBody>> for RateLimit<S, C>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone,
     ResBody: Default,
-    C: Clock,
+    C: Clock + Send + Sync + 'static,
+    C::Instant: Send + Sync,
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, http::Request<ReqBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -324,45 +407,102 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let (key, request) = self.shared.key_of(request);
-        match self.shared.check(&key) {
-            Ok(()) => ResponseFuture::admitted(self.inner.call(request)),
-            Err(status) => ResponseFuture::refused(status),
-        }
+        let state = match self.shared.decide(key, request.uri().path()) {
+            Decision::Admit => State::Admitted {
+                future: self.inner.call(request),
+            },
+            Decision::Refuse(status) => State::Refused {
+                status: Some(status),
+            },
+            Decision::Ask(check) => {
+                // The ready service goes with the call; this one gets a clone,
+                // which `poll_ready` readies before its next call.
+                let clone = self.inner.clone();
+                State::Checking {
+                    check,
+                    service: Some(std::mem::replace(&mut self.inner, clone)),
+                    request: Some(request),
+                }
+            }
+        };
+        ResponseFuture { state }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::num::NonZeroU32;
-    use std::time::Duration;
-
-    fn nz(n: u32) -> NonZeroU32 {
-        NonZeroU32::new(n).unwrap()
+pin_project! {
+    /// The future of a [`RateLimit`] call: a Redis check then the service's
+    /// call, the service's call at once, or a refusal that is ready at once.
+    pub struct ResponseFuture<S, R>
+    where
+        S: Service<R>,
+    {
+        #[pin]
+        state: State<S, R>,
     }
+}
 
-    #[test]
-    fn quota_text() {
-        let text = |q: Quota| QuotaText(q).to_string();
-        assert_eq!(
-            text(Quota::per_second(nz(10)).allow_burst(nz(20))),
-            "10 calls/s in bursts of up to 20 calls"
-        );
-        assert_eq!(
-            text(Quota::per_second(nz(1))),
-            "1 call/s in bursts of up to 1 call"
-        );
-        assert_eq!(
-            text(Quota::per_minute(nz(30))),
-            "30 calls/min in bursts of up to 30 calls"
-        );
-        assert_eq!(
-            text(Quota::per_hour(nz(2))),
-            "2 calls/h in bursts of up to 2 calls"
-        );
-        assert_eq!(
-            text(Quota::with_period(Duration::from_millis(1500)).unwrap()),
-            "40 calls/min in bursts of up to 1 call"
-        );
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R>
+    where
+        S: Service<R>,
+    {
+        Checking { check: Check, service: Option<S>, request: Option<R> },
+        Admitted { #[pin] future: S::Future },
+        Refused { status: Option<Status> },
+    }
+}
+
+impl<S: Service<R>, R> fmt::Debug for ResponseFuture<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Checking { .. } => "Checking",
+            State::Admitted { .. } => "Admitted",
+            State::Refused { .. } => "Refused",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, R, B> Future for ResponseFuture<S, R>
+where
+    S: Service<R, Response = http::Response<B>>,
+    B: Default,
+{
+    type Output = Result<http::Response<B>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Checking {
+                    check,
+                    service,
+                    request,
+                } => {
+                    let decided = std::task::ready!(check.as_mut().poll(cx));
+                    let next = match (decided, service.take(), request.take()) {
+                        (Ok(()), Some(mut service), Some(request)) => State::Admitted {
+                            future: service.call(request),
+                        },
+                        (Err(status), ..) => State::Refused {
+                            status: Some(status),
+                        },
+                        _ => State::Refused { status: None },
+                    };
+                    state.set(next);
+                }
+                StateProj::Admitted { future } => return future.poll(cx),
+                StateProj::Refused { status } => {
+                    let status = status.take().unwrap_or_else(|| {
+                        Status::internal("rate limit: response polled after completion")
+                    });
+                    // Trailers-only: HTTP 200, `grpc-status` and the pushback in headers.
+                    return Poll::Ready(Ok(status.into_http()));
+                }
+            }
+        }
     }
 }
