@@ -2,17 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use common::process::{MESH, spawn_serve};
 use tai_examples::proto::SubmitTaskRequest;
 use tai_examples::proto::scheduler_client::SchedulerClient;
 use tai_examples::server::MeshServer;
-
-const MESH: &str = env!("CARGO_BIN_EXE_mesh");
 
 fn mesh(args: &[&str]) -> std::process::Output {
     Command::new(MESH).args(args).output().expect("run mesh")
@@ -183,37 +181,6 @@ fn serve_on_an_address_in_use_says_so() {
         err.contains(&format!("address {addr} is already in use")),
         "{err}"
     );
-}
-
-struct Server(Child);
-
-/// `mesh serve --addr 127.0.0.1:0` with `extra`: the process, the address it
-/// says it serves on, and its further lines.
-fn spawn_serve(extra: &[&str]) -> (Server, String, std::io::Lines<BufReader<ChildStdout>>) {
-    let mut child = Server(
-        Command::new(MESH)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mesh serve"),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split(" on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-    (child, addr, lines)
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
 }
 
 /// `mesh serve` until Ctrl-C (SIGINT) or SIGTERM, then drain: a call in flight
