@@ -1,10 +1,10 @@
 //! The tour: what `mesh` does with no arguments.
 //!
 //! It starts the Governor, the Coordinator and three Scheduler replicas (one
-//! shared task store) on loopback ([`servers`]), runs a workload through the
-//! generated clients ([`workload`]), breaks things on a schedule ([`faults`]),
-//! shows it live ([`view`]), and at the end checks that resilience held
-//! ([`verdict`]) — exiting 0 only then.
+//! shared task store) on loopback (`servers`), runs a workload through the
+//! generated clients (`workload`), breaks things on a schedule (`faults`),
+//! shows it live (`view`), and at the end checks that resilience held
+//! (`verdict`) — exiting 0 only then.
 //!
 //! What keeps every call succeeding is the policy compiled into the clients
 //! from the .proto (retry on UNAVAILABLE with backoff, breakers that trip only
@@ -13,7 +13,7 @@
 //! retries harmless is the servers' deduplication. Each concern is a module so
 //! that [`run`] reads as the story it tells: start, load, break, watch, judge.
 //! `--fast` runs the same schedule compressed about seven times, for tests.
-//! Every connection is mTLS unless `--no-tls` ([`tls`]), and the schedule
+//! Every connection is mTLS unless `--no-tls` (`tls`), and the schedule
 //! rotates the servers' certificate midway.
 
 use std::fmt::Write as _;
