@@ -45,14 +45,10 @@ pub enum CallError {
         /// What is wrong, with the line and column.
         reason: String,
     },
-    /// The server cannot be reached.
-    #[error("cannot connect to {addr} within {timeout:?}: is `mesh serve` running there?")]
-    Unreachable {
-        /// The address.
-        addr: String,
-        /// How long it was tried.
-        timeout: Duration,
-    },
+    /// The server cannot be reached: why, and what to do
+    /// ([`probe`](crate::probe)).
+    #[error("{0}")]
+    Unreachable(String),
     /// The address is not valid.
     #[error("{0}")]
     Address(#[from] tai_runtime::ConnectError),
@@ -171,6 +167,8 @@ pub struct CallSpec {
     pub connect_timeout: Duration,
     /// The connection preset.
     pub config: tai_runtime::config::ClientConfig,
+    /// mTLS, or plaintext if `None`.
+    pub tls: Option<tai_runtime::tls::ClientTls>,
 }
 
 /// Makes the call and writes the reply (for a stream, each message) to `out` as JSON.
@@ -183,13 +181,11 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
     let method = find_method(&pool, &spec.service, &spec.method)?;
     let input = method.input();
     let output = method.output();
-    let channel = crate::client::channel(&spec.addr, spec.config.clone())?;
-    if !channel.ready(spec.connect_timeout).await {
-        return Err(CallError::Unreachable {
-            addr: spec.addr.clone(),
-            timeout: spec.connect_timeout,
-        });
-    }
+    let tls = spec.tls.as_ref();
+    let channel = crate::client::channel(&spec.addr, spec.config.clone(), tls)?;
+    crate::probe::ready(&channel, &spec.addr, tls, spec.connect_timeout)
+        .await
+        .map_err(CallError::Unreachable)?;
     let limit = spec.limit.unwrap_or(usize::MAX);
 
     macro_rules! unary {

@@ -6,6 +6,7 @@
 //! subcommand that needs them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,10 +42,14 @@ pub enum Command {
     Tour(TourArgs),
     /// Serve all three services, with grpc.health.v1 and server reflection, on
     /// one address until Ctrl-C; then drain in-flight calls and exit 0.
+    ///
+    /// Example (mTLS): mesh certs --out certs && mesh serve --tls-dir certs
     Serve(ServeArgs),
     /// Make one call through the generated client and print the reply as JSON.
     ///
     /// Example: mesh call governor ProposePolicy --json '{"requestId": "r1", "policy": {"id": "p1", "policyType": "security"}}'
+    ///
+    /// Over mTLS: mesh call governor GetPolicies --tls-dir certs
     Call(CallArgs),
     /// Write a development CA and certificates (ca.pem, server.pem, server.key,
     /// client.pem, client.key) for `serve --tls-dir` and `call --tls-dir`.
@@ -65,6 +70,24 @@ pub struct ClientOptions {
     /// Connection preset of the clients.
     #[arg(long, value_enum, default_value_t = Preset::Default)]
     pub preset: Preset,
+}
+
+/// mTLS from a directory of PEM files: of the commands that serve or call one
+/// server (the tour makes its own certificates).
+#[derive(Debug, Clone, Args)]
+pub struct TlsOptions {
+    /// Use mTLS with the PEM files in DIR: ca.pem (the CAs trusted), and
+    /// server.pem + server.key (serve) or client.pem + client.key (call), as
+    /// `mesh certs --out DIR` writes them or any issuer does (RSA or EC keys;
+    /// PKCS#8, PKCS#1 or SEC1). A server requires a client certificate signed by
+    /// a CA of ca.pem.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// How often the files of --tls-dir are checked for changes (a changed pair
+    /// serves new connections; a pair that does not load is refused and the
+    /// last good one kept), e.g. `10s`, `500ms`.
+    #[arg(long, value_name = "INTERVAL", default_value = "10s", value_parser = parse_duration, requires = "tls_dir")]
+    pub tls_reload: Duration,
 }
 
 /// The connection presets of tai-runtime.
@@ -108,6 +131,9 @@ pub struct ServerOptions {
     /// and draining from `mesh call`.
     #[arg(long, value_parser = parse_duration)]
     pub latency: Option<Duration>,
+    /// mTLS.
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 /// `mesh tour`.
@@ -123,6 +149,11 @@ pub struct TourArgs {
     /// Seed of the workload and of the retry jitter.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Run in plaintext. By default every connection is mTLS, with
+    /// certificates made at start in a temporary directory, and the server
+    /// certificate is rotated midway.
+    #[arg(long, alias = "plaintext")]
+    pub no_tls: bool,
     /// Client options.
     #[command(flatten)]
     pub client: ClientOptions,
@@ -170,6 +201,9 @@ pub struct CallArgs {
     /// Client options.
     #[command(flatten)]
     pub client: ClientOptions,
+    /// mTLS.
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 /// Parses `250ms`, `2s`, `1.5m`, ...
@@ -225,6 +259,7 @@ async fn run_tour(args: TourArgs) -> ExitCode {
         },
         config: args.client.preset.config(),
         seed: args.seed,
+        tls: !args.no_tls,
     };
     let mut out = std::io::stdout();
     match tour::run(options, &mut out).await {
@@ -239,6 +274,16 @@ async fn run_tour(args: TourArgs) -> ExitCode {
 
 async fn run_serve(args: ServeArgs) -> ExitCode {
     let options = args.server;
+    let tls = match &options.tls.tls_dir {
+        None => None,
+        Some(dir) => match server::server_tls(dir, options.tls.tls_reload) {
+            Ok(tls) => Some((dir, tls)),
+            Err(e) => {
+                eprintln!("mesh: cannot serve TLS from {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let listener = match server::bind(options.addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -253,12 +298,23 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     if let Some(latency) = options.latency {
         faults.set(FaultPlan::latency(latency));
     }
-    let server = MeshServer::all()
+    let mut server = MeshServer::all()
         .faults(faults)
         .drain_timeout(options.drain_timeout);
+    let security = match tls {
+        Some((dir, tls)) => {
+            server = server.tls(tls);
+            format!(
+                "mTLS from {} (client certificate required, files checked every {:?})",
+                dir.display(),
+                options.tls.tls_reload
+            )
+        }
+        None => "plaintext".to_owned(),
+    };
     let in_flight = server.in_flight();
     println!(
-        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection); Ctrl-C or SIGTERM stops"
+        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection), {security}; Ctrl-C or SIGTERM stops"
     );
     let shutdown = async move {
         tai_runtime::server::shutdown_signal().await;
@@ -288,6 +344,16 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run_call(args: CallArgs) -> ExitCode {
+    let tls = match &args.tls.tls_dir {
+        None => None,
+        Some(dir) => match crate::client::client_tls(dir, args.tls.tls_reload) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("mesh: cannot call with TLS from {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let spec = CallSpec {
         addr: args.addr,
         service: args.service,
@@ -296,6 +362,7 @@ async fn run_call(args: CallArgs) -> ExitCode {
         limit: args.limit,
         connect_timeout: args.connect_timeout,
         config: args.client.preset.config(),
+        tls,
     };
     let mut out = std::io::stdout();
     match call::run(&spec, &mut out).await {

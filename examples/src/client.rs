@@ -4,14 +4,17 @@
 //! from the .proto; what is chosen here is the connection: which preset, and for
 //! the replicated Scheduler, how replicas are balanced and when one is taken out
 //! of rotation. Per-replica state (ejected, not serving, failures) is read from
-//! the channel: [`tai_runtime::Channel::endpoint_stats`].
+//! the channel: [`tai_runtime::Channel::endpoint_stats`]. With a [`ClientTls`]
+//! (see [`client_tls`]) every connection is mTLS and addresses are `https://`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tai_runtime::Code;
 use tai_runtime::channel::Endpoints;
 use tai_runtime::config::{BalancerKind, ClientConfig, HealthCheckConfig, OutlierConfig};
 use tai_runtime::policy::CodeSet;
+use tai_runtime::tls::{ClientTls, TlsError};
 use tai_runtime::{Channel, ConnectError};
 
 use crate::proto::scheduler_client::SchedulerClient;
@@ -89,7 +92,25 @@ pub fn replicated_config(
     base
 }
 
-/// A channel to the Scheduler replicas at `addrs` (see [`replicated_config`]).
+/// The client's mTLS from the files of `dir` as `mesh certs` names them
+/// ([`files`](crate::certs::files): `ca.pem`, `client.pem`, `client.key`):
+/// servers must present a certificate signed by a CA of `ca.pem` for the host
+/// connected to; the files are polled for changes every `reload`.
+///
+/// # Errors
+///
+/// A [`TlsError`] naming the file that is missing or does not load.
+pub fn client_tls(dir: &Path, reload: Duration) -> Result<ClientTls, TlsError> {
+    use crate::certs::files;
+    ClientTls::builder()
+        .ca(dir.join(files::CA))
+        .certificate(dir.join(files::CLIENT_CERT), dir.join(files::CLIENT_KEY))
+        .reload_interval(reload)
+        .build()
+}
+
+/// A channel to the Scheduler replicas at `addrs` (see [`replicated_config`]),
+/// over `tls` if given.
 ///
 /// # Errors
 ///
@@ -98,31 +119,65 @@ pub fn scheduler_channel(
     addrs: &[String],
     base: ClientConfig,
     policy: ReplicaPolicy,
+    tls: Option<&ClientTls>,
 ) -> Result<Channel, ConnectError> {
     let config = replicated_config(base, crate::scheduler::SERVICE_NAME, addrs.len(), policy);
-    Channel::builder(Endpoints::list(addrs.iter().cloned()))
-        .config(config)
-        .build()
+    let tls_on = tls.is_some();
+    let endpoints = Endpoints::list(addrs.iter().map(|a| with_scheme(a, tls_on)));
+    build(endpoints, config, tls)
 }
 
 /// A Scheduler client over the replicas at `addrs`, with the default preset and
-/// [`ReplicaPolicy`].
+/// [`ReplicaPolicy`], in plaintext.
 ///
 /// # Errors
 ///
 /// If an address is not valid.
 pub fn scheduler_client(addrs: &[String]) -> Result<SchedulerClient, ConnectError> {
-    scheduler_channel(addrs, ClientConfig::default(), ReplicaPolicy::default())
-        .map(SchedulerClient::new)
+    scheduler_channel(
+        addrs,
+        ClientConfig::default(),
+        ReplicaPolicy::default(),
+        None,
+    )
+    .map(SchedulerClient::new)
 }
 
-/// A channel to one server, from a preset.
+/// A channel to one server, from a preset, over `tls` if given.
 ///
 /// # Errors
 ///
 /// If the address is not valid.
-pub fn channel(addr: &str, config: ClientConfig) -> Result<Channel, ConnectError> {
-    Channel::builder(Endpoints::one(addr))
-        .config(config)
-        .build()
+pub fn channel(
+    addr: &str,
+    config: ClientConfig,
+    tls: Option<&ClientTls>,
+) -> Result<Channel, ConnectError> {
+    build(
+        Endpoints::one(with_scheme(addr, tls.is_some())),
+        config,
+        tls,
+    )
+}
+
+fn build(
+    endpoints: Endpoints,
+    config: ClientConfig,
+    tls: Option<&ClientTls>,
+) -> Result<Channel, ConnectError> {
+    let builder = Channel::builder(endpoints).config(config);
+    match tls {
+        Some(tls) => builder.connector(tls.clone()).build(),
+        None => builder.build(),
+    }
+}
+
+/// `host:port` as `https://host:port` when calling over TLS; an address with a
+/// scheme as it is.
+fn with_scheme(addr: &str, tls: bool) -> String {
+    if tls && !addr.contains("://") {
+        format!("https://{addr}")
+    } else {
+        addr.to_owned()
+    }
 }

@@ -1,4 +1,4 @@
-//! What the three services share: the [`Ledger`] that applies every mutation at
+//! What the three services share: the `Ledger` that applies every mutation at
 //! most once per request_id, input checks with messages that say what to fix,
 //! receipts, health answers, timestamps, and the signal that ends open streams
 //! when a server shuts down.

@@ -12,7 +12,8 @@
 //!   and the dedup log that makes every mutation safe to retry.
 //! - [`server`]: one server for any of the services, with health, reflection and
 //!   a bounded graceful shutdown; [`fault`]: the layer that breaks it on purpose.
-//! - [`client`]: connecting the generated clients (three Scheduler replicas behind one).
+//! - [`client`]: connecting the generated clients (three Scheduler replicas behind one),
+//!   in plaintext or mTLS; [`probe`]: why a server cannot be reached.
 //! - [`tour`], [`call`], [`cli`]: the `mesh` program; [`certs`]: its development
 //!   certificates.
 
@@ -27,6 +28,7 @@ pub mod coordinator;
 pub mod fault;
 pub mod governor;
 pub mod metrics;
+pub mod probe;
 pub mod scheduler;
 pub mod server;
 pub mod storage;

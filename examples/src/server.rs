@@ -10,9 +10,11 @@
 //! not held up by streams that never finish).
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use tai_runtime::server::{InFlight, Server};
+use tai_runtime::tls::{ServerTls, TlsError};
 use tokio::net::TcpListener;
 
 use crate::common::Closing;
@@ -32,6 +34,24 @@ pub const DESCRIPTOR_SET: &[u8] = tai_runtime::include_descriptor_set!();
 /// The largest message a mesh server accepts or sends: the server's default,
 /// 4 MiB, as the client preset.
 pub const MAX_MESSAGE: usize = tai_runtime::server::DEFAULT_MAX_MESSAGE;
+
+/// The server's mTLS from the files of `dir` as `mesh certs` names them
+/// ([`files`](crate::certs::files): `ca.pem`, `server.pem`, `server.key`), any
+/// issuer's (RSA or EC keys, PKCS#8, PKCS#1 or SEC1): clients must present a
+/// certificate signed by a CA of `ca.pem`; the files are polled for changes every
+/// `reload`.
+///
+/// # Errors
+///
+/// A [`TlsError`] naming the file that is missing or does not load.
+pub fn server_tls(dir: &Path, reload: Duration) -> Result<ServerTls, TlsError> {
+    use crate::certs::files;
+    ServerTls::builder()
+        .ca(dir.join(files::CA))
+        .certificate(dir.join(files::SERVER_CERT), dir.join(files::SERVER_KEY))
+        .reload_interval(reload)
+        .build()
+}
 
 /// A server for some of the mesh services.
 ///
@@ -114,6 +134,12 @@ impl<H: TaskHandler> MeshServer<H> {
     /// Puts a fault layer in front of every service, the standard ones included.
     pub fn faults(mut self, faults: FaultInjector) -> Self {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Serves mTLS with `tls` (see [`server_tls`]) instead of plaintext.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.server = self.server.tls(tls);
         self
     }
 

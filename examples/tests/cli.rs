@@ -2,16 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use common::process::{MESH, spawn_serve};
 use tai_examples::proto::SubmitTaskRequest;
 use tai_examples::proto::scheduler_client::SchedulerClient;
 use tai_examples::server::MeshServer;
-
-const MESH: &str = env!("CARGO_BIN_EXE_mesh");
 
 fn mesh(args: &[&str]) -> std::process::Output {
     Command::new(MESH).args(args).output().expect("run mesh")
@@ -31,8 +30,12 @@ fn help_lists_the_commands_and_each_has_its_own() {
     }
     for (command, flag) in [
         ("tour", "--fast"),
+        ("tour", "--no-tls"),
         ("serve", "--drain-timeout"),
+        ("serve", "--tls-dir"),
+        ("serve", "--tls-reload"),
         ("call", "--json"),
+        ("call", "--tls-dir"),
     ] {
         let out = mesh(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
@@ -180,14 +183,6 @@ fn serve_on_an_address_in_use_says_so() {
     );
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 /// `mesh serve` until Ctrl-C (SIGINT) or SIGTERM, then drain: a call in flight
 /// when the signal comes is answered, and the process exits 0.
 #[tokio::test]
@@ -201,31 +196,7 @@ async fn serve_drains_an_in_flight_call_on_sigterm() {
 }
 
 async fn serve_drains_an_in_flight_call_on(signal: &str) {
-    let mut child = Server(
-        Command::new(MESH)
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--latency",
-                "3s",
-                "--drain-timeout",
-                "10s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mesh serve"),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split(" on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-
+    let (mut child, addr, lines) = spawn_serve(&["--latency", "3s", "--drain-timeout", "10s"]);
     let client = SchedulerClient::new(tai_runtime::Channel::to(addr).unwrap());
     let started = Instant::now();
     let submit = SubmitTaskRequest {
@@ -299,4 +270,92 @@ fn certs_writes_a_development_ca_and_key_pairs() {
     );
     assert_ne!(before, std::fs::read_to_string(dir.join("ca.pem")).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `mesh call governor GetPolicies` at `addr` with `extra`.
+fn get_policies(addr: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["call", "governor", "GetPolicies", "--addr", addr];
+    args.extend_from_slice(extra);
+    mesh(&args)
+}
+
+/// `serve --tls-dir` and `call --tls-dir` with the files of `mesh certs`: the
+/// call succeeds; without `--tls-dir` it fails at once, saying TLS is required
+/// (not after the connect timeout, and not as "unreachable").
+#[test]
+fn serve_and_call_with_tls_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().to_str().unwrap();
+    assert!(mesh(&["certs", "--out", certs]).status.success());
+    let (_server, addr, _) = spawn_serve(&["--tls-dir", certs, "--tls-reload", "1s"]);
+
+    let out = get_policies(&addr, &["--tls-dir", certs]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(reply["policies"], serde_json::json!([]));
+
+    let started = Instant::now();
+    let out = get_policies(&addr, &["--connect-timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the server at {addr} requires TLS: call it with --tls-dir DIR"
+        )),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a plaintext call to a TLS server fails at once, not at the connect timeout: {:?}",
+        started.elapsed()
+    );
+
+    // A server of another CA is refused by name.
+    let other = tempfile::tempdir().unwrap();
+    let other = other.path().to_str().unwrap();
+    assert!(mesh(&["certs", "--out", other]).status.success());
+    let out = get_policies(&addr, &["--tls-dir", other]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("presented a certificate not signed by a trusted CA"),
+        "{err}"
+    );
+}
+
+/// Any issuer's files serve, not only `mesh certs`': OpenSSL's, with an RSA key
+/// in PKCS#1 for the server and an EC key in SEC1 for the client.
+#[test]
+fn serve_tls_dir_takes_rsa_pkcs1_and_ec_sec1_files() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openssl");
+    let fixtures = fixtures.to_str().unwrap();
+    let (_server, addr, _) = spawn_serve(&["--tls-dir", fixtures]);
+    let out = get_policies(&addr, &["--tls-dir", fixtures]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A TLS call to a plaintext server says so.
+    let (_plain, plain_addr, _) = spawn_serve(&[]);
+    let out = get_policies(&plain_addr, &["--tls-dir", fixtures]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("the server at {plain_addr} does not speak TLS")),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_dir_without_its_files_names_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().to_str().unwrap();
+    let out = mesh(&["serve", "--addr", "127.0.0.1:0", "--tls-dir", empty]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("ca.pem: no such file"), "{err}");
+    let out = get_policies("127.0.0.1:1", &["--tls-dir", empty]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("ca.pem: no such file"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -1,14 +1,20 @@
 //! The tour, run by the built binary in fast mode: exit code 0 and an honest
-//! summary.
+//! summary; with mTLS (the default, the server certificate rotated midway) and
+//! in plaintext.
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+fn tour(extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["tour", "--fast", "--live", "lines"])
+        .args(extra)
+        .output()
+        .expect("run mesh tour")
+}
 
 #[test]
 fn the_fast_tour_passes_and_says_so() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["tour", "--fast", "--live", "lines"])
-        .output()
-        .expect("run mesh tour");
+    let out = tour(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -17,10 +23,14 @@ fn the_fast_tour_passes_and_says_so() {
         out.status
     );
     for expected in [
+        "security: mTLS on every connection",
         "metrics: http://127.0.0.1:",
         "replica-1 starts answering every call UNAVAILABLE",
         "replica-2 is stopped",
         "replica-3 starts answering 150ms late",
+        "the server certificate is rotated",
+        "ok   mTLS on every connection; the server certificate rotated without a failed call",
+        "1 reload(s) applied",
         "summary after",
         "Scheduler/SubmitTask",
         "idempotent calls succeeded",
@@ -35,4 +45,25 @@ fn the_fast_tour_passes_and_says_so() {
         );
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn the_fast_tour_passes_in_plaintext_too() {
+    let out = tour(&["--no-tls"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("security: plaintext (--no-tls)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("rotated"),
+        "no rotation in plaintext: {stdout}"
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
 }

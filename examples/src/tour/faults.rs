@@ -7,11 +7,14 @@
 //! | 22s – 30s | replica-3 answers 150ms late |
 //! | 4s – 30s | Governor and Coordinator lose the response of one first attempt in five, *after* applying it |
 //! | 16s | an action subscriber disconnects holding unacknowledged actions |
+//! | 18s | the servers' certificate is rotated (mTLS only) |
 //!
 //! Each fault aims at one mechanism: UNAVAILABLE at retries and outlier
 //! ejection, the stop at health watching and stream resumption, the latency at
 //! peak-EWMA balancing, lost responses at deduplication (a retry of a mutation
-//! that was applied), the vanished subscriber at redelivery. The faults overlap
+//! that was applied), the vanished subscriber at redelivery, the rotation at
+//! reloading certificates while serving (it comes while replica-2 is down, so
+//! that its restart handshakes with the new certificate). The faults overlap
 //! only where their mechanisms differ, so that a failure points at one. Times
 //! are seconds at normal speed; [`Clock`] compresses them for `--fast`.
 
@@ -37,6 +40,9 @@ pub(super) enum Step {
     LoseResponses(bool),
     /// An action subscriber vanishes holding unacknowledged actions.
     CrashSubscriber,
+    /// A new server pair from the same CA is renamed into place (skipped in
+    /// plaintext).
+    RotateServerCertificate,
     /// The workload stops; the schedule ends.
     StopWorkload,
 }
@@ -63,6 +69,12 @@ pub(super) const SCHEDULE: &[(f64, Step, &str)] = &[
         16.0,
         Step::CrashSubscriber,
         "action subscriber worker-a disconnects holding unacknowledged actions",
+    ),
+    (
+        18.0,
+        Step::RotateServerCertificate,
+        "the server certificate is rotated: a new pair from the same CA is renamed into place; \
+         servers reload it for new connections, open ones keep theirs",
     ),
     (20.0, Step::Start(1), "replica-2 is restarted"),
     (
@@ -106,6 +118,12 @@ impl Clock {
 }
 
 impl Step {
+    /// Whether the step means anything for `mesh` (a rotation does not in
+    /// plaintext).
+    pub(super) fn applies(self, mesh: &Mesh) -> bool {
+        !matches!(self, Step::RotateServerCertificate) || mesh.tls.is_some()
+    }
+
     /// Makes the change; a restart waits for the replica's stop to finish.
     pub(super) async fn apply(self, mesh: &mut Mesh, workload: &Workload) -> Result<(), TourError> {
         match self {
@@ -121,6 +139,12 @@ impl Step {
             Step::Start(i) => mesh.replicas[i].restart(&mesh.scheduler).await?,
             Step::LoseResponses(on) => mesh.lose_responses(on),
             Step::CrashSubscriber => workload.crash_subscriber(),
+            Step::RotateServerCertificate => {
+                let addr = mesh.governor_addr.to_string();
+                if let Some(tls) = &mut mesh.tls {
+                    tls.rotate(addr)?;
+                }
+            }
             Step::StopWorkload => workload.stop(),
         }
         Ok(())

@@ -1,10 +1,10 @@
 //! The tour: what `mesh` does with no arguments.
 //!
 //! It starts the Governor, the Coordinator and three Scheduler replicas (one
-//! shared task store) on loopback ([`servers`]), runs a workload through the
-//! generated clients ([`workload`]), breaks things on a schedule ([`faults`]),
-//! shows it live ([`view`]), and at the end checks that resilience held
-//! ([`verdict`]) — exiting 0 only then.
+//! shared task store) on loopback (`servers`), runs a workload through the
+//! generated clients (`workload`), breaks things on a schedule (`faults`),
+//! shows it live (`view`), and at the end checks that resilience held
+//! (`verdict`) — exiting 0 only then.
 //!
 //! What keeps every call succeeding is the policy compiled into the clients
 //! from the .proto (retry on UNAVAILABLE with backoff, breakers that trip only
@@ -13,6 +13,8 @@
 //! retries harmless is the servers' deduplication. Each concern is a module so
 //! that [`run`] reads as the story it tells: start, load, break, watch, judge.
 //! `--fast` runs the same schedule compressed about seven times, for tests.
+//! Every connection is mTLS unless `--no-tls` (`tls`), and the schedule
+//! rotates the servers' certificate midway.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -27,6 +29,7 @@ use crate::server::ServeError;
 mod faults;
 mod servers;
 mod stats;
+mod tls;
 mod verdict;
 mod view;
 mod workload;
@@ -62,6 +65,9 @@ pub struct TourOptions {
     pub config: ClientConfig,
     /// Seed of the workload's choices and of the clients' jitter.
     pub seed: u64,
+    /// mTLS on every connection (certificates made at start, the server's
+    /// rotated midway); plaintext if `false`.
+    pub tls: bool,
 }
 
 impl Default for TourOptions {
@@ -71,6 +77,7 @@ impl Default for TourOptions {
             live: Live::Auto,
             config: ClientConfig::default(),
             seed: 7,
+            tls: true,
         }
     }
 }
@@ -97,7 +104,10 @@ pub enum TourError {
     /// A client could not be built.
     #[error(transparent)]
     Connect(#[from] tai_runtime::ConnectError),
-    /// Output failed.
+    /// The certificates could not be made or loaded.
+    #[error("cannot set up the tour's mTLS: {0}")]
+    Tls(String),
+    /// Output (or writing the certificates) failed.
     #[error("cannot write the tour's output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -114,7 +124,8 @@ pub async fn run(
 ) -> Result<TourOutcome, TourError> {
     let started = Instant::now();
     let clock = Clock::new(options.fast);
-    let mesh = Mesh::start().await?;
+    let tls = options.tls.then(tls::TourTls::start).transpose()?;
+    let mesh = Mesh::start(tls).await?;
     let (metrics_url, metrics_task) = mesh.serve_metrics().await?;
     let stats = Arc::new(Stats::new());
     let clients = Clients::connect(&mesh, &options, &stats, clock.factor).await?;
@@ -132,6 +143,9 @@ pub async fn run(
         workload,
     };
     tour.play(clock, &mut view).await?;
+    if let Some(tls) = &mut tour.mesh.tls {
+        tls.settle().await?;
+    }
     tour.workload.finish(&tour.mesh).await;
     view.clear(&intro)?;
 
@@ -177,6 +191,9 @@ impl Tour {
             tokio::select! {
                 () = tokio::time::sleep_until(origin + clock.scaled(at)) => {
                     steps.next();
+                    if !step.applies(&self.mesh) {
+                        continue;
+                    }
                     view.event(at * clock.factor, what)?;
                     step.apply(&mut self.mesh, &self.workload).await?;
                     if matches!(step, Step::StopWorkload) {
@@ -193,9 +210,19 @@ impl Tour {
 /// The first lines: where everything is, and how long it will take.
 fn intro(mesh: &Mesh, metrics_url: &str, clock: Clock, fast: bool) -> String {
     let mut intro = String::new();
+    let security = match &mesh.tls {
+        Some(tls) => format!(
+            "mTLS on every connection (a development CA and pairs in {}, checked every {:?}; \
+             --no-tls for plaintext)",
+            tls.dir().display(),
+            tls::RELOAD
+        ),
+        None => "plaintext (--no-tls)".to_owned(),
+    };
     let _ = write!(
         intro,
         "tai mesh tour: Governor on {}, Coordinator on {}, Scheduler replicas on {}\n\
+         security: {security}\n\
          metrics: {metrics_url} (Prometheus text; scrape it while the tour runs)\n\
          schedule: {:.0}s{}\n",
         mesh.governor_addr,

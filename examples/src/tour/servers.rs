@@ -4,17 +4,21 @@
 //! The three replicas share one [`Scheduler`] (one task store), as replicas of
 //! a real service share a database, so stopping one loses no task. A stop runs
 //! off the schedule's loop ([`Replica::stop`]): a graceful shutdown drains for
-//! up to two seconds, and faults due meanwhile must still come on time.
+//! up to two seconds, and faults due meanwhile must still come on time. With
+//! the tour's mTLS ([`TourTls`]) every server, a restarted replica included,
+//! serves with the one shared [`ServerTls`].
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tai_runtime::tls::ServerTls;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::TourError;
+use super::tls::TourTls;
 use crate::coordinator::Coordinator;
 use crate::fault::{FaultInjector, FaultPlan};
 use crate::governor::Governor;
@@ -56,6 +60,8 @@ pub(super) struct Replica {
     stopping: Option<JoinHandle<()>>,
     /// The fault it is under, as the view shows it ("" for none).
     pub(super) fault: &'static str,
+    /// The TLS it serves, if any.
+    tls: Option<ServerTls>,
 }
 
 impl Replica {
@@ -93,7 +99,7 @@ impl Replica {
         let server = MeshServer::new()
             .scheduler(scheduler.clone())
             .faults(self.faults.clone());
-        self.running = Some(Running::spawn(server, listener));
+        self.running = Some(Running::spawn(secured(server, self.tls.as_ref()), listener));
         self.fault = "";
         Ok(())
     }
@@ -117,11 +123,14 @@ pub(super) struct Mesh {
     pub(super) governor_faults: FaultInjector,
     pub(super) coordinator_faults: FaultInjector,
     pub(super) replicas: Vec<Replica>,
+    /// The mTLS every server and client uses, if on.
+    pub(super) tls: Option<TourTls>,
 }
 
 impl Mesh {
-    /// Starts every server on a free loopback port.
-    pub(super) async fn start() -> Result<Self, TourError> {
+    /// Starts every server on a free loopback port, with `tls` if given.
+    pub(super) async fn start(tls: Option<TourTls>) -> Result<Self, TourError> {
+        let server_tls = tls.as_ref().map(|t| t.server.clone());
         let governor = Governor::new();
         let coordinator = Coordinator::new();
         let scheduler = Scheduler::default();
@@ -131,12 +140,14 @@ impl Mesh {
             MeshServer::new()
                 .governor(governor.clone())
                 .faults(governor_faults.clone()),
+            server_tls.as_ref(),
         )
         .await?;
         let (coordinator_addr, coordinator_server) = serve(
             MeshServer::new()
                 .coordinator(coordinator.clone())
                 .faults(coordinator_faults.clone()),
+            server_tls.as_ref(),
         )
         .await?;
         let mut replicas = Vec::new();
@@ -146,7 +157,7 @@ impl Mesh {
             let server = MeshServer::new()
                 .scheduler(scheduler.clone())
                 .faults(faults.clone());
-            let (addr, running) = serve(server).await?;
+            let (addr, running) = serve(server, server_tls.as_ref()).await?;
             replicas.push(Replica {
                 name,
                 addr,
@@ -154,6 +165,7 @@ impl Mesh {
                 running: Some(running),
                 stopping: None,
                 fault: "",
+                tls: server_tls.clone(),
             });
         }
         Ok(Self {
@@ -167,6 +179,7 @@ impl Mesh {
             governor_faults,
             coordinator_faults,
             replicas,
+            tls,
         })
     }
 
@@ -254,11 +267,22 @@ impl Mesh {
     }
 }
 
-/// Serves `server` on a free loopback port.
-async fn serve<H: TaskHandler>(server: MeshServer<H>) -> Result<(SocketAddr, Running), TourError> {
+/// Serves `server` on a free loopback port, with `tls` if given.
+async fn serve<H: TaskHandler>(
+    server: MeshServer<H>,
+    tls: Option<&ServerTls>,
+) -> Result<(SocketAddr, Running), TourError> {
     let listener = bind(localhost()).await?;
     let addr = listener.local_addr().map_err(TourError::Io)?;
-    Ok((addr, Running::spawn(server, listener)))
+    Ok((addr, Running::spawn(secured(server, tls), listener)))
+}
+
+/// `server` with `tls` if given.
+fn secured<H: TaskHandler>(server: MeshServer<H>, tls: Option<&ServerTls>) -> MeshServer<H> {
+    match tls {
+        Some(tls) => server.tls(tls.clone()),
+        None => server,
+    }
 }
 
 /// Binds `addr` again after a stop; the port may take a moment to be free.

@@ -7,7 +7,9 @@
 //! the servers' applied counts equal the workload's successes, with lost
 //! responses and answers from the dedup log reported beside); every action was
 //! acknowledged (redelivery survived the vanished subscriber); every task ended.
-//! The tour exits 0 only if all four pass.
+//! With mTLS a fifth: the rotated server certificate reached new handshakes
+//! (while the first check shows that no call failed for it). The tour exits 0
+//! only if all pass.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -114,6 +116,9 @@ impl Verdict {
                 seen(&stats.task_updates),
             ),
         ));
+        if let Some(tls) = &mesh.tls {
+            checks.push(rotation_check(tls));
+        }
         Self {
             checks,
             calls,
@@ -151,4 +156,44 @@ impl Verdict {
         );
         summary
     }
+}
+
+/// Whether the rotated certificate reached new handshakes, and the reloads.
+fn rotation_check(tls: &super::tls::TourTls) -> (bool, String) {
+    let reloads = tls.reloads();
+    let reloaded = format!(
+        "{} reload(s) applied, {} refused (a pair caught between its two renames)",
+        reloads.applied, reloads.rejected
+    );
+    match &tls.rotated {
+        Some(super::tls::Rotation {
+            before,
+            after: Some(after),
+            took,
+        }) => (
+            true,
+            format!(
+                "mTLS on every connection; the server certificate rotated without a failed call: \
+                 new handshakes present serial {}… (was {}…) {}ms after the rename; {reloaded}",
+                short(after),
+                short(before),
+                took.as_millis()
+            ),
+        ),
+        Some(rotation) => (
+            false,
+            format!(
+                "the rotated server certificate never reached a new handshake within {:?} \
+                 (still serial {}…); {reloaded}",
+                super::tls::ROTATION_BOUND,
+                short(&rotation.before)
+            ),
+        ),
+        None => (false, "the server certificate was never rotated".to_owned()),
+    }
+}
+
+/// The first 8 hex digits of a serial: enough to tell two apart.
+fn short(serial: &str) -> &str {
+    serial.get(..8).unwrap_or(serial)
 }

@@ -80,14 +80,16 @@ impl Clients {
         factor: f64,
     ) -> Result<Self, TourError> {
         let config = || options.config.clone();
+        let tls = mesh.tls.as_ref().map(|t| &t.client);
         let scheduler_channel = client::scheduler_channel(
             &mesh.replica_addrs(),
             config(),
             ReplicaPolicy::default().scaled(factor.max(0.25)),
+            tls,
         )?;
         scheduler_channel.reseed(options.seed);
-        let governor = client::channel(&mesh.governor_addr.to_string(), config())?;
-        let coordinator = client::channel(&mesh.coordinator_addr.to_string(), config())?;
+        let governor = client::channel(&mesh.governor_addr.to_string(), config(), tls)?;
+        let coordinator = client::channel(&mesh.coordinator_addr.to_string(), config(), tls)?;
         let clients = Clients {
             governor: GovernorClient::new(Counted::new(governor, stats)),
             coordinator: CoordinatorClient::new(Counted::new(coordinator, stats)),

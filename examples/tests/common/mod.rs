@@ -2,6 +2,8 @@
 //! generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""A gRPC C-core client (grpcio) calling `mesh serve --tls-dir` over mTLS.
+
+Used by examples/tests/interop.rs: tai's server must serve a client it did not
+write. The message classes are built at run time from the FileDescriptorSet
+tai-build wrote (no protoc, no generated Python), and the calls go through
+grpcio's generic `channel.unary_unary(path, ...)`.
+
+It proposes a policy, then lists the policies, and prints one JSON line:
+  {"ok": true, "receipt": {...}, "policies": [...]}                 exit 0
+  {"ok": false, "code": "UNAVAILABLE", "details": "..."}           exit 1
+"""
+
+import argparse
+import json
+import sys
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+
+SERVICE = "tai.v1.mesh.Governor"
+
+
+def message_classes(descriptor_set_path):
+    """The mesh's message classes, from the descriptor set's files."""
+    files = descriptor_pb2.FileDescriptorSet()
+    with open(descriptor_set_path, "rb") as f:
+        files.ParseFromString(f.read())
+    pool = descriptor_pool.DescriptorPool()
+    pending = {f.name: f for f in files.file}
+    added = set()
+
+    def add(name):
+        # Dependencies first: the pool refuses a file whose imports it lacks.
+        if name in added:
+            return
+        for dep in pending[name].dependency:
+            add(dep)
+        pool.Add(pending[name])
+        added.add(name)
+
+    for name in pending:
+        add(name)
+
+    def cls(name):
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+    return cls
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", required=True, help="host:port of mesh serve --tls-dir")
+    parser.add_argument("--descriptor-set", required=True)
+    parser.add_argument("--ca", required=True, help="the CA bundle (PEM) that signed the server")
+    parser.add_argument("--cert", help="the client's certificate chain (PEM)")
+    parser.add_argument("--key", help="the client's private key (PEM)")
+    parser.add_argument("--server-name", default="localhost")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args()
+
+    cls = message_classes(args.descriptor_set)
+    read = lambda path: open(path, "rb").read() if path else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca),
+        private_key=read(args.key),
+        certificate_chain=read(args.cert),
+    )
+    options = [("grpc.ssl_target_name_override", args.server_name)]
+
+    def unary(channel, method, request_type, response_type):
+        return channel.unary_unary(
+            f"/{SERVICE}/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=cls(response_type).FromString,
+        )
+
+    with grpc.secure_channel(args.addr, credentials, options=options) as channel:
+        propose = unary(channel, "ProposePolicy", "ProposePolicyRequest", "tai.v1.mesh.Receipt")
+        get = unary(channel, "GetPolicies", "GetPoliciesRequest", "tai.v1.mesh.GetPoliciesResponse")
+        request = cls("tai.v1.mesh.ProposePolicyRequest")()
+        json_format.ParseDict(
+            {"requestId": "grpcio-1", "policy": {"id": "from-grpcio", "policyType": "security"}},
+            request,
+        )
+        try:
+            receipt = propose(request, timeout=args.timeout)
+            policies = get(cls("tai.v1.mesh.GetPoliciesRequest")(), timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(json.dumps({"ok": False, "code": e.code().name, "details": e.details()}))
+            return 1
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "receipt": json_format.MessageToDict(receipt),
+                "policies": json_format.MessageToDict(policies).get("policies", []),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
