@@ -323,6 +323,35 @@ pub struct ResolvedAccess {
     pub roles: Vec<String>,
 }
 
+impl ResolvedAccess {
+    /// This rule as the Rust expression of its runtime counterpart,
+    /// `::tai_runtime::policy::AccessRule { .. }`: the one printer tai-build and
+    /// tai-macros share, so that generated tables read alike.
+    ///
+    /// ```
+    /// use tai_model::ResolvedAccess;
+    /// let rule = ResolvedAccess { required: true, scopes: vec!["a.write".into()], ..Default::default() };
+    /// assert_eq!(
+    ///     rule.rust_expr(),
+    ///     "::tai_runtime::policy::AccessRule { required: true, public: false, \
+    ///      scopes: &[\"a.write\"], roles: &[] }"
+    /// );
+    /// ```
+    pub fn rust_expr(&self) -> String {
+        let list = |names: &[String]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            format!("&[{}]", quoted.join(", "))
+        };
+        format!(
+            "::tai_runtime::policy::AccessRule {{ required: {}, public: {}, scopes: {}, roles: {} }}",
+            self.required,
+            self.public,
+            list(&self.scopes),
+            list(&self.roles)
+        )
+    }
+}
+
 /// The policy of one method after its levels are combined and defaults filled in.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ResolvedPolicy {

@@ -103,6 +103,7 @@ struct Families {
     server_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
     server_auth_refusals: Family<ReasonLabels, Counter>,
+    server_access_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,6 +158,7 @@ impl Metrics {
                 server_latency: Family::new_with_constructor(new_histogram),
                 tls_reloads: Family::default(),
                 server_auth_refusals: Family::default(),
+                server_access_refusals: Family::default(),
             }),
         };
         metrics.register(&mut crate::sync::lock(&metrics.families.own));
@@ -216,6 +218,11 @@ impl Metrics {
             "Server calls refused as UNAUTHENTICATED, by reason",
             m.server_auth_refusals.clone(),
         );
+        r.register(
+            "server_access_refusals",
+            "Server calls refused by the access rules, by reason",
+            m.server_access_refusals.clone(),
+        );
     }
 
     /// The Prometheus text exposition of this set's metrics (for a set made with
@@ -244,6 +251,16 @@ impl Metrics {
     pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
         self.families
             .server_auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
+    }
+
+    /// The refusal counter for one access-rule reason. Reasons are a closed enum
+    /// (`server::auth::AccessReason`), so the label set is bounded.
+    #[cfg(feature = "server")]
+    pub(crate) fn server_access_refusals(&self, reason: &'static str) -> Counter {
+        self.families
+            .server_access_refusals
             .get_or_create(&ReasonLabels { reason })
             .clone()
     }
