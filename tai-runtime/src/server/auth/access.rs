@@ -104,7 +104,11 @@ impl fmt::Display for AccessReason {
     }
 }
 
-/// Enforces access rules by request path; see the [module docs](self).
+/// Enforces access rules by request path: UNAUTHENTICATED when the rule needs
+/// an identity and the call has none, PERMISSION_DENIED naming the missing
+/// scopes and roles, the [`DefaultAccess`] for a method without a rule; health
+/// and reflection public; each refusal logged at `info` and counted in
+/// `tai_server_access_refusals{reason}` ([`AccessReason`]).
 ///
 /// Usually made by [`Server::add_service_with_rules`](crate::server::Server::add_service_with_rules);
 /// on a tonic server, put it inside [`AuthLayer`](super::AuthLayer) (add it
@@ -349,10 +353,11 @@ mod tests {
     };
 
     fn identity(scopes: &[&str], roles: &[&str]) -> Identity {
-        let mut identity = Identity::default();
-        identity.scopes = scopes.iter().map(|s| s.to_string()).collect();
-        identity.roles = roles.iter().map(|s| s.to_string()).collect();
-        identity
+        Identity {
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            ..Identity::default()
+        }
     }
 
     #[test]
