@@ -377,7 +377,8 @@ impl Builder {
         if server.is_some() || self.build_client {
             config.service_generator(Box::new(TaiServiceGenerator {
                 server,
-                clients: self.build_client.then_some(policies),
+                clients: self.build_client,
+                policies,
             }));
         }
         // prost needs every file, imports included, to know the messages fields refer

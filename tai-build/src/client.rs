@@ -227,6 +227,12 @@ mod tests {
                     token_ratio: g.opt(|g| 0.1 * (1 + g.pick(5)) as f64),
                 }),
                 balancer: self.opt(|g| tai_model::Balancer::ALL[g.pick(4) as usize]),
+                auth: self.toggle(|g| tai_model::AuthSpec {
+                    required: g.opt(|g| g.pick(2) == 0),
+                    public: g.opt(|g| g.pick(2) == 0),
+                    scopes: g.opt(|g| vec![format!("s{}", g.pick(3))]),
+                    roles: g.opt(|g| vec![format!("r{}", g.pick(3))]),
+                }),
             }
         }
     }

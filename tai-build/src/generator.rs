@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use proc_macro2::{Group, Spacing, TokenStream, TokenTree};
 
 use crate::check::ServicePolicy;
-use crate::client;
+use crate::{access, client};
 
 /// Where generated code finds the crates it needs: all through `tai-runtime`, so a
 /// user crate depends on `tai-runtime` only.
@@ -37,23 +37,27 @@ pub(crate) fn allow_proto_shaped_lints() -> syn::Attribute {
 }
 
 /// Generates, for each service: the client module (if `clients` is set) and tonic's
-/// server module (if `server` is set).
+/// server module (if `server` is set) with the service's access rules in it.
 pub(crate) struct TaiServiceGenerator {
     pub(crate) server: Option<Box<dyn prost_build::ServiceGenerator>>,
-    /// The policy levels of each service, by full name; `None` when clients are off.
-    pub(crate) clients: Option<HashMap<String, ServicePolicy>>,
+    /// Whether to write client modules.
+    pub(crate) clients: bool,
+    /// The policy levels of each service, by full name.
+    pub(crate) policies: HashMap<String, ServicePolicy>,
 }
 
 impl prost_build::ServiceGenerator for TaiServiceGenerator {
     fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
-        if let Some(clients) = &self.clients {
-            let policy = clients
-                .get(&client::full_name(&service))
-                .cloned()
-                .unwrap_or_default();
+        let policy = self
+            .policies
+            .get(&client::full_name(&service))
+            .cloned()
+            .unwrap_or_default();
+        if self.clients {
             buf.push_str(&client::client_module(&service, &policy));
         }
         if let Some(server) = &mut self.server {
+            let access_rules = access::access_rules(&service, &policy);
             let mut server_code = String::new();
             server.generate(service, &mut server_code);
             match syn::parse_file(&server_code) {
@@ -61,6 +65,9 @@ impl prost_build::ServiceGenerator for TaiServiceGenerator {
                     for item in &mut file.items {
                         if let syn::Item::Mod(module) = item {
                             module.attrs.push(allow_proto_shaped_lints());
+                            if let Some((_, items)) = &mut module.content {
+                                items.push(access_rules.clone());
+                            }
                         }
                     }
                     let tokens = rewrite_crate_paths(quote::ToTokens::into_token_stream(file));

@@ -148,6 +148,7 @@
 // The examples are build scripts: their `fn main` is the point.
 #![allow(clippy::needless_doctest_main)]
 
+mod access;
 mod builder;
 mod check;
 mod client;

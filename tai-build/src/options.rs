@@ -189,6 +189,18 @@ impl Reader<'_> {
         (!codes.is_empty()).then_some(codes)
     }
 
+    /// A list of scope or role names, kept as written (the model checks each one).
+    /// An empty list is "not set", as for codes.
+    fn names(&self, name: &str) -> Option<Vec<String>> {
+        let list = self.value(name)?;
+        let names: Vec<String> = list
+            .as_list()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        (!names.is_empty()).then_some(names)
+    }
+
     /// A balancer name.
     fn balancer(&mut self, name: &str) -> Option<Balancer> {
         let text = self.string(name)?;
@@ -253,6 +265,7 @@ impl Reader<'_> {
                 ValueKind::Number => self.f64(name).map(Value::Number),
                 ValueKind::Codes => self.codes(name).map(Value::Codes),
                 ValueKind::Balancer => self.balancer(name).map(Value::Balancer),
+                ValueKind::Names => self.names(name).map(Value::Names),
                 ValueKind::Rule { proto_off, .. } => {
                     if self.bool(proto_off) == Some(true) {
                         rules_off.push(def);

@@ -560,6 +560,42 @@ fn balancer_unknown_or_on_a_method() {
     );
 }
 
+#[test]
+fn invalid_access_rules_name_the_proto_line() {
+    let f = one("service Svc {
+  option (tai.v1.service).auth = { scopes: [\"policies.read\", \"\"] };
+  rpc Get(M) returns (M) {
+    option (tai.v1.method).auth = { public: true, scopes: [\"policies.write\"] };
+  }
+  rpc Put(M) returns (M) {
+    option (tai.v1.method).auth = { required: false, roles: [\"has space\"] };
+  }
+}
+");
+    let problems = policy_problems(&f);
+    let path = f.path("svc.proto");
+    assert_eq!(
+        problems,
+        vec![
+            format!(
+                "{path}:7: demo.Svc: option (tai.v1.service).auth.scopes: `` is empty: name a scope or role, or leave it out"
+            ),
+            format!(
+                "{path}:9: demo.Svc/Get: option (tai.v1.method).auth.scopes: cannot be combined \
+                 with `public`: a public method takes calls without an identity; remove `public` or this"
+            ),
+            format!(
+                "{path}:12: demo.Svc/Put: option (tai.v1.method).auth.roles: `has space` may hold \
+                 only visible ASCII characters other than `\"` and `\\` (no spaces)"
+            ),
+            format!(
+                "{path}:12: demo.Svc/Put: option (tai.v1.method).auth.roles: needs an identity to \
+                 check, but the rule says `required = false`; remove one of them"
+            ),
+        ]
+    );
+}
+
 /// A retry policy for the service config with `attempts` and `codes`.
 fn json_retry(attempts: u32, codes: &str) -> String {
     format!(

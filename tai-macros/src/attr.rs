@@ -309,6 +309,11 @@ impl Parser<'_> {
                 let (b, span) = values::balancer(input)?;
                 (Value::Balancer(b), span)
             }
+            ValueKind::Names => {
+                values::eq(input, key, "`= [\"policies.write\"]`")?;
+                let (names, span) = values::names(input, key, def.field, self.ctxt)?;
+                (Value::Names(names), span)
+            }
             ValueKind::Policy { shorthand } => {
                 let form = values::form(input, key, shorthand.is_some())?;
                 self.policy(def, key.span(), shorthand, form);

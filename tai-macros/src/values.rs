@@ -10,7 +10,7 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::parse::ParseStream;
 use syn::{Ident, LitFloat, LitInt, LitStr, Token, bracketed, parenthesized};
-use tai_model::{Balancer, Code, Field, parse_duration};
+use tai_model::{Balancer, Code, Field, check_access_name, parse_duration};
 
 use crate::ctxt::Ctxt;
 
@@ -153,6 +153,49 @@ pub(crate) fn codes(
         }
     }
     Ok((codes, brackets.span.join()))
+}
+
+/// A bracketed list of scope or role names: `["policies.write", "admin"]`. Every
+/// malformed name is reported at its own string and left out.
+pub(crate) fn names(
+    input: ParseStream<'_>,
+    key: &Ident,
+    field: Field,
+    ctxt: &mut Ctxt,
+) -> syn::Result<(Vec<String>, Span)> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "`{key}` takes a list of strings in brackets, e.g. `{key} = [\"policies.write\"]`"
+        )));
+    }
+    let content;
+    let brackets = bracketed!(content in input);
+    let mut names: Vec<String> = Vec::new();
+    while !content.is_empty() {
+        if content.peek(LitStr) {
+            let lit: LitStr = content.parse()?;
+            let name = lit.value();
+            match check_access_name(&name) {
+                Ok(()) if !names.contains(&name) => names.push(name),
+                Ok(()) => {}
+                Err(why) => ctxt.error(syn::Error::new(
+                    lit.span(),
+                    format!("{}: `{name}` {why}", field.attr_path()),
+                )),
+            }
+        } else {
+            let token: TokenTree = content.parse()?;
+            ctxt.error(syn::Error::new(
+                token.span(),
+                format!("`{key}` takes names as strings, e.g. `{key} = [\"{token}\"]`"),
+            ));
+            skip_entry(&content);
+        }
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+        }
+    }
+    Ok((names, brackets.span.join()))
 }
 
 /// How a sub-policy key (`retry`, `hedging`, `breaker`, `throttle`) was written.

@@ -17,7 +17,9 @@
 
 use std::time::Duration;
 
-use crate::spec::{BreakerSpec, HedgingSpec, RateRuleSpec, RetrySpec, ThrottleSpec, Toggle};
+use crate::spec::{
+    AuthSpec, BreakerSpec, HedgingSpec, RateRuleSpec, RetrySpec, ThrottleSpec, Toggle,
+};
 use crate::{Balancer, Code, PolicySpec, format_duration};
 
 /// A policy field, named the same way in both front ends' messages. The variants are
@@ -51,6 +53,11 @@ pub enum Field {
     ThrottleMaxTokens,
     ThrottleTokenRatio,
     Balancer,
+    Auth,
+    AuthRequired,
+    AuthPublic,
+    AuthScopes,
+    AuthRoles,
 }
 
 /// What a field's value is, which decides how each front end reads and writes it.
@@ -70,6 +77,9 @@ pub enum ValueKind {
     Codes,
     /// A balancer name: `"least_loaded"`. Proto: `string`.
     Balancer,
+    /// Names of scopes or roles: `["policies.write"]`, each checked by
+    /// [`check_access_name`](crate::check_access_name). Proto: `repeated string`.
+    Names,
     /// A sub-policy holding the rows whose parent it is: `key(..)`, `key = default`,
     /// `key = none`, and `key = N` setting the `shorthand` row. Proto: a message, with
     /// `disabled: true` for `none`.
@@ -103,6 +113,8 @@ pub enum Value {
     Codes(Vec<Code>),
     /// A [`ValueKind::Balancer`].
     Balancer(Balancer),
+    /// A [`ValueKind::Names`].
+    Names(Vec<String>),
     /// A [`ValueKind::Policy`] turned on; its fields are rows of their own.
     On,
     /// `none`: a policy, a rule or a timeout turned off.
@@ -206,7 +218,8 @@ macro_rules! leaf {
     )*};
 }
 
-leaf!(bool => Flag, Duration => Duration, u32 => Count, f64 => Number, Vec<Code> => Codes, Balancer => Balancer);
+leaf!(bool => Flag, Duration => Duration, u32 => Count, f64 => Number, Vec<Code> => Codes, Balancer => Balancer,
+    Vec<String> => Names);
 
 /// Reads a leaf slot.
 fn get<T: Leaf>(slot: Option<&Option<T>>) -> Option<Value> {
@@ -249,6 +262,12 @@ fn throttle(s: &PolicySpec) -> Option<&ThrottleSpec> {
 }
 fn throttle_mut(s: &mut PolicySpec) -> Option<&mut ThrottleSpec> {
     on_mut(&mut s.throttle)
+}
+fn auth(s: &PolicySpec) -> Option<&AuthSpec> {
+    on(&s.auth)
+}
+fn auth_mut(s: &mut PolicySpec) -> Option<&mut AuthSpec> {
+    on_mut(&mut s.auth)
 }
 
 use Field as F;
@@ -407,6 +426,20 @@ pub const FIELDS: &[FieldDef] = &[
     row!(Balancer, None, "balancer", "balancer", K::Balancer, "\"round_robin\"",
         "The client's default load balancer: service or file only.",
         |s| Some(&s.balancer), |s| Some(&mut s.balancer)),
+    policy!(Auth, auth, None,
+        "Who may call, checked by the server; `none` leaves the method to the server's default."),
+    row!(AuthRequired, Some(F::Auth), "required", "required", K::Flag, "true",
+        "A caller must present an identity (implied by scopes and roles).",
+        |s| auth(s).map(|a| &a.required), |s| auth_mut(s).map(|a| &mut a.required)),
+    row!(AuthPublic, Some(F::Auth), "public", "public", K::Flag, "false",
+        "Anyone may call, without an identity; replaces an inherited rule, excludes the others.",
+        |s| auth(s).map(|a| &a.public), |s| auth_mut(s).map(|a| &mut a.public)),
+    row!(AuthScopes, Some(F::Auth), "scopes", "scopes", K::Names, "[]",
+        "Scopes the caller's token must all hold: `[\"policies.write\"]`.",
+        |s| auth(s).map(|a| &a.scopes), |s| auth_mut(s).map(|a| &mut a.scopes)),
+    row!(AuthRoles, Some(F::Auth), "roles", "roles", K::Names, "[]",
+        "Roles the caller's token must all hold.",
+        |s| auth(s).map(|a| &a.roles), |s| auth_mut(s).map(|a| &mut a.roles)),
 ];
 
 impl Field {
@@ -474,6 +507,10 @@ fn entry(def: &FieldDef, spec: &PolicySpec) -> Option<String> {
             format!("{key} = [{}]", names.join(", "))
         }
         Value::Balancer(b) => format!("{key} = \"{}\"", b.name()),
+        Value::Names(names) => {
+            let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            format!("{key} = [{}]", quoted.join(", "))
+        }
         Value::Off => format!("{key} = none"),
         Value::On => {
             let fields: Vec<String> = Field::children(Some(def.field))
@@ -513,6 +550,7 @@ mod tests {
             }
         }
         assert_eq!(Field::Balancer.def().field, Field::Balancer);
+        assert_eq!(Field::AuthRoles.def().field, Field::AuthRoles);
     }
 
     #[test]
@@ -539,6 +577,7 @@ mod tests {
         );
         assert_eq!(Field::Balancer.attr_path(), "balancer");
         assert_eq!(Field::BreakerWindow.proto_path(), "breaker.window");
+        assert_eq!(Field::AuthScopes.attr_path(), "auth(scopes)");
     }
 
     #[test]
@@ -577,5 +616,21 @@ mod tests {
             "idempotent, timeout = none, retry(max_attempts = 4, multiplier = 2.0, \
              codes = [UNAVAILABLE]), hedging = none, throttle = default, balancer = \"random\""
         );
+    }
+
+    #[test]
+    fn prints_access_rules() {
+        let mut spec = PolicySpec::default();
+        (Field::AuthScopes.def().set)(
+            &mut spec,
+            Value::Names(vec!["policies.write".into(), "admin".into()]),
+        );
+        assert_eq!(
+            attribute_args(&spec),
+            ["auth(scopes = [\"policies.write\", \"admin\"])".to_owned()]
+        );
+        let mut spec = PolicySpec::default();
+        (Field::AuthPublic.def().set)(&mut spec, Value::Flag(true));
+        assert_eq!(attribute_args(&spec), ["auth(public)".to_owned()]);
     }
 }

@@ -36,8 +36,8 @@ pub use service_config::{
     ConfigProblem, MethodConfig, MethodName, ServiceConfig, json_path, parse_json_duration,
 };
 pub use spec::{
-    Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
-    ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule, ResolvedRetry,
-    ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
+    AuthSpec, Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
+    ResolvedAccess, ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule,
+    ResolvedRetry, ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
 };
-pub use validate::{MAX_ATTEMPTS_CAP, check_level, validate};
+pub use validate::{MAX_ATTEMPTS_CAP, check_access_name, check_level, validate};

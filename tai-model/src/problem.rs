@@ -96,6 +96,17 @@ pub enum ProblemKind {
     },
     /// Hedging a method that is not idempotent.
     UnsafeHedging,
+    /// A scope or role name that is empty or holds characters a token cannot carry.
+    BadName {
+        /// The name written.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `public` beside a rule that asks for an identity.
+    PublicWithRule,
+    /// Scopes or roles on a rule that says `required = false`.
+    NamesWithoutIdentity,
 }
 
 impl fmt::Display for ProblemKind {
@@ -140,6 +151,21 @@ impl fmt::Display for ProblemKind {
                     names.join(", ")
                 )
             }
+            ProblemKind::BadName { value, why } => {
+                write!(f, "`{value}` {why}")?;
+                if value.is_empty() {
+                    f.write_str(": name a scope or role, or leave it out")?;
+                }
+                Ok(())
+            }
+            ProblemKind::PublicWithRule => f.write_str(
+                "cannot be combined with `public`: a public method takes calls without an \
+                 identity; remove `public` or this",
+            ),
+            ProblemKind::NamesWithoutIdentity => f.write_str(
+                "needs an identity to check, but the rule says `required = false`; remove \
+                 one of them",
+            ),
             ProblemKind::UnsafeHedging => f.write_str(
                 "sends the same call more than once by design, so the method must be \
                  marked idempotent",

@@ -834,6 +834,14 @@ impl Reader {
                 }
                 b.map(Value::Balancer)
             }
+            ValueKind::Names => {
+                self.fail(path, SERVER_ONLY);
+                None
+            }
+            ValueKind::Policy { .. } if def.field == Field::Auth => {
+                self.fail(path, SERVER_ONLY);
+                None
+            }
             ValueKind::Policy { .. } => {
                 let object = self.object(path, value)?;
                 if object.get(DISABLED) == Some(&Json::Bool(true)) {
@@ -860,6 +868,10 @@ impl Reader {
         }
     }
 }
+
+/// Why a service config cannot hold access rules.
+const SERVER_ONLY: &str = "access rules are checked by the server: declare them in the .proto \
+                           file or the #[resilient] attribute, not in a client's service config";
 
 /// The value gRPC gives an absent optional field of a policy object.
 fn zero(kind: ValueKind) -> Option<Value> {

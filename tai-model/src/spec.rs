@@ -76,6 +76,30 @@ pub struct ThrottleSpec {
     pub token_ratio: Option<f64>,
 }
 
+/// Access-rule fields as written: who may call a method, checked by the server.
+///
+/// `public` opens the method to anyone and excludes the others; otherwise a caller
+/// needs an identity (`required`, true unless written `false`) holding every scope
+/// and every role listed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthSpec {
+    /// A caller must present an identity.
+    pub required: Option<bool>,
+    /// Anyone may call, with or without an identity.
+    pub public: Option<bool>,
+    /// Scopes the caller's identity must all hold, e.g. `policies.write`.
+    pub scopes: Option<Vec<String>>,
+    /// Roles the caller's identity must all hold.
+    pub roles: Option<Vec<String>>,
+}
+
+impl AuthSpec {
+    /// Whether this level writes a rule that needs an identity (as opposed to `public`).
+    fn asks_identity(&self) -> bool {
+        self.required.is_some() || self.scopes.is_some() || self.roles.is_some()
+    }
+}
+
 /// Everything one level says. All fields optional: `None` inherits.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicySpec {
@@ -95,6 +119,9 @@ pub struct PolicySpec {
     pub throttle: Option<Toggle<ThrottleSpec>>,
     /// How the client picks an endpoint (service or file level only).
     pub balancer: Option<Balancer>,
+    /// Who may call, checked by the server; `Toggle::Off` leaves the method to the
+    /// server's default.
+    pub auth: Option<Toggle<AuthSpec>>,
 }
 
 /// How a client spreads calls over endpoints: the generated client's default, and
@@ -283,6 +310,48 @@ pub struct ResolvedThrottle {
     pub token_ratio: f64,
 }
 
+/// A resolved access rule: what the server checks before a call reaches its handler.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ResolvedAccess {
+    /// Anyone may call, with or without an identity.
+    pub public: bool,
+    /// A caller must present an identity (always true when scopes or roles are listed).
+    pub required: bool,
+    /// Scopes the caller must all hold.
+    pub scopes: Vec<String>,
+    /// Roles the caller must all hold.
+    pub roles: Vec<String>,
+}
+
+impl ResolvedAccess {
+    /// This rule as the Rust expression of its runtime counterpart,
+    /// `::tai_runtime::policy::AccessRule { .. }`: the one printer tai-build and
+    /// tai-macros share, so that generated tables read alike.
+    ///
+    /// ```
+    /// use tai_model::ResolvedAccess;
+    /// let rule = ResolvedAccess { required: true, scopes: vec!["a.write".into()], ..Default::default() };
+    /// assert_eq!(
+    ///     rule.rust_expr(),
+    ///     "::tai_runtime::policy::AccessRule { required: true, public: false, \
+    ///      scopes: &[\"a.write\"], roles: &[] }"
+    /// );
+    /// ```
+    pub fn rust_expr(&self) -> String {
+        let list = |names: &[String]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            format!("&[{}]", quoted.join(", "))
+        };
+        format!(
+            "::tai_runtime::policy::AccessRule {{ required: {}, public: {}, scopes: {}, roles: {} }}",
+            self.required,
+            self.public,
+            list(&self.scopes),
+            list(&self.roles)
+        )
+    }
+}
+
 /// The policy of one method after its levels are combined and defaults filled in.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ResolvedPolicy {
@@ -302,6 +371,8 @@ pub struct ResolvedPolicy {
     pub throttle: Option<ResolvedThrottle>,
     /// The client's default balancer, if the policy names one.
     pub balancer: Option<Balancer>,
+    /// The access rule, if the policy writes one.
+    pub auth: Option<ResolvedAccess>,
 }
 
 /// A level's retry and hedging as it means them: turning one on turns the other
@@ -380,6 +451,46 @@ pub fn merge(outer: &PolicySpec, inner: &PolicySpec) -> PolicySpec {
             }
         }),
         balancer: inner.balancer.or(outer.balancer),
+        auth: toggle(outer.auth.clone(), inner.auth.clone(), merge_auth),
+    }
+}
+
+/// An inner access rule over an outer one: `public` at the inner level replaces
+/// the outer rule whole (a public method in a service that requires a scope), and
+/// a rule that asks for an identity drops an inherited `public`; otherwise fields
+/// override one by one.
+fn merge_auth(a: &AuthSpec, b: &AuthSpec) -> AuthSpec {
+    if b.public == Some(true) {
+        return b.clone();
+    }
+    let public = if b.asks_identity() {
+        b.public
+    } else {
+        b.public.or(a.public)
+    };
+    AuthSpec {
+        required: b.required.or(a.required),
+        public,
+        scopes: b.scopes.clone().or_else(|| a.scopes.clone()),
+        roles: b.roles.clone().or_else(|| a.roles.clone()),
+    }
+}
+
+/// The rule an access spec means, with its defaults filled in.
+fn access(a: AuthSpec) -> ResolvedAccess {
+    if a.public == Some(true) {
+        return ResolvedAccess {
+            public: true,
+            ..ResolvedAccess::default()
+        };
+    }
+    let scopes = a.scopes.unwrap_or_default();
+    let roles = a.roles.unwrap_or_default();
+    ResolvedAccess {
+        public: false,
+        required: a.required.unwrap_or(true) || !scopes.is_empty() || !roles.is_empty(),
+        scopes,
+        roles,
     }
 }
 
@@ -436,6 +547,7 @@ pub fn resolve(levels: &[&PolicySpec]) -> ResolvedPolicy {
             token_ratio: t.token_ratio.unwrap_or(Defaults::THROTTLE_TOKEN_RATIO),
         }),
         balancer: s.balancer,
+        auth: on(s.auth).map(access),
     }
 }
 
@@ -526,6 +638,48 @@ mod tests {
             p.hedging.unwrap().max_attempts,
             Defaults::HEDGING_MAX_ATTEMPTS
         );
+    }
+
+    fn auth(required: Option<bool>, public: Option<bool>, scopes: &[&str]) -> PolicySpec {
+        PolicySpec {
+            auth: Some(Toggle::On(AuthSpec {
+                required,
+                public,
+                scopes: (!scopes.is_empty())
+                    .then(|| scopes.iter().map(|s| s.to_string()).collect()),
+                roles: None,
+            })),
+            ..PolicySpec::default()
+        }
+    }
+
+    #[test]
+    fn access_rules_resolve_by_level() {
+        let service = auth(Some(true), None, &["policies.read"]);
+        // A method adding a scope keeps the service's requirement.
+        let write = auth(None, None, &["policies.write"]);
+        let p = resolve(&[&service, &write]).auth.unwrap();
+        assert!(p.required && !p.public);
+        assert_eq!(p.scopes, ["policies.write"]);
+        // `public` on a method replaces the service's rule whole.
+        let open = auth(None, Some(true), &[]);
+        let p = resolve(&[&service, &open]).auth.unwrap();
+        assert!(p.public && !p.required && p.scopes.is_empty());
+        // A method asking for an identity under a public service is not public.
+        let p = resolve(&[&open, &write]).auth.unwrap();
+        assert!(p.required && !p.public);
+        // `auth = default` requires an identity; `auth = none` leaves no rule.
+        let default = PolicySpec {
+            auth: Some(Toggle::On(AuthSpec::default())),
+            ..PolicySpec::default()
+        };
+        assert!(resolve(&[&default]).auth.unwrap().required);
+        let none = PolicySpec {
+            auth: Some(Toggle::Off),
+            ..PolicySpec::default()
+        };
+        assert_eq!(resolve(&[&service, &none]).auth, None);
+        assert_eq!(resolve(&[&PolicySpec::default()]).auth, None);
     }
 
     #[test]

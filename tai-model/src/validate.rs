@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::spec::{BreakerSpec, HedgingSpec, RetrySpec, Toggle};
+use crate::spec::{AuthSpec, BreakerSpec, HedgingSpec, RetrySpec, Toggle};
 use crate::{Code, Field, MethodKind, PolicySpec, Problem, ProblemKind, ResolvedPolicy, resolve};
 
 /// Codes whose presence proves the server did not run the call, so that even a
@@ -100,6 +100,9 @@ impl Check {
                 },
             );
         }
+        if let Some(Toggle::On(a)) = &level.auth {
+            self.auth(i, a);
+        }
         if let Some(Toggle::On(t)) = &level.throttle {
             if is_method {
                 self.fail(
@@ -130,12 +133,85 @@ impl Check {
         }
     }
 
+    /// An access rule on its own: names well formed, `public` alone, no scope or
+    /// role on a rule that does not require an identity.
+    fn auth(&mut self, i: usize, auth: &AuthSpec) {
+        for (field, names) in [
+            (Field::AuthScopes, &auth.scopes),
+            (Field::AuthRoles, &auth.roles),
+        ] {
+            for name in names.iter().flatten() {
+                if let Err(why) = check_access_name(name) {
+                    self.fail(
+                        field,
+                        i,
+                        ProblemKind::BadName {
+                            value: name.clone(),
+                            why,
+                        },
+                    );
+                }
+            }
+        }
+        let listed = |n: &Option<Vec<String>>| n.as_ref().is_some_and(|n| !n.is_empty());
+        if auth.public == Some(true) {
+            for (field, set) in [
+                (Field::AuthRequired, auth.required == Some(true)),
+                (Field::AuthScopes, listed(&auth.scopes)),
+                (Field::AuthRoles, listed(&auth.roles)),
+            ] {
+                if set {
+                    self.fail(field, i, ProblemKind::PublicWithRule);
+                }
+            }
+        } else if auth.required == Some(false) {
+            for field in [Field::AuthScopes, Field::AuthRoles] {
+                let names = if field == Field::AuthScopes {
+                    &auth.scopes
+                } else {
+                    &auth.roles
+                };
+                if listed(names) {
+                    self.fail(field, i, ProblemKind::NamesWithoutIdentity);
+                }
+            }
+        }
+    }
+
     fn no_ok(&mut self, field: Field, level: usize, codes: &Option<Vec<Code>>) {
         if codes.as_ref().is_some_and(|c| c.contains(&Code::Ok)) {
             self.fail(field, level, ProblemKind::ContainsOk);
         }
     }
 }
+
+/// Checks the name of a scope or a role: not empty, and only visible ASCII other
+/// than `"` and `\` (the characters of an OAuth scope token, RFC 6749 §3.3), so that
+/// it reads the same in a token, a log line and a status message. `Err` says why.
+///
+/// ```
+/// use tai_model::check_access_name;
+/// assert!(check_access_name("policies.write").is_ok());
+/// assert!(check_access_name("").is_err());
+/// assert!(check_access_name("policies write").is_err());
+/// ```
+pub fn check_access_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name.len() > MAX_ACCESS_NAME {
+        Err("is longer than 128 bytes")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        Err("may hold only visible ASCII characters other than `\"` and `\\` (no spaces)")
+    } else {
+        Ok(())
+    }
+}
+
+/// The longest scope or role name accepted, in bytes.
+const MAX_ACCESS_NAME: usize = 128;
 
 /// The innermost level that sets `get`, if any.
 fn origin(levels: &[&PolicySpec], get: impl Fn(&PolicySpec) -> bool) -> Option<usize> {
@@ -403,6 +479,46 @@ mod tests {
             Some(crate::Balancer::PeakEwma)
         );
         assert_eq!(crate::Balancer::from_name("fastest"), None);
+    }
+
+    #[test]
+    fn access_rules_are_checked() {
+        let auth = |a: AuthSpec| PolicySpec {
+            auth: Some(Toggle::On(a)),
+            ..PolicySpec::default()
+        };
+        let names = |n: &[&str]| Some(n.iter().map(|s| s.to_string()).collect());
+        let bad = auth(AuthSpec {
+            scopes: names(&["ok", "", "two words"]),
+            roles: names(&["quote\""]),
+            ..AuthSpec::default()
+        });
+        let problems = method(bad).unwrap_err();
+        assert_eq!(
+            problems.iter().map(|p| p.field).collect::<Vec<_>>(),
+            [Field::AuthScopes, Field::AuthScopes, Field::AuthRoles]
+        );
+        assert_eq!(
+            problems[0].in_attribute(),
+            "auth(scopes): `` is empty: name a scope or role, or leave it out"
+        );
+        let public = auth(AuthSpec {
+            public: Some(true),
+            scopes: names(&["policies.write"]),
+            ..AuthSpec::default()
+        });
+        assert_eq!(fields(method(public)), vec![Field::AuthScopes]);
+        let anonymous = auth(AuthSpec {
+            required: Some(false),
+            roles: names(&["admin"]),
+            ..AuthSpec::default()
+        });
+        assert_eq!(fields(method(anonymous)), vec![Field::AuthRoles]);
+        let good = auth(AuthSpec {
+            scopes: names(&["policies.write", "https://api.example.com/x:y"]),
+            ..AuthSpec::default()
+        });
+        assert!(method(good).unwrap().auth.unwrap().required);
     }
 
     #[test]

@@ -111,6 +111,7 @@ struct Families {
     server_auth_refusals: Family<ReasonLabels, Counter>,
     #[cfg(feature = "redis")]
     rate_limit_fallbacks: Family<PrefixLabels, Counter>,
+    server_access_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,6 +168,7 @@ impl Metrics {
                 server_auth_refusals: Family::default(),
                 #[cfg(feature = "redis")]
                 rate_limit_fallbacks: Family::default(),
+                server_access_refusals: Family::default(),
             }),
         };
         metrics.register(&mut crate::sync::lock(&metrics.families.own));
@@ -232,6 +234,11 @@ impl Metrics {
             "Calls the rate limit decided locally because Redis was unreachable, by key prefix",
             m.rate_limit_fallbacks.clone(),
         );
+        r.register(
+            "server_access_refusals",
+            "Server calls refused by the access rules, by reason",
+            m.server_access_refusals.clone(),
+        );
     }
 
     /// The Prometheus text exposition of this set's metrics (for a set made with
@@ -260,6 +267,16 @@ impl Metrics {
     pub(crate) fn server_auth_refusals(&self, reason: &'static str) -> Counter {
         self.families
             .server_auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
+    }
+
+    /// The refusal counter for one access-rule reason. Reasons are a closed enum
+    /// (`server::auth::AccessReason`), so the label set is bounded.
+    #[cfg(feature = "server")]
+    pub(crate) fn server_access_refusals(&self, reason: &'static str) -> Counter {
+        self.families
+            .server_access_refusals
             .get_or_create(&ReasonLabels { reason })
             .clone()
     }

@@ -173,6 +173,112 @@ pub struct MethodPolicy {
     pub breaker: Option<BreakerPolicy>,
 }
 
+/// Who may call a method: the access rule a `.proto` file or `#[resilient]`
+/// attribute declares (`auth: { required: true, scopes: ["policies.write"] }`),
+/// enforced by the server's [`AccessLayer`](crate::server::auth::AccessLayer).
+///
+/// A `public` rule lets every call through, with or without an identity.
+/// Otherwise a call without an identity is refused as UNAUTHENTICATED (if
+/// `required`, which scopes and roles imply), and one whose identity lacks a
+/// listed scope or role as PERMISSION_DENIED.
+///
+/// ```
+/// use tai_runtime::policy::AccessRule;
+///
+/// const WRITE: AccessRule = AccessRule::scopes(&["policies.write"]);
+/// assert!(WRITE.required && !WRITE.public);
+/// assert!(AccessRule::PUBLIC.public);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessRule {
+    /// A caller must present an identity.
+    pub required: bool,
+    /// Anyone may call; the other fields are then empty.
+    pub public: bool,
+    /// Scopes the caller's identity must all hold.
+    pub scopes: &'static [&'static str],
+    /// Roles the caller's identity must all hold.
+    pub roles: &'static [&'static str],
+}
+
+impl AccessRule {
+    /// Anyone may call.
+    pub const PUBLIC: AccessRule = AccessRule {
+        required: false,
+        public: true,
+        scopes: &[],
+        roles: &[],
+    };
+
+    /// Any caller with an identity may call.
+    pub const AUTHENTICATED: AccessRule = AccessRule {
+        required: true,
+        public: false,
+        scopes: &[],
+        roles: &[],
+    };
+
+    /// A caller with an identity holding every scope in `scopes`.
+    pub const fn scopes(scopes: &'static [&'static str]) -> AccessRule {
+        AccessRule {
+            scopes,
+            ..AccessRule::AUTHENTICATED
+        }
+    }
+
+    /// A caller with an identity holding every role in `roles`.
+    pub const fn roles(roles: &'static [&'static str]) -> AccessRule {
+        AccessRule {
+            roles,
+            ..AccessRule::AUTHENTICATED
+        }
+    }
+}
+
+/// One method's entry in an [`AccessTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodAccess {
+    /// The HTTP/2 path, e.g. `"/tai.v1.Governor/ProposePolicy"`.
+    pub path: &'static str,
+    /// The method's rule; `None` follows the server's default.
+    pub rule: Option<AccessRule>,
+}
+
+/// The access rules of one service, by method: tai-build writes one per service
+/// as `ACCESS_RULES` in the generated server module (`governor_server::ACCESS_RULES`),
+/// and [`Server::add_service_with_rules`](crate::server::Server::add_service_with_rules)
+/// enforces it.
+///
+/// ```
+/// use tai_runtime::policy::{AccessRule, AccessTable, MethodAccess};
+///
+/// const RULES: AccessTable = AccessTable {
+///     service: "demo.Kv",
+///     methods: &[
+///         MethodAccess { path: "/demo.Kv/Get", rule: Some(AccessRule::scopes(&["kv.read"])) },
+///         MethodAccess { path: "/demo.Kv/Ping", rule: Some(AccessRule::PUBLIC) },
+///     ],
+/// };
+/// assert_eq!(RULES.rule("/demo.Kv/Ping"), Some(AccessRule::PUBLIC));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessTable {
+    /// The fully qualified service name, e.g. `"tai.v1.Governor"`.
+    pub service: &'static str,
+    /// Every method, in declaration order.
+    pub methods: &'static [MethodAccess],
+}
+
+impl AccessTable {
+    /// The rule of the method at `path`, if the table has one.
+    pub fn rule(&self, path: &str) -> Option<AccessRule> {
+        self.methods
+            .iter()
+            .find(|m| m.path == path)
+            .and_then(|m| m.rule)
+    }
+}
+
 /// The policy of a whole client: its service name, methods and shared throttle.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ServicePolicy {
@@ -274,6 +380,7 @@ impl MethodPolicy {
             })),
             throttle: None,
             balancer: None,
+            auth: None,
         }
     }
 }

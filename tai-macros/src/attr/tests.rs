@@ -237,6 +237,22 @@ fn rate_fields_conflict_with_rate_none() {
 }
 
 #[test]
+fn bad_access_names_are_reported_at_their_string() {
+    let errors = parse_err(
+        Scope::Method,
+        quote!(auth(scopes = ["ok", "", "two words"], roles = [admin])),
+    );
+    assert_eq!(
+        errors,
+        [
+            "auth(scopes): `` is empty",
+            "auth(scopes): `two words` may hold only visible ASCII characters other than `\"` and `\\` (no spaces)",
+            "`roles` takes names as strings, e.g. `roles = [\"admin\"]`",
+        ]
+    );
+}
+
+#[test]
 fn problem_spans_fall_back_to_the_policy_then_the_attribute() {
     let args = parse_ok(Scope::Method, quote!(retry = 3));
     let level = args.level;
@@ -259,6 +275,10 @@ fn samples(kind: ValueKind) -> Vec<Value> {
         ValueKind::Rule { .. } => vec![Value::Number(0.75), Value::Off],
         ValueKind::Codes => vec![Value::Codes(vec![Code::Unavailable, Code::Aborted])],
         ValueKind::Balancer => vec![Value::Balancer(tai_model::Balancer::PeakEwma)],
+        ValueKind::Names => vec![Value::Names(vec![
+            "policies.write".to_owned(),
+            "https://api.example.com/x:y".to_owned(),
+        ])],
         ValueKind::Policy { .. } => vec![Value::On, Value::Off],
     }
 }

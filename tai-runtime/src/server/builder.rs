@@ -37,6 +37,7 @@ use tower::util::{BoxCloneSyncService, Either};
 use tower::{Layer, Service};
 
 use super::accept::{Accept, ConnectInfo, DynAccept, PlainTcp};
+use super::auth::{AccessLayer, DefaultAccess};
 use super::call::{CallService, Calls};
 use super::health::Health;
 use super::keepalive::{KeepalivePolicy, Policed};
@@ -44,6 +45,7 @@ use super::limits::{DEFAULT_MAX_MESSAGE, Limit};
 use super::reflection::{Reflection, ReflectionError};
 use super::shed::{Admission, InFlight};
 use super::{ServerLayer, ServerService};
+use crate::policy::AccessTable;
 
 /// Concurrent calls (HTTP/2 streams) a connection may have, by default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -87,6 +89,7 @@ pub struct Server {
     drain_timeout: Duration,
     acceptor: Arc<dyn DynAccept>,
     layers: Vec<Box<dyn FnOnce(Routed) -> Routed + Send>>,
+    access: Option<AccessLayer>,
     on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
     in_flight: InFlight,
 }
@@ -110,6 +113,7 @@ impl fmt::Debug for Server {
             .field("keepalive", &self.keepalive)
             .field("drain_timeout", &self.drain_timeout)
             .field("layers", &self.layers.len())
+            .field("access", &self.access.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +219,7 @@ impl Server {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             acceptor: Arc::new(PlainTcp),
             layers: Vec::new(),
+            access: None,
             on_shutdown: Vec::new(),
             in_flight: InFlight::default(),
         }
@@ -240,6 +245,69 @@ impl Server {
             health.add(S::NAME);
         }
         self.routes.add_service(service);
+        self
+    }
+
+    /// Serves a tonic service and enforces `rules`, the access rules its
+    /// `.proto` file declares (tai-build writes them as `ACCESS_RULES` in the
+    /// generated server module): a call without an identity to a method that
+    /// needs one is refused as UNAUTHENTICATED, one whose identity lacks a
+    /// listed scope or role as PERMISSION_DENIED naming them, before the
+    /// handler runs. See [`AccessLayer`] for the audit events.
+    ///
+    /// Once a service is added with rules, every call is checked: a method with
+    /// no rule (of this service or any other) follows
+    /// [`default_access`](Self::default_access), `Deny` unless set; health and
+    /// reflection are public. The identity comes from a layer you add, usually
+    /// [`AuthLayer`](super::auth::AuthLayer) with
+    /// [`allow_anonymous`](super::auth::AuthLayer::allow_anonymous) so that
+    /// public methods take calls without a token.
+    ///
+    /// ```no_run
+    /// # async fn run(auth: tai_runtime::server::auth::JwtAuth) -> Result<(), Box<dyn std::error::Error>> {
+    /// # let governor = tonic_health::server::health_reporter().1;
+    /// # mod governor_server { pub const ACCESS_RULES: tai_runtime::policy::AccessTable =
+    /// #     tai_runtime::policy::AccessTable { service: "tai.v1.Governor", methods: &[] }; }
+    /// use tai_runtime::server::Server;
+    /// use tai_runtime::server::auth::AuthLayer;
+    ///
+    /// Server::builder()
+    ///     .layer(AuthLayer::new(auth).allow_anonymous())
+    ///     // `governor` is `GovernorServer::new(..)`; its rules come from the .proto.
+    ///     .add_service_with_rules(governor, governor_server::ACCESS_RULES)
+    ///     .serve("127.0.0.1:50051".parse()?)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_service_with_rules<S>(mut self, service: S, rules: AccessTable) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let access = self
+            .access
+            .take()
+            .unwrap_or_else(|| AccessLayer::new(DefaultAccess::default()));
+        self.access = Some(access.table(rules));
+        self.add_service(service)
+    }
+
+    /// What a call to a method with no access rule gets once access rules are
+    /// on ([`add_service_with_rules`](Self::add_service_with_rules)):
+    /// [`DefaultAccess::Deny`] (the default) or [`DefaultAccess::Allow`].
+    /// Setting it turns access rules on even without a table, so that `Deny`
+    /// alone refuses every method but health and reflection.
+    pub fn default_access(mut self, default: DefaultAccess) -> Self {
+        let access = self
+            .access
+            .take()
+            .unwrap_or_else(|| AccessLayer::new(default));
+        self.access = Some(access.default_access(default));
         self
     }
 
@@ -560,6 +628,10 @@ impl Server {
             routes.add_service(reflection.v1alpha());
         }
         let mut routed = BoxCloneSyncService::new(routes.routes());
+        // Innermost: the identity the layers outside it proved is in the request.
+        if let Some(access) = self.access.take() {
+            routed = BoxCloneSyncService::new(access.layer(routed));
+        }
         for layer in self.layers.drain(..).rev() {
             routed = layer(routed);
         }

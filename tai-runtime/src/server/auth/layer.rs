@@ -46,6 +46,7 @@ pub struct AuthLayer {
 struct Shared {
     auth: JwtAuth,
     refusals: RefusalCounters,
+    anonymous: bool,
 }
 
 impl AuthLayer {
@@ -55,6 +56,33 @@ impl AuthLayer {
             shared: Arc::new(Shared {
                 auth,
                 refusals: RefusalCounters::new(),
+                anonymous: false,
+            }),
+        }
+    }
+
+    /// Lets a call that carries no `authorization` entry at all go on without
+    /// an [`Identity`], for the [access rules](super::AccessLayer) inside this
+    /// layer to decide (a public method takes it, any other refuses it as
+    /// UNAUTHENTICATED). A token that is there but invalid is still refused.
+    ///
+    /// ```no_run
+    /// # fn f(auth: tai_runtime::server::auth::JwtAuth) {
+    /// use tai_runtime::server::auth::AuthLayer;
+    /// let layer = AuthLayer::new(auth).allow_anonymous();
+    /// # drop(layer); }
+    /// ```
+    #[must_use]
+    pub fn allow_anonymous(self) -> Self {
+        let shared = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Shared {
+            auth: shared.auth.clone(),
+            refusals: shared.refusals.clone(),
+            anonymous: shared.anonymous,
+        });
+        Self {
+            shared: Arc::new(Shared {
+                anonymous: true,
+                ..shared
             }),
         }
     }
@@ -125,6 +153,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if self.shared.anonymous && !request.headers().contains_key(http::header::AUTHORIZATION) {
+            return ResponseFuture::admitted(self.inner.call(request));
+        }
         match self.shared.auth.authenticate(request.headers()) {
             Ok(mut identity) => {
                 // What an earlier layer (TLS) proved joins the token's claims.

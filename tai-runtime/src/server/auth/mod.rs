@@ -53,18 +53,28 @@
 //! [`Reason::ALL`]. Put [`ServerLayer`](super::ServerLayer) outside this layer
 //! (add it first) to see them among the calls, as UNAUTHENTICATED.
 //!
+//! # Access rules
+//!
+//! Who may call which method is declared with the method's policy
+//! (`auth: { scopes: ["policies.write"] }` in the `.proto` file) and enforced
+//! by [`AccessLayer`], inside this layer: see [`access`](AccessLayer) and
+//! [`Server::add_service_with_rules`](crate::server::Server::add_service_with_rules).
+//!
 //! # Layout
 //!
 //! `jwt.rs` holds the rules and the validation, `keys.rs` the keys and the JWKS
-//! reload, `identity.rs` the [`Identity`], `refusal.rs` the reasons, and
-//! `layer.rs` the layer, its service and its future.
+//! reload, `identity.rs` the [`Identity`], `refusal.rs` the reasons,
+//! `layer.rs` the layer, its service and its future, and `access.rs` the
+//! access rules.
 
+mod access;
 mod identity;
 mod jwt;
 mod keys;
 mod layer;
 mod refusal;
 
+pub use access::{AccessLayer, AccessReason, CheckAccess, DefaultAccess};
 pub use identity::Identity;
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{

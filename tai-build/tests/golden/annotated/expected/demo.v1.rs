@@ -42,7 +42,8 @@ pub mod governor_client {
         retry(max_attempts = 3, initial_backoff = "50ms"),
         breaker(failure_threshold = 5, open_timeout = "30s", half_open_max_calls = 3),
         throttle(max_tokens = 100, token_ratio = 0.5),
-        balancer = "least_loaded"
+        balancer = "least_loaded",
+        auth(scopes = ["policies.read"])
     )]
     pub trait Governor {
         /// Proposes a new policy.
@@ -62,7 +63,8 @@ pub mod governor_client {
         #[resilient(
             name = "GetPolicy",
             idempotent,
-            hedging(max_attempts = 3, delay = "20ms", non_fatal_codes = [UNAVAILABLE])
+            hedging(max_attempts = 3, delay = "20ms", non_fatal_codes = [UNAVAILABLE]),
+            auth(public)
         )]
         fn get_policy(
             &self,
@@ -79,7 +81,13 @@ pub mod governor_client {
             Output = ::core::result::Result<super::Policy, ::tai_runtime::Status>,
         > + ::core::marker::Send;
         /// Turns the inherited policies off.
-        #[resilient(name = "Revoke", timeout = none, retry = none, breaker = none)]
+        #[resilient(
+            name = "Revoke",
+            timeout = none,
+            retry = none,
+            breaker = none,
+            auth(scopes = ["policies.write"], roles = ["admin"])
+        )]
         fn revoke(
             &self,
             request: super::Query,
@@ -595,6 +603,66 @@ pub mod governor_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for GovernorServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
+    /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
+        service: "demo.v1.Governor",
+        methods: &[
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/ProposePolicy",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: true,
+                    public: false,
+                    scopes: &["policies.read"],
+                    roles: &[],
+                }),
+            },
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/GetPolicy",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: false,
+                    public: true,
+                    scopes: &[],
+                    roles: &[],
+                }),
+            },
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/ListPolicies",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: true,
+                    public: false,
+                    scopes: &["policies.read"],
+                    roles: &[],
+                }),
+            },
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/Revoke",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: true,
+                    public: false,
+                    scopes: &["policies.write"],
+                    roles: &["admin"],
+                }),
+            },
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/Audit",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: true,
+                    public: false,
+                    scopes: &["policies.read"],
+                    roles: &[],
+                }),
+            },
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Governor/Sweep",
+                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
+                    required: true,
+                    public: false,
+                    scopes: &["policies.read"],
+                    roles: &[],
+                }),
+            },
+        ],
+    };
 }
 /// Generated client of `demo.v1.Ledger`.
 ///
@@ -822,4 +890,14 @@ pub mod ledger_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for LedgerServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
+    /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
+        service: "demo.v1.Ledger",
+        methods: &[
+            ::tai_runtime::policy::MethodAccess {
+                path: "/demo.v1.Ledger/Record",
+                rule: ::core::option::Option::None,
+            },
+        ],
+    };
 }
