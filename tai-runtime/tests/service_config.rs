@@ -5,9 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{service, stream_method, unary_method};
+use support::{Echo, Script, echo, service, stream_method, unary_method};
+use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
-use tai_runtime::{ClientState, Code, ServiceConfig};
+use tai_runtime::{ClientState, Code, ServiceConfig, Status};
 
 fn retrying(max_attempts: u32) -> MethodPolicy {
     MethodPolicy {
@@ -177,4 +178,66 @@ fn entries_apply_as_grpc_picks_them() {
     let other = r#"{"methodConfig": [{"name": [{"service": "other.Svc"}], "timeout": "9s"}]}"#;
     state.set_service_config(&config(other)).unwrap();
     assert_eq!(state.method_policy(0).timeout, Some(Duration::from_secs(5)));
+}
+
+/// The point of a run-time config: a live client's retry policy changes, and the very
+/// next call follows it — against a real tonic server that is always UNAVAILABLE.
+#[tokio::test(start_paused = true)]
+async fn a_live_clients_retry_policy_changes_and_the_next_call_follows_it() {
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![retrying(2)], None));
+    let call = || core.unary_retry::<Echo, Echo>(0, echo("x"));
+
+    assert_eq!(call().await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(script.calls(), 2, "the compiled policy: 2 attempts");
+
+    core.state()
+        .set_service_config(&config(&entry(UNARY, &retry_policy(4, r#""UNAVAILABLE""#))))
+        .unwrap();
+    assert_eq!(call().await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(script.calls(), 2 + 4, "the run-time policy: 4 attempts");
+
+    // An invalid config changes nothing: still 4.
+    let unsafe_retry = entry(
+        UNARY,
+        &format!(
+            r#"{}, "tai": {{"idempotent": false}}"#,
+            retry_policy(2, r#""ABORTED""#)
+        ),
+    );
+    assert!(
+        core.state()
+            .set_service_config(&config(&unsafe_retry))
+            .is_err()
+    );
+    call().await.unwrap_err();
+    assert_eq!(script.calls(), 6 + 4);
+
+    // Back to the compiled policy.
+    core.state().clear_service_config();
+    call().await.unwrap_err();
+    assert_eq!(script.calls(), 10 + 2);
+}
+
+/// A run-time timeout is the call's deadline and is sent as `grpc-timeout`; a caller's
+/// own `Request::set_timeout` still wins over it.
+#[tokio::test(start_paused = true)]
+async fn a_run_time_timeout_is_sent_and_a_callers_wins() {
+    let script = Script::unary(|_, _| async { Ok(echo("ok")) });
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![retrying(2)], None));
+    core.state()
+        .set_service_config(&config(&entry(UNARY, r#""timeout": "0.25s""#)))
+        .unwrap();
+    core.unary_retry::<Echo, Echo>(0, echo("x")).await.unwrap();
+    let mut request = tonic::Request::new(echo("x"));
+    request.set_timeout(Duration::from_millis(70));
+    core.unary_retry::<Echo, Echo>(0, request).await.unwrap();
+    let sent: Vec<Option<Duration>> = script.seen().iter().map(|s| s.grpc_timeout).collect();
+    assert_eq!(
+        sent,
+        [
+            Some(Duration::from_millis(250)),
+            Some(Duration::from_millis(70))
+        ]
+    );
 }

@@ -102,7 +102,14 @@ impl<T: Transport> ClientCore<T> {
             None => None,
             // The first attempt has the whole timeout left, and the header of the
             // method's own timeout is already encoded: no clock read, no formatting.
-            Some(d) if previous == 0 && d.from_policy => self.state.timeout_header(index).cloned(),
+            // (Unless a run-time config changed the timeout since the call started.)
+            Some(d)
+                if previous == 0
+                    && d.from_policy
+                    && deadline::policy_timeout(&m) == Some(d.timeout) =>
+            {
+                m.timeout_header()
+            }
             Some(d) if previous == 0 => wire::timeout::encode(d.timeout),
             // Checked before the breaker is asked: an attempt that is never sent
             // must not take a half-open probe, nor count as a failure.
@@ -122,7 +129,7 @@ impl<T: Transport> ClientCore<T> {
             Ok(permit) => permit,
             Err(rejected) => {
                 self.state.metrics_at(index).rejections.inc();
-                return Attempt::failed(&self.state, index, breaker_open(m, rejected));
+                return Attempt::failed(&self.state, index, breaker_open(&m, rejected));
             }
         };
         if previous > 0 {

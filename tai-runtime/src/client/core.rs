@@ -29,7 +29,7 @@ use super::attempt::{Answering, Failure, Head, open_stream, read_unary, send_one
 use super::codec::{SharedCodec, SharedRequest};
 use super::deadline::{self, CallDeadline};
 use super::observed::Observed;
-use super::state::ClientState;
+use super::state::{ClientState, EffectivePolicy};
 use super::stream::{RequestStream, ResponseStream};
 use crate::policy::MethodPolicy;
 use crate::wire;
@@ -299,8 +299,9 @@ impl<T: Transport> ClientCore<T> {
         &self.state
     }
 
-    pub(super) fn method(&self, index: usize) -> &'static MethodPolicy {
-        &self.state.policy().methods[index]
+    /// The method's policy now: compiled, or under the run-time service config.
+    pub(super) fn method(&self, index: usize) -> EffectivePolicy<'_> {
+        self.state.method_policy(index)
     }
 
     /// Runs a whole call inside a tracing span and records its metrics. The call
@@ -441,8 +442,9 @@ impl<T: Transport> ClientCore<T> {
         RFut: Future<Output = Result<Out, Status>>,
     {
         let (mut metadata, extensions, requests) = requests.into_parts();
-        let deadline = caller_timeout(&mut metadata, self.method(method))
-            .map(|asked| deadline::for_call(self.method(method), start, asked));
+        let m = self.method(method);
+        let deadline =
+            caller_timeout(&mut metadata, &m).map(|asked| deadline::for_call(&m, start, asked));
         let exchange = Exchange {
             request: Request::from_parts(metadata, extensions, requests),
             codec,
@@ -477,11 +479,11 @@ impl<T: Transport> ClientCore<T> {
         let m = self.method(method);
         let (mut metadata, extensions, request) = request.into_parts();
         self.limits.check_send(&request, m.path)?;
-        let asked = caller_timeout(&mut metadata, m)?;
+        let asked = caller_timeout(&mut metadata, &m)?;
         Ok(Attempts {
             core: self,
             method,
-            deadline: deadline::for_call(m, start, asked),
+            deadline: deadline::for_call(&m, start, asked),
             request: Arc::new(SharedRequest {
                 message: request,
                 metadata,

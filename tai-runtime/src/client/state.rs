@@ -281,8 +281,6 @@ enum Source<'a> {
 impl EffectivePolicy<'_> {
     /// The `grpc-timeout` header of the method's own timeout, encoded once per
     /// policy, if it has one.
-    // Read by the call engine once it takes its policies from here.
-    #[allow(dead_code)]
     pub(crate) fn timeout_header(&self) -> Option<http::HeaderValue> {
         match &self.0 {
             Source::Compiled { timeout_header, .. } => timeout_header.cloned(),
