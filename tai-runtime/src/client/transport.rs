@@ -97,6 +97,39 @@ where
     }
 }
 
+/// What a transport error's whole source chain says beyond its status code.
+/// The chain is walked to its end: tai's channel wraps an HTTP/2 error in a
+/// `Status` whose source it still is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// tonic's own `grpc-timeout` timer ended the call (tonic says CANCELLED).
+    TimedOut,
+    /// The server refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+    Refused,
+    /// Neither.
+    None,
+}
+
+impl Signal {
+    pub(crate) fn scan(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if e.is::<tonic::TimeoutExpired>() {
+                return Signal::TimedOut;
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>()
+                && h2.is_reset()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+            {
+                return Signal::Refused;
+            }
+            source = e.source();
+        }
+        Signal::None
+    }
+}
+
 /// A transport failure of an attempt, classified while its source chain is still
 /// there to read.
 #[derive(Clone, Debug)]
@@ -113,9 +146,8 @@ pub(crate) struct TransportFailure {
 impl TransportFailure {
     /// Reads what matters out of a transport error.
     pub(crate) fn classify(error: BoxError) -> Self {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-        while let Some(e) = source {
-            if e.is::<tonic::TimeoutExpired>() {
+        match Signal::scan(&*error) {
+            Signal::TimedOut => {
                 return Self {
                     code: Code::DeadlineExceeded,
                     message: "deadline exceeded (the transport's grpc-timeout timer)".to_owned(),
@@ -123,11 +155,7 @@ impl TransportFailure {
                     timed_out: true,
                 };
             }
-            if let Some(h2) = e.downcast_ref::<h2::Error>()
-                && h2.is_reset()
-                && h2.is_remote()
-                && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-            {
+            Signal::Refused => {
                 return Self {
                     code: Code::Unavailable,
                     message: "the server refused the stream before processing it (REFUSED_STREAM)"
@@ -136,7 +164,7 @@ impl TransportFailure {
                     timed_out: false,
                 };
             }
-            source = e.source();
+            Signal::None => {}
         }
         // What tonic would have made of it (a `Status` of the transport's, a
         // connection error, an h2 or hyper error).

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use tonic::{Code, Status};
 
 use super::breaker::BreakerOpen;
-use crate::client::transport::drop_invalid_details;
+use crate::client::transport::{Signal, drop_invalid_details};
 use crate::wire;
 
 /// What a response's head says about the call.
@@ -91,6 +91,17 @@ pub(crate) fn error(error: &(dyn Error + 'static)) -> ErrorClass {
         unprocessed: false,
         rejected: false,
     };
+    match Signal::scan(error) {
+        Signal::TimedOut => {
+            class.code = Code::DeadlineExceeded;
+            return class;
+        }
+        Signal::Refused => {
+            class.unprocessed = true;
+            return class;
+        }
+        Signal::None => {}
+    }
     let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<BreakerOpen>() {
@@ -99,18 +110,6 @@ pub(crate) fn error(error: &(dyn Error + 'static)) -> ErrorClass {
         }
         if let Some(status) = e.downcast_ref::<Status>() {
             class.code = status.code();
-            return class;
-        }
-        if e.is::<tonic::TimeoutExpired>() {
-            class.code = Code::DeadlineExceeded;
-            return class;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>()
-            && h2.is_reset()
-            && h2.is_remote()
-            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            class.unprocessed = true;
             return class;
         }
         source = e.source();
