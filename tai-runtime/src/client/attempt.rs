@@ -428,16 +428,8 @@ pub(super) fn streams_responses(kind: MethodKind) -> bool {
 }
 
 pub(super) fn breaker_open(m: &MethodPolicy, rejected: Rejected) -> Failure {
-    let wait = if rejected.retry_in.is_zero() {
-        "half-open probes are in flight".to_owned()
-    } else {
-        format!("next probe in {:.1?}", rejected.retry_in)
-    };
     Failure {
-        status: Status::unavailable(format!(
-            "circuit breaker for {} is open: {}; {wait}",
-            m.path, rejected.reason
-        )),
+        status: rejected.status(m.path),
         committed: false,
         rejected: true,
         unprocessed: false,
