@@ -28,9 +28,9 @@ use tower::{Layer, Service};
 use super::key::{ClientKey, KeyBy};
 use super::local::Local;
 use super::method::Methods;
-use super::refusal::{Refusal, Scope};
 #[cfg(feature = "redis")]
 use super::redis::{Redis, RedisStore};
+use super::refusal::{Refusal, Scope};
 use super::store::DEFAULT_MAX_CLIENTS;
 
 #[derive(Clone, Debug)]
@@ -380,9 +380,7 @@ where
             None => (s.quota, None),
         };
         match redis.check(&key, named, quota, s.global).await {
-            Ok(decided) => {
-                decided.map_err(|refusal| s.refuse(&key, refusal))
-            }
+            Ok(decided) => decided.map_err(|refusal| s.refuse(&key, refusal)),
             Err(()) => {
                 redis.fell_back();
                 self.check_local(&key, method)
