@@ -51,9 +51,25 @@ pub enum Command {
     ///
     /// Over mTLS: mesh call governor GetPolicies --tls-dir certs
     Call(CallArgs),
+    /// Print every method's effective policy (Governor, Coordinator, Scheduler),
+    /// one field a line in the `#[resilient(...)]` grammar.
+    Policies,
+    /// Scrape a running `mesh serve --metrics-addr` and print a table: per
+    /// method calls, ok% and mean latency; then rate-limit and channel series.
+    ///
+    /// Example: mesh stats --addr 127.0.0.1:9090
+    Stats(StatsArgs),
     /// Write a development CA and certificates (ca.pem, server.pem, server.key,
     /// client.pem, client.key) for `serve --tls-dir` and `call --tls-dir`.
     Certs(CertsArgs),
+}
+
+/// `mesh stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// The metrics address of the server (its `--metrics-addr`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub addr: String,
 }
 
 /// `mesh certs`.
@@ -176,6 +192,9 @@ pub struct ServeArgs {
     /// Server options.
     #[command(flatten)]
     pub server: ServerOptions,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `mesh call`.
@@ -219,6 +238,46 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Serve(args)) => run_serve(args).await,
         Some(Command::Call(args)) => run_call(args).await,
         Some(Command::Certs(args)) => run_certs(&args),
+        Some(Command::Policies) => run_policies(),
+        Some(Command::Stats(args)) => run_stats(&args).await,
+    }
+}
+
+fn run_policies() -> ExitCode {
+    use crate::proto::coordinator_client::CoordinatorClient;
+    use crate::proto::governor_client::GovernorClient;
+    use crate::proto::scheduler_client::SchedulerClient;
+    for service in [
+        GovernorClient::SERVICE_POLICY,
+        CoordinatorClient::SERVICE_POLICY,
+        SchedulerClient::SERVICE_POLICY,
+    ] {
+        for policy in service.methods {
+            let view = tai_runtime::PolicyView {
+                service: service.name,
+                policy: *policy,
+                configured: false,
+            };
+            println!("{view}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run_stats(args: &StatsArgs) -> ExitCode {
+    let scrape = match crate::stats::fetch(&args.addr).await {
+        Ok(text) => crate::stats::parse(&text),
+        Err(e) => Err(e),
+    };
+    match scrape {
+        Ok(scrape) => {
+            print!("{}", crate::stats::table(&scrape));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -313,6 +372,20 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
         None => "plaintext".to_owned(),
     };
     let in_flight = server.in_flight();
+    let _metrics = match args.metrics_addr {
+        None => None,
+        Some(metrics_addr) => match tokio::net::TcpListener::bind(metrics_addr).await {
+            Ok(listener) => {
+                let (url, task) = crate::metrics::serve(listener, std::sync::Arc::new(String::new));
+                println!("mesh: metrics at {url}");
+                Some(AbortOnDrop(task))
+            }
+            Err(e) => {
+                eprintln!("mesh: cannot serve metrics on {metrics_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     println!(
         "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection), {security}; Ctrl-C or SIGTERM stops"
     );
@@ -377,5 +450,14 @@ async fn run_call(args: CallArgs) -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

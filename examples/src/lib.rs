@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod probe;
 pub mod scheduler;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod tour;
 

@@ -493,25 +493,64 @@ pub fn attribute_args(spec: &PolicySpec) -> Vec<String> {
         .collect()
 }
 
+/// Every field the spec sets, one `(path, value)` pair per field in table order,
+/// both in the attribute grammar: `("retry(max_attempts)", "4")`,
+/// `("hedging", "none")`. A sub-policy that is on shows through its fields (or as
+/// `default` if it sets none). What `tai_runtime`'s printed policies are made of.
+///
+/// ```
+/// use tai_model::{PolicySpec, Toggle, field_values};
+/// let spec = PolicySpec { idempotent: Some(true), hedging: Some(Toggle::Off), ..Default::default() };
+/// assert_eq!(field_values(&spec), [
+///     ("idempotent".to_owned(), "true".to_owned()),
+///     ("hedging".to_owned(), "none".to_owned()),
+/// ]);
+/// ```
+pub fn field_values(spec: &PolicySpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for def in FIELDS {
+        // A field under a sub-policy or rule that is off reads as unset.
+        let Some(value) = (def.get)(spec) else {
+            continue;
+        };
+        let text = match value {
+            Value::On if Field::children(Some(def.field)).any(|c| (c.get)(spec).is_some()) => {
+                continue;
+            }
+            other => value_text(&other),
+        };
+        out.push((def.field.attr_path(), text));
+    }
+    out
+}
+
+/// A value as written after `key = ` in the attribute (flags and `On` aside).
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::Flag(b) => b.to_string(),
+        Value::Duration(d) => format!("\"{}\"", format_duration(*d)),
+        Value::Count(n) => n.to_string(),
+        Value::Number(x) => float(*x),
+        Value::Codes(codes) => {
+            let names: Vec<&str> = codes.iter().map(|c| c.name()).collect();
+            format!("[{}]", names.join(", "))
+        }
+        Value::Balancer(b) => format!("\"{}\"", b.name()),
+        Value::Names(names) => {
+            let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            format!("[{}]", quoted.join(", "))
+        }
+        Value::Off => "none".to_owned(),
+        Value::On => "default".to_owned(),
+    }
+}
+
 /// One `key ..` entry, if the spec sets the field.
 fn entry(def: &FieldDef, spec: &PolicySpec) -> Option<String> {
     let key = def.key;
     let text = match (def.get)(spec)? {
         Value::Flag(true) => key.to_owned(),
         Value::Flag(false) => format!("{key} = false"),
-        Value::Duration(d) => format!("{key} = \"{}\"", format_duration(d)),
-        Value::Count(n) => format!("{key} = {n}"),
-        Value::Number(x) => format!("{key} = {}", float(x)),
-        Value::Codes(codes) => {
-            let names: Vec<&str> = codes.iter().map(|c| c.name()).collect();
-            format!("{key} = [{}]", names.join(", "))
-        }
-        Value::Balancer(b) => format!("{key} = \"{}\"", b.name()),
-        Value::Names(names) => {
-            let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
-            format!("{key} = [{}]", quoted.join(", "))
-        }
-        Value::Off => format!("{key} = none"),
         Value::On => {
             let fields: Vec<String> = Field::children(Some(def.field))
                 .filter_map(|child| entry(child, spec))
@@ -522,6 +561,7 @@ fn entry(def: &FieldDef, spec: &PolicySpec) -> Option<String> {
                 format!("{key}({})", fields.join(", "))
             }
         }
+        other => format!("{key} = {}", value_text(&other)),
     };
     Some(text)
 }

@@ -30,7 +30,7 @@ mod validate;
 
 pub use code::{Code, CodeSet};
 pub use duration::{format_duration, parse_duration};
-pub use grammar::{FIELDS, Field, FieldDef, Value, ValueKind, attribute_args};
+pub use grammar::{FIELDS, Field, FieldDef, Value, ValueKind, attribute_args, field_values};
 pub use problem::{Problem, ProblemKind};
 pub use service_config::{
     ConfigProblem, MethodConfig, MethodName, ServiceConfig, json_path, parse_json_duration,

@@ -14,9 +14,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tai_runtime::__private::ClientCore;
+use tai_runtime::ConnectivityState;
 use tai_runtime::channel::{Channel, Endpoints};
+use tai_runtime::config::{BalancerKind, ClientConfig, OutlierConfig};
 use tai_runtime::metrics::Metrics;
-use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy};
+use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RetryPolicy};
 use tai_runtime::server::ServerLayer;
 use tai_runtime::server::metrics::MetricsLayer;
 use tai_runtime::{BreakerState, Code, Status, resilient};
@@ -58,10 +60,11 @@ fn calls(text: &str, family: &str, code: &str) -> Option<f64> {
     )
 }
 
-/// A channel over `net` to `address`.
-fn channel(net: &Net, address: &str) -> Channel {
+/// A channel over `net` to `address`, recording into `metrics`.
+fn channel(net: &Net, address: &str, metrics: &Metrics) -> Channel {
     Channel::builder(Endpoints::one(address))
         .connector(net.connector())
+        .metrics(metrics)
         .build()
         .unwrap()
 }
@@ -97,7 +100,7 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
         let _ = server_b.serve_with_incoming(incoming).await;
     });
 
-    let client_a = EchoServiceClient::with_metrics(channel(&net, "a:1"), &metrics_a);
+    let client_a = EchoServiceClient::with_metrics(channel(&net, "a:1", &metrics_a), &metrics_a);
     for _ in 0..2 {
         assert_eq!(
             client_a.unary(echo("hi")).await.unwrap().into_inner().msg,
@@ -120,7 +123,7 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
         }],
         None,
     );
-    let client_b = ClientCore::with_metrics(channel(&net, "b:1"), policy, &metrics_b);
+    let client_b = ClientCore::with_metrics(channel(&net, "b:1", &metrics_b), policy, &metrics_b);
     for code in [Code::NotFound, Code::NotFound, Code::Unavailable] {
         let status = client_b
             .unary::<Echo, Echo>(0, echo("x"))
@@ -130,7 +133,7 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
     }
     // The same policy to the same target, recording into A: its own breaker,
     // whose gauge is A's.
-    let other = ClientCore::with_metrics(channel(&net, "b:1"), policy, &metrics_a);
+    let other = ClientCore::with_metrics(channel(&net, "b:1", &metrics_a), policy, &metrics_a);
     let state = |core: &ClientCore<Channel>| core.state().breaker("Unary").unwrap().state();
     assert!(matches!(state(&client_b), BreakerState::Open { .. }));
     assert_eq!(state(&other), BreakerState::Closed);
@@ -189,4 +192,279 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
         global_before,
         "nothing recorded into the global metrics"
     );
+}
+
+/// A retry policy: 3 attempts on UNAVAILABLE, 10ms backoff.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    initial_backoff: Duration::from_millis(10),
+    max_backoff: Duration::from_millis(10),
+    multiplier: 1.0,
+    retryable: CodeSet::of(&[Code::Unavailable]),
+};
+
+#[tokio::test(start_paused = true)]
+async fn channel_series_and_client_stats_by_endpoint() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let net = Net::default();
+    net.start(
+        "bad:1",
+        &Script::unary(|_, _| async { Err(Status::unavailable("down")) }),
+    );
+    net.start("good:1", &Script::unary(|_, e| async move { Ok(e) }));
+    let mut config = ClientConfig::default();
+    config.balancer = BalancerKind::RoundRobin;
+    config.outlier = Some(OutlierConfig {
+        consecutive_failures: 1,
+        base_ejection_time: Duration::from_secs(600),
+        max_ejection_time: Duration::from_secs(600),
+        max_ejection_percent: 50,
+        failure_codes: CodeSet::of(&[Code::Unavailable]),
+    });
+    let channel = Channel::builder(Endpoints::list(["bad:1", "good:1"]))
+        .connector(net.connector())
+        .config(config)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        if channel
+            .endpoint_stats()
+            .iter()
+            .all(|e| e.state == ConnectivityState::Ready)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let policy = service(
+        vec![MethodPolicy {
+            retry: Some(RETRY),
+            ..unary_method()
+        }],
+        None,
+    );
+    let client = ClientCore::with_metrics(channel, policy, &metrics);
+    for _ in 0..4 {
+        client
+            .unary_retry::<Echo, Echo>(0, echo("x"))
+            .await
+            .unwrap();
+    }
+
+    // Round robin sends one attempt to bad:1, which is ejected at once; its call
+    // is retried on good:1 and every later call goes there.
+    let text = metrics.encode();
+    let series =
+        |name: &str, endpoint: &str| value(&text, name, &format!(r#"endpoint="{endpoint}""#));
+    assert_eq!(
+        series("tai_channel_ejections_total", "bad:1"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series("tai_channel_ejected", "bad:1"), Some(1.0), "{text}");
+    assert_eq!(
+        series("tai_channel_ejections_total", "good:1"),
+        Some(0.0),
+        "{text}"
+    );
+    for endpoint in ["bad:1", "good:1"] {
+        assert_eq!(
+            series("tai_channel_connections_created_total", endpoint),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_connections_open", endpoint),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_connections_closed_total", endpoint),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_connect_duration_seconds_count", endpoint),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_pool_size", endpoint),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_pool_busy", endpoint),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_in_flight", endpoint),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            series("tai_channel_connect_failures_total", endpoint),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        value(&text, "tai_client_retries_total", UNARY),
+        Some(1.0),
+        "{text}"
+    );
+
+    let stats = client.state().snapshot();
+    let unary = stats.method("Unary").unwrap();
+    assert_eq!((unary.calls, unary.ok, unary.retries), (4, 4, 1), "{stats}");
+    assert_eq!(unary.success_rate(), Some(1.0));
+    assert!(unary.p50.is_some() && unary.p99 >= unary.p50, "{stats}");
+    let calls: Vec<(String, u64, bool)> = stats
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.calls, e.ejected_for.is_some()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("bad:1".to_owned(), 1, true),
+            ("good:1".to_owned(), 4, false)
+        ]
+    );
+    let table = stats.to_string();
+    assert!(table.starts_with("test.Echo"), "{table}");
+    assert!(table.contains("Unary"), "{table}");
+    assert!(table.contains("100.00%"), "{table}");
+    assert!(table.contains("good:1"), "{table}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_stops_are_counted_by_why() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let net = Net::default();
+    net.start(
+        "a:1",
+        &Script::unary(|_, e: Echo| async move {
+            match e.msg.as_str() {
+                "missing" => Err(Status::not_found("no such thing")),
+                "stop" => {
+                    let mut status = Status::unavailable("go away");
+                    status
+                        .metadata_mut()
+                        .insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+                    Err(status)
+                }
+                _ => Err(Status::unavailable("down")),
+            }
+        }),
+    );
+    let policy = service(
+        vec![MethodPolicy {
+            retry: Some(RETRY),
+            ..unary_method()
+        }],
+        None,
+    );
+    let client = ClientCore::with_metrics(channel(&net, "a:1", &metrics), policy, &metrics);
+    for msg in ["down", "missing", "stop"] {
+        client
+            .unary_retry::<Echo, Echo>(0, echo(msg))
+            .await
+            .unwrap_err();
+    }
+    let text = metrics.encode();
+    let stops = |reason: &str| {
+        value(
+            &text,
+            "tai_client_retry_stops_total",
+            &format!(r#"{UNARY},reason="{reason}""#),
+        )
+    };
+    assert_eq!(stops("exhausted"), Some(1.0), "{text}");
+    assert_eq!(stops("not_retryable"), Some(1.0), "{text}");
+    assert_eq!(stops("pushback"), Some(1.0), "{text}");
+    assert_eq!(stops("throttled"), Some(0.0), "{text}");
+    assert_eq!(stops("deadline"), Some(0.0), "{text}");
+    let unary = client.state().snapshot().methods[0].clone();
+    assert_eq!((unary.calls, unary.ok, unary.retries), (3, 0, 2));
+    assert_eq!(unary.success_rate(), Some(0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_reconnect_backoff_is_observed() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let net = Net::default();
+    let channel = channel(&net, "nobody:1", &metrics);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let text = metrics.encode();
+    let series = |name: &str| value(&text, name, r#"endpoint="nobody:1""#).unwrap();
+    let failures = series("tai_channel_connect_failures_total");
+    assert!(failures >= 2.0, "{text}");
+    assert_eq!(
+        series("tai_channel_reconnect_backoff_seconds_count"),
+        failures,
+        "{text}"
+    );
+    assert_eq!(
+        series("tai_channel_connections_created_total"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        channel.connect_attempts("nobody:1") as f64,
+        failures,
+        "one failure counted per attempt"
+    );
+}
+
+#[tokio::test]
+async fn a_method_policy_prints_in_the_attribute_grammar() {
+    let policy = service(
+        vec![MethodPolicy {
+            retry: Some(RETRY),
+            timeout: Some(Duration::from_secs(2)),
+            ..unary_method()
+        }],
+        None,
+    );
+    let net = Net::default();
+    let client = ClientCore::with_metrics(
+        channel(&net, "a:1", &Metrics::new(&mut Registry::default())),
+        policy,
+        &Metrics::new(&mut Registry::default()),
+    );
+    let view = client.state().method_policy_view("unary").unwrap();
+    assert!(!view.configured);
+    assert_eq!(
+        view.to_string(),
+        "test.Echo/Unary (compiled)\n\
+         \x20 idempotent = true\n\
+         \x20 timeout = \"2s\"\n\
+         \x20 retry(max_attempts) = 3\n\
+         \x20 retry(initial_backoff) = \"10ms\"\n\
+         \x20 retry(max_backoff) = \"10ms\"\n\
+         \x20 retry(multiplier) = 1.0\n\
+         \x20 retry(codes) = [UNAVAILABLE]\n\
+         \x20 hedging = none\n\
+         \x20 breaker = none\n"
+    );
+    let config: tai_runtime::ServiceConfig =
+        r#"{"methodConfig": [{"name": [{"service": "test.Echo"}], "timeout": "5s"}]}"#
+            .parse()
+            .unwrap();
+    client.state().set_service_config(&config).unwrap();
+    let view = client.state().method_policy_view("Unary").unwrap();
+    assert!(view.configured);
+    let text = view.to_string();
+    assert!(
+        text.starts_with("test.Echo/Unary (service config)\n"),
+        "{text}"
+    );
+    assert!(text.contains("  timeout = \"5s\"\n"), "{text}");
+    assert!(client.state().method_policy_view("Nope").is_none());
 }

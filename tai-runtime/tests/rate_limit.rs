@@ -567,3 +567,34 @@ fn a_million_distinct_keys_stay_under_64_mib() {
     );
     assert!(grown < 64 << 20, "grew by {grown} bytes");
 }
+
+#[tokio::test]
+async fn refused_calls_are_counted_by_the_quota_that_refused_them() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = tai_runtime::metrics::Metrics::new(&mut registry);
+    let clock = FakeRelativeClock::default();
+    let layer = RateLimitLayer::with_clock(quota(1), clock)
+        .per_method("/grpc.health.v1.Health/Watch", quota(1))
+        .metrics(&metrics);
+    let server = Served::start(layer).await;
+    server.call(None).await.unwrap();
+    for _ in 0..2 {
+        assert_refused(server.call(None).await, 1000, "peer 127.0.0.1");
+    }
+    server.watch("w").await.unwrap();
+    assert!(server.watch("w").await.is_err());
+    let text = metrics.encode();
+    let count = |labels: &str| {
+        let line = format!("tai_server_rate_limited_total{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(count(r#"quota="client",method="""#), Some(2.0), "{text}");
+    assert_eq!(
+        count(r#"quota="method",method="/grpc.health.v1.Health/Watch""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(count(r#"quota="global",method="""#), None, "{text}");
+}

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::connectivity::ConnectivityState;
 use super::connector::{BoxIo, SharedConnector};
 use crate::config::{ConnectionConfig, KeepaliveConfig};
+use crate::metrics::EndpointMetrics;
 
 pub(crate) type Sender = SendRequest<tonic::body::Body>;
 
@@ -83,13 +84,15 @@ impl Connection {
         }
     }
 
-    /// A call on this connection ended.
-    pub(crate) fn call_ended(&self) {
+    /// A call on this connection ended; `true` if it was the last in flight.
+    pub(crate) fn call_ended(&self) -> bool {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_active.store(ms, Ordering::Relaxed);
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let drained = self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        if drained {
             self.drained.notify_waiters();
         }
+        drained
     }
 
     /// A send on this connection failed before anything was sent: the connection is
@@ -137,6 +140,7 @@ pub(crate) async fn drive(
     address: String,
     keepalive: Arc<KeepaliveTime>,
     cx: Arc<DriverContext>,
+    metrics: EndpointMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cfg = Arc::clone(&cx.config);
@@ -150,6 +154,7 @@ pub(crate) async fn drive(
         // One connect timeout covers the dial, the HTTP/2 handshake and the wait for
         // the server's SETTINGS.
         let keepalive_time = keepalive.get();
+        let started = Instant::now();
         let dialed = tokio::select! {
             r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address, keepalive_time)) => r,
             _ = shutdown.changed() => break,
@@ -157,13 +162,15 @@ pub(crate) async fn drive(
         let (sender, mut connection) = match dialed {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
+                metrics.connect_failures.inc();
                 conn.fail(format!("{address}: {e}"), &cx.changed);
-                if !backoff(&cx, &mut failures, &mut shutdown).await {
+                if !backoff(&cx, &metrics, &mut failures, &mut shutdown).await {
                     break;
                 }
                 continue;
             }
             Err(_) => {
+                metrics.connect_failures.inc();
                 conn.fail(
                     format!(
                         "{address}: connect timed out after {:?} (no HTTP/2 SETTINGS from the server)",
@@ -171,7 +178,7 @@ pub(crate) async fn drive(
                     ),
                     &cx.changed,
                 );
-                if !backoff(&cx, &mut failures, &mut shutdown).await {
+                if !backoff(&cx, &metrics, &mut failures, &mut shutdown).await {
                     break;
                 }
                 continue;
@@ -180,6 +187,11 @@ pub(crate) async fn drive(
         // The server has spoken HTTP/2: only now is the endpoint reachable, so only
         // now does the backoff start over.
         failures = 0;
+        metrics
+            .connect_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.created.inc();
+        metrics.open.inc();
         conn.sender.store(Some(Arc::new(sender)));
         conn.last_active
             .store(conn.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -190,6 +202,8 @@ pub(crate) async fn drive(
             _ = shutdown.changed() => Ended::Shutdown,
         };
         conn.sender.store(None);
+        metrics.open.dec();
+        metrics.closed.inc();
         match ended {
             Ended::Closed(error) => {
                 // A connection that worked is re-dialled at once; the backoff is
@@ -454,10 +468,12 @@ fn too_many_pings(error: &hyper::Error) -> bool {
 /// Waits out the reconnect backoff; `false` if shut down meanwhile.
 async fn backoff(
     cx: &DriverContext,
+    metrics: &EndpointMetrics,
     failures: &mut u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let delay = cx.config.backoff.delay(*failures, cx.jitter.unit());
+    metrics.backoff.observe(delay.as_secs_f64());
     *failures = failures.saturating_add(1);
     tokio::select! {
         () = tokio::time::sleep(delay) => true,

@@ -14,6 +14,7 @@ use tonic::Code;
 use super::connection::{Connection, KeepaliveTime, Sender};
 use super::connectivity::ConnectivityState;
 use crate::config::OutlierConfig;
+use crate::metrics::EndpointMetrics;
 use crate::sync::lock;
 
 /// The longest an ejection lasts when the configured time cannot be represented.
@@ -98,6 +99,8 @@ pub(crate) struct Endpoint {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Shared with its connections' drivers.
     pub(crate) keepalive: Arc<KeepaliveTime>,
+    /// Its series (`endpoint` label), shared with its connections' drivers.
+    pub(crate) metrics: EndpointMetrics,
 }
 
 impl Endpoint {
@@ -107,12 +110,17 @@ impl Endpoint {
         authority: Authority,
         pool_size: usize,
         keepalive: Option<Duration>,
+        metrics: EndpointMetrics,
     ) -> Self {
+        let pool_size = pool_size.max(1);
+        // Added, not set: two channels to one address in one metrics set share
+        // the series.
+        metrics.pool_size.inc_by(pool_size as i64);
         Self {
             address,
             scheme,
             authority,
-            connections: (0..pool_size.max(1))
+            connections: (0..pool_size)
                 .map(|_| Arc::new(Connection::new()))
                 .collect(),
             in_flight: AtomicUsize::new(0),
@@ -125,6 +133,7 @@ impl Endpoint {
             not_serving: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
             keepalive: Arc::new(KeepaliveTime::new(keepalive)),
+            metrics,
         }
     }
 
@@ -157,6 +166,7 @@ impl Endpoint {
                 o.healthy_streak = 0;
                 self.ejected.store(false, Ordering::Release);
                 budget.ejected.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.ejected.dec();
                 tracing::info!(endpoint = %self.address, "endpoint returns to rotation");
                 true
             }
@@ -206,12 +216,18 @@ impl Endpoint {
     pub(crate) fn call_started(&self, connection: &Connection) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        connection.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        if connection.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.metrics.pool_busy.inc();
+        }
     }
 
     pub(crate) fn call_ended(&self, connection: &Connection) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        connection.call_ended();
+        self.metrics.in_flight.dec();
+        if connection.call_ended() {
+            self.metrics.pool_busy.dec();
+        }
     }
 
     /// Records the time to response headers: peak-EWMA takes a higher sample at
@@ -309,6 +325,8 @@ impl Endpoint {
         );
         o.consecutive = 0;
         self.ejected.store(true, Ordering::Release);
+        self.metrics.ejections.inc();
+        self.metrics.ejected.inc();
         tracing::warn!(endpoint = %self.address, ejection = o.ejections, ?time, "endpoint ejected");
     }
 
@@ -317,7 +335,9 @@ impl Endpoint {
         let o = lock(&self.outlier);
         if o.until.is_some() && self.ejected.swap(false, Ordering::AcqRel) {
             budget.ejected.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.ejected.dec();
         }
+        self.metrics.pool_size.dec_by(self.connections.len() as i64);
     }
 
     pub(crate) fn set_not_serving(&self, not_serving: bool) -> bool {

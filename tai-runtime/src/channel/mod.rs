@@ -71,6 +71,7 @@ use connector::TcpConnector;
 use endpoint::{CallResult, EjectionBudget, Endpoint};
 
 use crate::config::{BalancerKind, ClientConfig};
+use crate::metrics::Metrics;
 use crate::sync::lock;
 
 use crate::BoxError;
@@ -90,6 +91,7 @@ pub(crate) struct EndpointSet {
     resolved: AtomicBool,
     driver: Arc<DriverContext>,
     config: Arc<ClientConfig>,
+    metrics: Metrics,
 }
 
 impl EndpointSet {
@@ -141,6 +143,7 @@ impl EndpointSet {
             authority,
             self.config.connection.pool_size,
             self.config.connection.keepalive.map(|k| k.time),
+            self.metrics.endpoint(&address),
         ));
         for connection in endpoint.connections.iter() {
             tokio::spawn(connection::drive(
@@ -148,6 +151,7 @@ impl EndpointSet {
                 address.clone(),
                 Arc::clone(&endpoint.keepalive),
                 Arc::clone(&self.driver),
+                endpoint.metrics.clone(),
                 endpoint.shutdown.subscribe(),
             ));
         }
@@ -538,6 +542,7 @@ pub struct ChannelBuilder {
     config: ClientConfig,
     connector: Option<Arc<dyn Connector>>,
     seed: Option<u64>,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -561,6 +566,24 @@ impl ChannelBuilder {
     /// such as `tai_runtime::tls::ClientTls`.
     pub fn connector(mut self, connector: impl Connector) -> Self {
         self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Records the channel's series (`tai_channel_*`, by endpoint) into `metrics`
+    /// instead of [`Metrics::global`]; give the clients over it the same set
+    /// (`with_metrics`) to see everything in one registry.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tai_runtime::ConnectError> {
+    /// let mut registry = prometheus_client::registry::Registry::default();
+    /// let metrics = tai_runtime::metrics::Metrics::new(&mut registry);
+    /// let channel = tai_runtime::Channel::builder(tai_runtime::Endpoints::one("127.0.0.1:50051"))
+    ///     .metrics(&metrics)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
         self
     }
 
@@ -624,6 +647,7 @@ impl ChannelBuilder {
             resolved: AtomicBool::new(false),
             driver,
             config,
+            metrics: self.metrics,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         self.endpoints
@@ -645,6 +669,7 @@ impl Channel {
             config: ClientConfig::default(),
             connector: None,
             seed: None,
+            metrics: Metrics::global().clone(),
         }
     }
 

@@ -253,7 +253,7 @@ impl<T: Transport> ClientCore<T> {
             receive: c.config().connection.max_receive_message_size,
         });
         let target = channel.and_then(crate::Channel::target);
-        let state = ClientState::with_metrics(policy, target, metrics);
+        let state = ClientState::with_metrics(policy, target, metrics).with_channel(channel);
         Self {
             transport,
             state: Arc::new(state),

@@ -26,6 +26,7 @@ pub mod layers;
 mod observed;
 pub(crate) mod retry;
 pub(crate) mod state;
+pub(crate) mod stats;
 pub(crate) mod stream;
 pub mod throttle;
 pub(crate) mod timer;

@@ -16,6 +16,7 @@ use super::attempt::Failure;
 use super::core::{ClientCore, Transport};
 use super::deadline::{self, CallDeadline};
 use super::throttle::RetryThrottle;
+use crate::metrics::RetryStop;
 use crate::policy::RetryPolicy;
 use crate::wire::pushback::Pushback;
 
@@ -52,22 +53,33 @@ impl Retries {
         throttle: Option<&RetryThrottle>,
         rng: &mut impl Rng,
     ) -> Option<Duration> {
+        self.decide(policy, status, throttle, rng).ok()
+    }
+
+    /// [`next_delay`](Self::next_delay), saying why when it gives up.
+    pub(crate) fn decide(
+        &mut self,
+        policy: &RetryPolicy,
+        status: &Status,
+        throttle: Option<&RetryThrottle>,
+        rng: &mut impl Rng,
+    ) -> Result<Duration, RetryStop> {
         let pushback = Pushback::from_metadata(status.metadata());
         if pushback == Pushback::Stop {
             // The server said not to retry; A6 counts it as a failure for throttling.
             if let Some(t) = throttle {
                 t.record_failure();
             }
-            return None;
+            return Err(RetryStop::Pushback);
         }
         if !crate::policy::contains(policy.retryable, status.code()) {
-            return None;
+            return Err(RetryStop::NotRetryable);
         }
         if throttle.is_some_and(RetryThrottle::record_failure) {
-            return None;
+            return Err(RetryStop::Throttled);
         }
         if self.previous + 1 >= policy.max_attempts.min(MAX_ATTEMPTS) {
-            return None;
+            return Err(RetryStop::Exhausted);
         }
         let delay = match pushback {
             Pushback::After(d) => {
@@ -80,7 +92,7 @@ impl Retries {
             }
         };
         self.previous += 1;
-        Some(delay)
+        Ok(delay)
     }
 }
 
@@ -110,6 +122,12 @@ impl<T: Transport> ClientCore<T> {
                 Err(f) => f,
             };
             if failure.committed || failure.rejected {
+                let why = if failure.rejected {
+                    RetryStop::Breaker
+                } else {
+                    RetryStop::Committed
+                };
+                self.state.metrics_at(index).retry_stopped(why);
                 return (Err(failure.status), end);
             }
             if failure.unprocessed && std::mem::take(&mut transparent) {
@@ -121,20 +139,26 @@ impl<T: Transport> ClientCore<T> {
             }
             let decision = self
                 .state
-                .with_rng(|rng| retries.next_delay(retry, &failure.status, throttle, rng));
-            let Some(delay) = decision else {
-                return (Err(failure.status), end);
+                .with_rng(|rng| retries.decide(retry, &failure.status, throttle, rng));
+            let metrics = self.state.metrics_at(index);
+            let delay = match decision {
+                Ok(delay) => delay,
+                Err(why) => {
+                    metrics.retry_stopped(why);
+                    return (Err(failure.status), end);
+                }
             };
             if let Some(d) = deadline
                 && end + delay >= d.at
             {
+                metrics.retry_stopped(RetryStop::Deadline);
                 return (
                     Err(deadline::exceeded_before_retry(m.path, &failure.status)),
                     end,
                 );
             }
             tracing::debug!(method = m.path, attempt = retries.previous + 1, ?delay, code = ?failure.status.code(), "retrying");
-            self.state.metrics_at(index).retries.inc();
+            metrics.retried();
             tokio::time::sleep(delay).await;
         }
     }

@@ -24,6 +24,7 @@ use rand::rngs::SmallRng;
 
 use crate::client::breaker::{BreakerState, CircuitBreaker};
 use crate::client::config::{ConfigError, Effective, ServiceConfig};
+use crate::client::stats::ClientStats;
 use crate::client::throttle::RetryThrottle;
 use crate::client::timer::DeadlineTimer;
 use crate::metrics::{MethodMetrics, Metrics};
@@ -43,6 +44,9 @@ pub struct ClientState {
     deadlines: DeadlineTimer,
     /// The policies under the run-time service config, if one is set.
     configured: ArcSwapOption<Effective>,
+    /// The tai channel the client runs over, if it does: for its endpoints'
+    /// statistics in [`ClientState::snapshot`].
+    channel: Option<crate::Channel>,
 }
 
 /// What protects a backend: the breakers and the retry throttle, shared by the
@@ -161,7 +165,48 @@ impl ClientState {
             rng: Mutex::new(SmallRng::from_os_rng()),
             deadlines: DeadlineTimer::default(),
             configured: ArcSwapOption::empty(),
+            channel: None,
         }
+    }
+
+    /// The state with `channel`'s endpoints in its [`snapshot`](Self::snapshot).
+    pub(crate) fn with_channel(mut self, channel: Option<&crate::Channel>) -> Self {
+        self.channel = channel.cloned();
+        self
+    }
+
+    /// This client's statistics now (it and its clones): per method the calls,
+    /// the share that ended OK, the retries and the latency (mean, p50, p99); per
+    /// endpoint of its channel, the channel's [`EndpointStats`](crate::channel::EndpointStats).
+    /// See [`ClientStats`].
+    pub fn snapshot(&self) -> ClientStats {
+        ClientStats {
+            service: self.policy.name,
+            methods: self
+                .policy
+                .methods
+                .iter()
+                .zip(&self.metrics)
+                .map(|(p, m)| m.stats.snapshot(p.name))
+                .collect(),
+            endpoints: self
+                .channel
+                .as_ref()
+                .map(crate::Channel::endpoint_stats)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The policy a method by proto or Rust name runs now, printable; `None` if
+    /// the client has no such method.
+    pub fn method_policy_view(&self, method: &str) -> Option<PolicyView> {
+        let index = self.policy.method_index(method)?;
+        let effective = self.method_policy(index);
+        Some(PolicyView {
+            service: self.policy.name,
+            configured: matches!(effective.0, Source::Configured { .. }),
+            policy: *effective,
+        })
     }
 
     /// The policy the method at `index` runs now: the compiled one, or what the
@@ -300,6 +345,44 @@ impl std::ops::Deref for EffectivePolicy<'_> {
     }
 }
 
+/// A method's policy as it runs now (see [`Resilient::policy`]): compiled, or
+/// as the run-time service config made it. Its `Display` writes one line per
+/// field in the `#[resilient(...)]` grammar:
+///
+/// ```text
+/// tai.v1.Governor/ProposePolicy (compiled)
+///   idempotent = false
+///   timeout = "30s"
+///   retry = none
+///   hedging = none
+///   breaker(failure_threshold) = 5
+///   ...
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PolicyView {
+    /// The service's full name.
+    pub service: &'static str,
+    /// The method's policy in effect.
+    pub policy: MethodPolicy,
+    /// Whether a run-time service config put it in place of the compiled one.
+    pub configured: bool,
+}
+
+impl std::fmt::Display for PolicyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.configured {
+            "service config"
+        } else {
+            "compiled"
+        };
+        writeln!(f, "{}/{} ({source})", self.service, self.policy.name)?;
+        for (path, value) in tai_model::field_values(&self.policy.spec()) {
+            writeln!(f, "  {path} = {value}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What every generated client offers besides its RPC methods.
 ///
 /// These live on a trait, not on the client, so that no RPC name can clash with
@@ -326,6 +409,26 @@ pub trait Resilient {
     /// The compiled-in policy of the whole client.
     fn service_policy(&self) -> &'static ServicePolicy {
         self.client_state().policy()
+    }
+
+    /// The policy a method (proto or Rust name) runs now, compiled or set by a
+    /// run-time service config; printable, one field a line. `None` if there is
+    /// no such method.
+    ///
+    /// ```ignore
+    /// println!("{}", client.policy("ProposePolicy").expect("a method of Governor"));
+    /// ```
+    fn policy(&self, method: &str) -> Option<PolicyView> {
+        self.client_state().method_policy_view(method)
+    }
+
+    /// This client's statistics now; see [`ClientState::snapshot`].
+    ///
+    /// ```ignore
+    /// print!("{}", client.stats()); // a table: per method, then per endpoint
+    /// ```
+    fn stats(&self) -> ClientStats {
+        self.client_state().snapshot()
     }
 
     /// Current retry-throttle tokens, if the service throttles retries.

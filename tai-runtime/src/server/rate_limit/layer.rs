@@ -30,6 +30,7 @@ use super::local::Local;
 use super::method::Methods;
 #[cfg(feature = "redis")]
 use super::redis::{Redis, RedisStore};
+use super::refusal::{Refusal, Scope};
 use super::store::DEFAULT_MAX_CLIENTS;
 
 #[derive(Clone, Debug)]
@@ -42,6 +43,21 @@ struct Settings<C> {
     clock: C,
     #[cfg(feature = "redis")]
     redis: Option<Arc<Redis>>,
+    /// Where refusals are counted (`tai_server_rate_limited_total`).
+    metrics: crate::metrics::Metrics,
+}
+
+impl<C> Settings<C> {
+    /// Counts a refused call and makes its status.
+    fn refuse(&self, key: &ClientKey, refusal: Refusal) -> Status {
+        let (quota, method) = match refusal.scope {
+            Scope::Client { .. } => ("client", ""),
+            Scope::Method { index, .. } => ("method", self.methods.path(index)),
+            Scope::Global => ("global", ""),
+        };
+        self.metrics.rate_limited(quota, method).inc();
+        refusal.into_status(key, self.max_clients, &self.methods)
+    }
 }
 
 /// Adds per-client (and optionally global) rate limiting to a tonic server; see
@@ -98,6 +114,7 @@ where
             clock,
             #[cfg(feature = "redis")]
             redis: None,
+            metrics: crate::metrics::Metrics::global().clone(),
         })
     }
 
@@ -181,6 +198,13 @@ where
     pub fn shared_in(self, store: RedisStore) -> Self {
         let redis = Arc::new(Redis::new(store));
         self.rebuild(|s| s.redis = Some(redis))
+    }
+
+    /// Counts refused calls in `metrics` (`tai_server_rate_limited_total`, by the
+    /// quota that refused them) instead of [`Metrics::global`](crate::metrics::Metrics::global).
+    pub fn metrics(self, metrics: &crate::metrics::Metrics) -> Self {
+        let metrics = metrics.clone();
+        self.rebuild(|s| s.metrics = metrics)
     }
 
     /// Keys clients with `key`, given the request's method, URI, headers and
@@ -310,9 +334,9 @@ impl<C: Clock> Shared<C> {
     }
 
     fn check_local(&self, key: &ClientKey, method: Option<usize>) -> Result<(), Status> {
-        self.local.check(key, method).map_err(|refusal| {
-            refusal.into_status(key, self.settings.max_clients, &self.settings.methods)
-        })
+        self.local
+            .check(key, method)
+            .map_err(|refusal| self.settings.refuse(key, refusal))
     }
 }
 
@@ -356,9 +380,7 @@ where
             None => (s.quota, None),
         };
         match redis.check(&key, named, quota, s.global).await {
-            Ok(decided) => {
-                decided.map_err(|refusal| refusal.into_status(&key, s.max_clients, &s.methods))
-            }
+            Ok(decided) => decided.map_err(|refusal| s.refuse(&key, refusal)),
             Err(()) => {
                 redis.fell_back();
                 self.check_local(&key, method)
