@@ -132,6 +132,7 @@ impl<T: Transport> ClientCore<T> {
                 return Attempt::failed(&self.state, index, breaker_open(&m, rejected));
             }
         };
+        crate::context::write_trace(exchange.request.metadata_mut());
         if previous > 0 {
             exchange.request.metadata_mut().insert(
                 wire::GRPC_PREVIOUS_RPC_ATTEMPTS,

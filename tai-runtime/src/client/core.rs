@@ -443,8 +443,10 @@ impl<T: Transport> ClientCore<T> {
     {
         let (mut metadata, extensions, requests) = requests.into_parts();
         let m = self.method(method);
-        let deadline =
-            caller_timeout(&mut metadata, &m).map(|asked| deadline::for_call(&m, start, asked));
+        let handler = crate::context::outgoing_deadline(&extensions);
+        let deadline = caller_timeout(&mut metadata, &m).and_then(|asked| {
+            deadline::capped(deadline::for_call(&m, start, asked), handler, start, m.path)
+        });
         let exchange = Exchange {
             request: Request::from_parts(metadata, extensions, requests),
             codec,
@@ -480,10 +482,13 @@ impl<T: Transport> ClientCore<T> {
         let (mut metadata, extensions, request) = request.into_parts();
         self.limits.check_send(&request, m.path)?;
         let asked = caller_timeout(&mut metadata, &m)?;
+        let handler = crate::context::outgoing_deadline(&extensions);
+        let deadline =
+            deadline::capped(deadline::for_call(&m, start, asked), handler, start, m.path)?;
         Ok(Attempts {
             core: self,
             method,
-            deadline: deadline::for_call(&m, start, asked),
+            deadline,
             request: Arc::new(SharedRequest {
                 message: request,
                 metadata,
