@@ -39,6 +39,8 @@ pub mod config;
 pub mod context;
 mod error;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;

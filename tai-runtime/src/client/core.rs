@@ -315,7 +315,7 @@ impl<T: Transport> ClientCore<T> {
     {
         Observed::new(
             call,
-            tracing::debug_span!("grpc.client", method = self.method(index).path),
+            call_span(self.method(index).path),
             self.state.metrics_at(index),
         )
     }
@@ -564,6 +564,18 @@ impl<T: Transport> ClientCore<T> {
             result => (result.map_err(|f| f.status), end),
         }
     }
+}
+
+/// A call's span: with OpenTelemetry (feature `otel`), a client span with the
+/// `rpc.*` attributes; without, a debug span for logs.
+#[cfg(feature = "otel")]
+fn call_span(path: &'static str) -> tracing::Span {
+    crate::otel::client_span(path)
+}
+
+#[cfg(not(feature = "otel"))]
+fn call_span(path: &'static str) -> tracing::Span {
+    tracing::debug_span!("grpc.client", method = path)
 }
 
 /// The timeout the caller set with [`Request::set_timeout`], taken out of the

@@ -207,33 +207,50 @@ pub(crate) fn outgoing_deadline(extensions: &tonic::Extensions) -> Option<Instan
     extensions.get::<Detached>().is_none().then_some(deadline)
 }
 
-/// Writes the handler's trace into an outgoing attempt's metadata: a child
-/// `traceparent` (fresh span id), the `tracestate`, and `x-trace-id`. What the
+/// Writes the trace into an outgoing attempt's metadata: a `traceparent`, the
+/// `tracestate`, and `x-trace-id`. The `traceparent` names `span` (the attempt's
+/// OpenTelemetry span, feature `otel`) when there is one, else a fresh span id
+/// under the handler's trace; without either, nothing is written (a call made
+/// outside any handler, without OpenTelemetry, allocates nothing here). What the
 /// caller set in the request's metadata itself is left as it is.
-pub(crate) fn write_trace(metadata: &mut MetadataMap) {
-    let _ = CONTEXT.try_with(|c| {
-        let Some(c) = c else { return };
-        let trace = &c.trace;
-        if !metadata.contains_key(TRACEPARENT) {
-            let value = trace.traceparent_bytes(SpanId::random());
-            if let Ok(v) = MetadataValue::try_from(&value) {
-                metadata.insert(TRACEPARENT, v);
-            }
-            if let Some(v) = trace
-                .tracestate()
-                .and_then(|s| MetadataValue::try_from(s.as_bytes()).ok())
-            {
-                metadata.insert(TRACESTATE, v);
-            }
+pub(crate) fn write_trace(metadata: &mut MetadataMap, span: Option<(TraceId, SpanId, u8)>) {
+    if CONTEXT
+        .try_with(|c| write(metadata, c.as_ref(), span))
+        .is_err()
+    {
+        write(metadata, None, span);
+    }
+}
+
+fn write(
+    metadata: &mut MetadataMap,
+    context: Option<&CallContext>,
+    span: Option<(TraceId, SpanId, u8)>,
+) {
+    let handling = context.map(|c| &c.trace);
+    let (trace_id, traceparent) = match (span, handling) {
+        (Some((t, s, flags)), _) => (t, trace::traceparent(t, s, flags)),
+        (None, Some(h)) => (h.trace_id(), h.traceparent_bytes(SpanId::random())),
+        (None, None) => return,
+    };
+    if !metadata.contains_key(TRACEPARENT) {
+        if let Ok(v) = MetadataValue::try_from(&traceparent) {
+            metadata.insert(TRACEPARENT, v);
         }
-        if !metadata.contains_key(X_TRACE_ID) {
-            let value = match trace.legacy_id() {
-                Some(id) => MetadataValue::try_from(id.as_bytes()).ok(),
-                None => MetadataValue::try_from(&trace.trace_id_bytes()).ok(),
-            };
-            if let Some(v) = value {
-                metadata.insert(X_TRACE_ID, v);
-            }
+        if let Some(v) = handling
+            .and_then(TraceContext::tracestate)
+            .and_then(|s| MetadataValue::try_from(s.as_bytes()).ok())
+        {
+            metadata.insert(TRACESTATE, v);
         }
-    });
+    }
+    if !metadata.contains_key(X_TRACE_ID) {
+        let value = match handling.and_then(TraceContext::legacy_id) {
+            Some(id) => MetadataValue::try_from(id.as_bytes()).ok(),
+            None => MetadataValue::try_from(&trace_id.hex()).ok(),
+        };
+        if let Some(v) = value {
+            metadata.insert(X_TRACE_ID, v);
+        }
+    }
 }

@@ -40,6 +40,15 @@ impl TraceId {
     }
 }
 
+impl TraceId {
+    /// In hex, on the stack.
+    pub(crate) fn hex(&self) -> [u8; 32] {
+        let mut buf = [0u8; 32];
+        hex_into(&self.0, &mut buf);
+        buf
+    }
+}
+
 impl SpanId {
     /// A random span id.
     pub fn random() -> Self {
@@ -179,21 +188,12 @@ impl TraceContext {
 
     /// [`child_traceparent`](Self::child_traceparent), on the stack.
     pub(crate) fn traceparent_bytes(&self, span: SpanId) -> [u8; TRACEPARENT_LEN] {
-        let mut buf = [0u8; TRACEPARENT_LEN];
-        buf[..3].copy_from_slice(b"00-");
-        hex_into(&self.trace_id.0, &mut buf[3..35]);
-        buf[35] = b'-';
-        hex_into(&span.0, &mut buf[36..52]);
-        buf[52] = b'-';
-        hex_into(&[self.flags], &mut buf[53..55]);
-        buf
+        traceparent(self.trace_id, span, self.flags)
     }
 
     /// The trace id in hex, on the stack.
     pub(crate) fn trace_id_bytes(&self) -> [u8; 32] {
-        let mut buf = [0u8; 32];
-        hex_into(&self.trace_id.0, &mut buf);
-        buf
+        self.trace_id.hex()
     }
 
     /// The `x-trace-id` an outgoing call sends: the one that came, or the trace
@@ -205,6 +205,18 @@ impl TraceContext {
         HeaderValue::from_bytes(&self.trace_id_bytes())
             .expect("hex digits are a valid header value")
     }
+}
+
+/// A version-00 `traceparent`, on the stack.
+pub(crate) fn traceparent(trace: TraceId, span: SpanId, flags: u8) -> [u8; TRACEPARENT_LEN] {
+    let mut buf = [0u8; TRACEPARENT_LEN];
+    buf[..3].copy_from_slice(b"00-");
+    hex_into(&trace.0, &mut buf[3..35]);
+    buf[35] = b'-';
+    hex_into(&span.0, &mut buf[36..52]);
+    buf[52] = b'-';
+    hex_into(&[flags], &mut buf[53..55]);
+    buf
 }
 
 /// Parses a `traceparent`: version `00` exactly as specified, a later version by

@@ -8,6 +8,7 @@
 //! layers. The future is tokio's task-local future around the handler's: no
 //! `Box` per call.
 
+use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -97,13 +98,13 @@ pub struct WithContext<S> {
     layer: ContextLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for WithContext<S>
+impl<S, B, RB> Service<http::Request<B>> for WithContext<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Scoped<S::Future>;
+    type Future = Scoped<Traced<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -111,6 +112,72 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let context = self.layer.read(&request, Instant::now);
-        context::enter(context, || self.inner.call(request))
+        serve(context, request, |request| self.inner.call(request))
+    }
+}
+
+/// Makes `call` and runs its future inside `context` (and, with the `otel`
+/// feature, inside the call's server span, a child of the caller's).
+pub(super) fn serve<B, RB, E, F>(
+    context: CallContext,
+    request: http::Request<B>,
+    call: impl FnOnce(http::Request<B>) -> F,
+) -> Scoped<Traced<F>>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    #[cfg(feature = "otel")]
+    let span = crate::otel::server_span(request.uri().path(), context.trace());
+    context::enter(context, || {
+        #[cfg(feature = "otel")]
+        return Traced::new(span.in_scope(|| call(request)), span);
+        #[cfg(not(feature = "otel"))]
+        call(request)
+    })
+}
+
+/// A served call's future: without the `otel` feature, the handler's own.
+#[cfg(not(feature = "otel"))]
+pub type Traced<F> = F;
+
+#[cfg(feature = "otel")]
+pin_project_lite::pin_project! {
+    /// A served call's future inside its server span (feature `otel`), which
+    /// records the call's `rpc.grpc.status_code` when it answers: the code in
+    /// the response's headers (a trailers-only answer: how a unary handler's
+    /// error is sent), else OK, as the server metrics read it.
+    pub struct Traced<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+    }
+}
+
+#[cfg(feature = "otel")]
+impl<F> Traced<F> {
+    fn new(inner: F, span: tracing::Span) -> Self {
+        Self { inner, span }
+    }
+}
+
+#[cfg(feature = "otel")]
+impl<F, B, E> Future for Traced<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &output {
+            let code = response
+                .headers()
+                .get(crate::wire::GRPC_STATUS)
+                .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes()));
+            this.span.record("rpc.grpc.status_code", code as i32);
+        }
+        Poll::Ready(output)
     }
 }

@@ -15,10 +15,10 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::context::ContextLayer;
+use super::context::{ContextLayer, Traced, serve};
 use super::deadline::{self, Deadline, DeadlineLayer};
 use super::metrics::{self, MetricsLayer, Recorder};
-use crate::context::{self, Scoped};
+use crate::context::Scoped;
 use crate::metrics::Metrics;
 
 /// Adds deadline enforcement, metrics and the call context to a tonic server:
@@ -115,7 +115,7 @@ pub struct ServerService<S> {
 /// The future of a call through [`ServerService`]: the handler's future under the
 /// caller's deadline, inside the call's context, with the call's metrics recorded
 /// when it answers.
-pub type ServerFuture<F> = metrics::ResponseFuture<Scoped<deadline::ResponseFuture<F>>>;
+pub type ServerFuture<F> = metrics::ResponseFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
 
 impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
@@ -136,7 +136,9 @@ where
         };
         let start = Instant::now();
         let context = self.context.read(&request, || start);
-        let call = context::enter(context, || self.inner.call_from(request, || start));
+        let call = serve(context, request, |request| {
+            self.inner.call_from(request, || start)
+        });
         metrics::ResponseFuture::new(call, start, recorder)
     }
 }

@@ -58,7 +58,7 @@ pub use builder::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
 };
-pub use context::{ContextLayer, WithContext};
+pub use context::{ContextLayer, Traced, WithContext};
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
 pub use limits::DEFAULT_MAX_MESSAGE;
