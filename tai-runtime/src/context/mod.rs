@@ -38,6 +38,11 @@
 //! Reading it costs a thread-local lookup; a call made outside any handler
 //! allocates nothing for it.
 //!
+//! The context covers the handler's future. A response stream a handler
+//! returns is polled by the server after that future has ended: calls made
+//! while producing its items see no context unless the stream runs them inside
+//! one (`context::current()` in the handler, [`scope`] in the stream).
+//!
 //! [`ServerLayer`]: crate::server::ServerLayer
 //! [`ContextLayer`]: crate::server::ContextLayer
 //! [`ContextLayer::deadline_margin`]: crate::server::ContextLayer::deadline_margin
