@@ -36,8 +36,11 @@ pub mod bench_support;
 pub mod channel;
 mod client;
 pub mod config;
+pub mod context;
 mod error;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;
@@ -57,6 +60,7 @@ pub use client::state::{ClientState, EffectivePolicy, PolicyView, Resilient};
 pub use client::stats::{ClientStats, MethodStats};
 pub use client::stream::{RequestStream, ResponseStream};
 pub use client::throttle;
+pub use context::Detached;
 pub use error::ConnectError;
 pub use tai_macros::resilient;
 pub use tonic::codec::CompressionEncoding;

@@ -19,6 +19,7 @@ use tai_runtime::Code;
 use tai_runtime::bench_support::{Fake, MethodMetrics, Picker};
 use tai_runtime::breaker::CircuitBreaker;
 use tai_runtime::config::BalancerKind;
+use tai_runtime::context::{self, CallContext, TraceContext};
 use tai_runtime::throttle::RetryThrottle;
 use tokio::time::Instant;
 
@@ -190,6 +191,19 @@ fn policy_hot_path_allocations() {
             });
             per_call.push((name, pending, n));
         }
+        // The same call made by a handler: the trace headers it sends (a child
+        // `traceparent`, `x-trace-id`) are the only heap bytes the context adds.
+        let _guard = rt.enter();
+        let core = core(&FULL, pending);
+        let handling = CallContext::new(TraceContext::new_root(), None);
+        let n = allocations(200, || {
+            rt.block_on(context::scope(
+                handling.clone(),
+                tai_call(&core, request.clone()),
+            ))
+            .unwrap();
+        });
+        per_call.push(("tai (all on, in a handler)", pending, n));
     }
     for (name, pending, n) in &per_call {
         let how = if *pending {
@@ -219,6 +233,12 @@ fn policy_hot_path_allocations() {
         assert_eq!(
             get("tai (all on)", pending),
             get("tai (deadline + breaker)", pending)
+        );
+        // The handler's context: two header values (`traceparent`, `x-trace-id`).
+        let in_handler = get("tai (all on, in a handler)", pending);
+        assert!(
+            in_handler <= get("tai (all on)", pending) + 2.0,
+            "a call in a handler's context: {in_handler} allocations"
         );
         assert!(
             get("tai (all on)", pending) <= get("raw+deadline", pending),

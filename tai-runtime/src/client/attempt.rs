@@ -132,6 +132,8 @@ impl<T: Transport> ClientCore<T> {
                 return Attempt::failed(&self.state, index, breaker_open(&m, rejected));
             }
         };
+        let span = attempt_span(m.path, previous);
+        crate::context::write_trace(exchange.request.metadata_mut(), span_ids(&span));
         if previous > 0 {
             exchange.request.metadata_mut().insert(
                 wire::GRPC_PREVIOUS_RPC_ATTEMPTS,
@@ -175,9 +177,61 @@ impl<T: Transport> ClientCore<T> {
             compression: self.compression,
             state: &self.state,
             index,
+            span,
         }
     }
 }
+
+/// An attempt's OpenTelemetry span (feature `otel`); nothing without it, so an
+/// attempt is no bigger.
+#[cfg(feature = "otel")]
+type AttemptSpan = tracing::Span;
+#[cfg(not(feature = "otel"))]
+type AttemptSpan = NoSpan;
+
+/// An attempt's span without the `otel` feature: nothing, in no bytes.
+#[cfg(not(feature = "otel"))]
+#[derive(Clone, Copy, Debug)]
+struct NoSpan;
+
+#[cfg(feature = "otel")]
+fn no_span() -> AttemptSpan {
+    tracing::Span::none()
+}
+
+#[cfg(not(feature = "otel"))]
+fn no_span() -> AttemptSpan {
+    NoSpan
+}
+
+#[cfg(feature = "otel")]
+fn attempt_span(path: &'static str, previous: u32) -> AttemptSpan {
+    crate::otel::attempt_span(path, previous + 1)
+}
+
+#[cfg(not(feature = "otel"))]
+fn attempt_span(_: &'static str, _: u32) -> AttemptSpan {
+    NoSpan
+}
+
+#[cfg(feature = "otel")]
+fn span_ids(span: &AttemptSpan) -> Option<(crate::context::TraceId, crate::context::SpanId, u8)> {
+    crate::otel::ids(span)
+}
+
+#[cfg(not(feature = "otel"))]
+fn span_ids(_: &AttemptSpan) -> Option<(crate::context::TraceId, crate::context::SpanId, u8)> {
+    None
+}
+
+/// Records an attempt's final status code on its span.
+#[cfg(feature = "otel")]
+fn record_code(span: &AttemptSpan, code: Code) {
+    span.record("rpc.grpc.status_code", code as i32);
+}
+
+#[cfg(not(feature = "otel"))]
+fn record_code(_: &AttemptSpan, _: Code) {}
 
 /// What reading a response needs of its attempt.
 pub(crate) struct Head {
@@ -228,6 +282,7 @@ pin_project! {
         compression: Compression,
         state: &'a Arc<ClientState>,
         index: usize,
+        span: AttemptSpan,
     }
 }
 
@@ -246,6 +301,7 @@ impl<'a, T, M, C, S, SFut, R, RFut> Attempt<'a, T, M, C, S, SFut, R, RFut> {
             compression: Compression::default(),
             state,
             index,
+            span: no_span(),
         }
     }
 }
@@ -397,6 +453,12 @@ where
             }
             (result, _) => result,
         };
+        record_code(
+            this.span,
+            result
+                .as_ref()
+                .map_or_else(|f| f.status.code(), |_| Code::Ok),
+        );
         let code = match &result {
             Ok(_) => Code::Ok,
             // Never processed: the server told us nothing about itself. Dropping

@@ -315,7 +315,7 @@ impl<T: Transport> ClientCore<T> {
     {
         Observed::new(
             call,
-            tracing::debug_span!("grpc.client", method = self.method(index).path),
+            call_span(self.method(index).path),
             self.state.metrics_at(index),
         )
     }
@@ -443,8 +443,10 @@ impl<T: Transport> ClientCore<T> {
     {
         let (mut metadata, extensions, requests) = requests.into_parts();
         let m = self.method(method);
-        let deadline =
-            caller_timeout(&mut metadata, &m).map(|asked| deadline::for_call(&m, start, asked));
+        let handler = crate::context::outgoing_deadline(&extensions);
+        let deadline = caller_timeout(&mut metadata, &m).and_then(|asked| {
+            deadline::capped(deadline::for_call(&m, start, asked), handler, start, m.path)
+        });
         let exchange = Exchange {
             request: Request::from_parts(metadata, extensions, requests),
             codec,
@@ -480,10 +482,13 @@ impl<T: Transport> ClientCore<T> {
         let (mut metadata, extensions, request) = request.into_parts();
         self.limits.check_send(&request, m.path)?;
         let asked = caller_timeout(&mut metadata, &m)?;
+        let handler = crate::context::outgoing_deadline(&extensions);
+        let deadline =
+            deadline::capped(deadline::for_call(&m, start, asked), handler, start, m.path)?;
         Ok(Attempts {
             core: self,
             method,
-            deadline: deadline::for_call(&m, start, asked),
+            deadline,
             request: Arc::new(SharedRequest {
                 message: request,
                 metadata,
@@ -559,6 +564,18 @@ impl<T: Transport> ClientCore<T> {
             result => (result.map_err(|f| f.status), end),
         }
     }
+}
+
+/// A call's span: with OpenTelemetry (feature `otel`), a client span with the
+/// `rpc.*` attributes; without, a debug span for logs.
+#[cfg(feature = "otel")]
+fn call_span(path: &'static str) -> tracing::Span {
+    crate::otel::client_span(path)
+}
+
+#[cfg(not(feature = "otel"))]
+fn call_span(path: &'static str) -> tracing::Span {
+    tracing::debug_span!("grpc.client", method = path)
 }
 
 /// The timeout the caller set with [`Request::set_timeout`], taken out of the

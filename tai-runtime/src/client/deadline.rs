@@ -7,9 +7,10 @@
 //!
 //! The caller sets a call's timeout as with tonic, by `Request::set_timeout`; the
 //! method's `max_timeout` clamps it, so a caller cannot ask for more than the
-//! service owner allows. Without one, the method's own timeout applies. (A
-//! task-local timeout reaching every nested call, tai's earlier way, is gone: a
-//! timeout belongs to one request.)
+//! service owner allows. Without one, the method's own timeout applies. A call
+//! made while a server handles a call is also capped by that call's deadline
+//! (minus the server's margin; see `crate::context`), unless it opts out: a
+//! handler's work must not outlive its caller.
 
 use std::time::Duration;
 
@@ -44,6 +45,34 @@ pub(crate) fn for_call(
         at: start.checked_add(timeout)?,
         timeout,
         from_policy: caller.is_none(),
+    })
+}
+
+/// `call` (the call's own deadline) capped by `handler`, the deadline of the
+/// call being handled when this one is made (see `crate::context`): the earlier
+/// of the two. Once the handler's deadline has passed the call fails now, before
+/// any attempt (nothing is sent, the breaker learns nothing).
+pub(crate) fn capped(
+    call: Option<CallDeadline>,
+    handler: Option<Instant>,
+    start: Instant,
+    path: &str,
+) -> Result<Option<CallDeadline>, Status> {
+    let Some(at) = handler else {
+        return Ok(call);
+    };
+    if at <= start {
+        return Err(Status::deadline_exceeded(format!(
+            "{path}: not sent: the deadline of the call being handled has passed"
+        )));
+    }
+    Ok(match call {
+        Some(d) if d.at <= at => Some(d),
+        _ => Some(CallDeadline {
+            at,
+            timeout: at - start,
+            from_policy: false,
+        }),
     })
 }
 

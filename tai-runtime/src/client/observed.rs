@@ -74,6 +74,8 @@ where
         };
         let (result, end) = std::task::ready!(future.poll(cx));
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        // A field only the OpenTelemetry span has (feature `otel`): otherwise a no-op.
+        this.span.record("rpc.grpc.status_code", code as i32);
         let start = this.start.unwrap_or(end);
         this.metrics
             .record(code, end.saturating_duration_since(start));

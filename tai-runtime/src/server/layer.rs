@@ -1,5 +1,6 @@
-//! [`ServerLayer`]: the [deadline](super::deadline) and [metrics](super::metrics)
-//! layers as one, sharing the clock read of each call.
+//! [`ServerLayer`]: the [deadline](super::deadline), [metrics](super::metrics)
+//! and [context](super::ContextLayer) layers as one, sharing the clock read of
+//! each call.
 //!
 //! Stacked as two layers, metrics outside (so that they count the
 //! DEADLINE_EXCEEDED answers), each call reads the clock twice when it has a
@@ -14,12 +15,16 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::context::{ContextLayer, Traced, serve};
 use super::deadline::{self, Deadline, DeadlineLayer};
 use super::metrics::{self, MetricsLayer, Recorder};
+use crate::context::Scoped;
 use crate::metrics::Metrics;
 
-/// Adds deadline enforcement and metrics to a tonic server: [`DeadlineLayer`]
-/// inside [`MetricsLayer`], with one clock read per call for both.
+/// Adds deadline enforcement, metrics and the call context to a tonic server:
+/// [`DeadlineLayer`] inside [`MetricsLayer`], the handler inside its
+/// [`CallContext`](crate::context::CallContext) ([`ContextLayer`]), with one
+/// clock read per call for all three.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +41,7 @@ use crate::metrics::Metrics;
 #[derive(Clone, Debug, Default)]
 pub struct ServerLayer {
     deadline: DeadlineLayer,
+    context: ContextLayer,
     /// `None`: metrics off.
     metrics: Option<MetricsLayer>,
 }
@@ -45,6 +51,7 @@ impl ServerLayer {
     pub fn new() -> Self {
         Self {
             deadline: DeadlineLayer::new(),
+            context: ContextLayer::new(),
             metrics: Some(MetricsLayer::new()),
         }
     }
@@ -63,8 +70,19 @@ impl ServerLayer {
     pub fn with_metrics(metrics: &Metrics) -> Self {
         Self {
             deadline: DeadlineLayer::new(),
+            context: ContextLayer::new(),
             metrics: Some(MetricsLayer::with_metrics(metrics)),
         }
+    }
+
+    /// Outgoing calls made while handling a call end `margin` before its
+    /// caller's deadline (default [`DEFAULT_DEADLINE_MARGIN`]); see
+    /// [`ContextLayer::deadline_margin`].
+    ///
+    /// [`DEFAULT_DEADLINE_MARGIN`]: crate::context::DEFAULT_DEADLINE_MARGIN
+    pub fn deadline_margin(mut self, margin: std::time::Duration) -> Self {
+        self.context = self.context.deadline_margin(margin);
+        self
     }
 
     /// Turns metrics off (deadlines stay), e.g. to measure their cost.
@@ -80,6 +98,7 @@ impl<S> Layer<S> for ServerLayer {
     fn layer(&self, inner: S) -> ServerService<S> {
         ServerService {
             inner: self.deadline.layer(inner),
+            context: self.context,
             metrics: self.metrics.clone(),
         }
     }
@@ -89,12 +108,14 @@ impl<S> Layer<S> for ServerLayer {
 #[derive(Clone, Debug)]
 pub struct ServerService<S> {
     inner: Deadline<S>,
+    context: ContextLayer,
     metrics: Option<MetricsLayer>,
 }
 
 /// The future of a call through [`ServerService`]: the handler's future under the
-/// caller's deadline, with the call's metrics recorded when it answers.
-pub type ServerFuture<F> = metrics::ResponseFuture<deadline::ResponseFuture<F>>;
+/// caller's deadline, inside the call's context, with the call's metrics recorded
+/// when it answers.
+pub type ServerFuture<F> = metrics::ResponseFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
 
 impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
@@ -114,7 +135,10 @@ where
             None => Recorder::Off,
         };
         let start = Instant::now();
-        let call = self.inner.call_from(request, || start);
+        let context = self.context.read(&request, || start);
+        let call = serve(context, request, |request| {
+            self.inner.call_from(request, || start)
+        });
         metrics::ResponseFuture::new(call, start, recorder)
     }
 }

@@ -24,7 +24,9 @@
 //!   identity handed to handlers;
 //! - [`deadline`]: DEADLINE_EXCEEDED when the caller's `grpc-timeout` passes;
 //! - [`metrics`]: calls by method and status code, and their latency;
-//! - [`ServerLayer`]: the two above as one, sharing a clock read per call;
+//! - [`ContextLayer`]: the handler runs inside its call's context (trace and
+//!   deadline), which the tai calls it makes carry on ([`crate::context`]);
+//! - [`ServerLayer`]: the three above as one, sharing a clock read per call;
 //! - [`rate_limit`]: a quota per client (and optionally for all clients);
 //! - [`reflection`]: `grpc.reflection.v1` and `v1alpha`, files sent with their
 //!   imports.
@@ -36,6 +38,7 @@ mod accept;
 pub mod auth;
 mod builder;
 mod call;
+mod context;
 pub mod deadline;
 mod decided;
 mod frames;
@@ -55,6 +58,7 @@ pub use builder::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
 };
+pub use context::{ContextLayer, Traced, WithContext};
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
 pub use limits::DEFAULT_MAX_MESSAGE;

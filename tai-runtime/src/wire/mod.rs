@@ -24,6 +24,13 @@ pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
 /// since the attempt sets it on tonic's request.
 pub(crate) const GRPC_PREVIOUS_RPC_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
 
+/// W3C Trace Context: the caller's trace id, span id and flags; a metadata key.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context: vendors' trace data, forwarded unchanged; a metadata key.
+pub(crate) const TRACESTATE: &str = "tracestate";
+/// The trace id header of older tai clients, accepted and forwarded.
+pub(crate) const X_TRACE_ID: &str = "x-trace-id";
+
 /// The server's word on retrying, in milliseconds (gRFC A6); a metadata key.
 pub(crate) const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 

@@ -61,8 +61,7 @@ pub(crate) fn header_for(
 /// call is waiting for its response or reading it.
 ///
 /// The timeout is the method's, from a [`ByMethod`] table; a caller's own — set
-/// with [`with_timeout`](crate::with_timeout) or tonic's
-/// `Request::set_timeout` — applies instead when it is sooner.
+/// with tonic's `Request::set_timeout` — applies instead when it is sooner.
 ///
 /// ```
 /// use std::time::Duration;
