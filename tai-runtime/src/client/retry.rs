@@ -60,7 +60,7 @@ impl Retries {
             }
             return None;
         }
-        if !crate::policy::contains(policy.retryable, status.code()) {
+        if !crate::policy::retries(policy.retryable, status.code()) {
             return None;
         }
         if throttle.is_some_and(RetryThrottle::record_failure) {
