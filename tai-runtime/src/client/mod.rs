@@ -29,4 +29,5 @@ pub(crate) mod state;
 pub(crate) mod stream;
 pub mod throttle;
 pub(crate) mod timer;
+pub(crate) mod token;
 mod transport;
