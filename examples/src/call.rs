@@ -190,11 +190,7 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
         .map_err(CallError::Unreachable)?;
     let limit = spec.limit.unwrap_or(usize::MAX);
     // Sends `authorization: Bearer <token>` when `--token` is given.
-    let mut token = spec.token.clone();
-    let authorize = move |request| match &mut token {
-        Some(token) => tai_runtime::Interceptor::call(token, request),
-        None => Ok(request),
-    };
+    let authorize = crate::client::bearer(spec.token.clone());
 
     macro_rules! unary {
         ($client:expr, $call:ident) => {{

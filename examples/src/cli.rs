@@ -241,6 +241,12 @@ pub struct TourArgs {
     /// certificate is rotated midway.
     #[arg(long, alias = "plaintext")]
     pub no_tls: bool,
+    /// Run without authentication. By default every server requires a bearer
+    /// JWT (HS256, a secret made at start), each client carries a token with
+    /// its service's scopes, and two calls that must be refused (no token, a
+    /// wrong scope) end the tour.
+    #[arg(long)]
+    pub no_jwt: bool,
     /// Client options.
     #[command(flatten)]
     pub client: ClientOptions,
@@ -384,6 +390,7 @@ async fn run_tour(args: TourArgs) -> ExitCode {
         config: args.client.preset.config(),
         seed: args.seed,
         tls: !args.no_tls,
+        jwt: !args.no_jwt,
     };
     let mut out = std::io::stdout();
     match tour::run(options, &mut out).await {

@@ -31,6 +31,7 @@ fn help_lists_the_commands_and_each_has_its_own() {
     for (command, flag) in [
         ("tour", "--fast"),
         ("tour", "--no-tls"),
+        ("tour", "--no-jwt"),
         ("serve", "--drain-timeout"),
         ("serve", "--tls-dir"),
         ("serve", "--tls-reload"),
