@@ -169,6 +169,8 @@ pub struct CallSpec {
     pub config: tai_runtime::config::ClientConfig,
     /// mTLS, or plaintext if `None`.
     pub tls: Option<tai_runtime::tls::ClientTls>,
+    /// The bearer token sent with the call, if any.
+    pub token: Option<tai_runtime::auth::TokenSource>,
 }
 
 /// Makes the call and writes the reply (for a stream, each message) to `out` as JSON.
@@ -187,6 +189,8 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
         .await
         .map_err(CallError::Unreachable)?;
     let limit = spec.limit.unwrap_or(usize::MAX);
+    // Sends `authorization: Bearer <token>` when `--token` is given.
+    let authorize = crate::client::bearer(spec.token.clone());
 
     macro_rules! unary {
         ($client:expr, $call:ident) => {{
@@ -207,7 +211,7 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
 
     match (method.parent_service().name(), method.name()) {
         ("Governor", m) => {
-            let c = GovernorClient::new(channel);
+            let c = GovernorClient::with_interceptor(channel, authorize);
             match m {
                 "ProposePolicy" => unary!(c, propose_policy),
                 "EnforcePolicy" => unary!(c, enforce_policy),
@@ -219,7 +223,7 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
             }
         }
         ("Coordinator", m) => {
-            let c = CoordinatorClient::new(channel);
+            let c = CoordinatorClient::with_interceptor(channel, authorize);
             match m {
                 "SubmitSignal" => unary!(c, submit_signal),
                 "RequestAction" => unary!(c, request_action),
@@ -231,7 +235,7 @@ pub async fn run(spec: &CallSpec, out: &mut (dyn Write + Send)) -> Result<(), Ca
             }
         }
         ("Scheduler", m) => {
-            let c = SchedulerClient::new(channel);
+            let c = SchedulerClient::with_interceptor(channel, authorize);
             match m {
                 "SubmitTask" => unary!(c, submit_task),
                 "CancelTask" => unary!(c, cancel_task),

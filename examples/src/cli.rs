@@ -5,13 +5,17 @@
 //! authentication and metrics flags can be added to a group once and reach every
 //! subcommand that needs them.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tai_runtime::auth::TokenSource;
 use tai_runtime::config::ClientConfig;
+use tai_runtime::server::rate_limit::{Quota, RateLimitLayer, RedisStore};
 
 use crate::call::{self, CallSpec};
 use crate::fault::{FaultInjector, FaultPlan};
@@ -59,6 +63,11 @@ pub enum Command {
     ///
     /// Example: mesh stats --addr 127.0.0.1:9090
     Stats(StatsArgs),
+    /// Mint a development JWT (HS256) for a server started with the same
+    /// --jwt-secret, and print it.
+    ///
+    /// Example: mesh call governor GetPolicies --token "$(mesh token --jwt-secret S --sub ada --scope governor.read)"
+    Token(TokenArgs),
     /// Write a development CA and certificates (ca.pem, server.pem, server.key,
     /// client.pem, client.key) for `serve --tls-dir` and `call --tls-dir`.
     Certs(CertsArgs),
@@ -78,6 +87,81 @@ pub struct CertsArgs {
     /// The directory to write them into (created if missing).
     #[arg(long, default_value = "mesh-certs")]
     pub out: std::path::PathBuf,
+}
+
+/// `mesh token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The server's HS256 secret (at least 32 bytes), as given to `serve --jwt-secret`.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: String,
+    /// The token's `aud`.
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+    /// The token's `iss`.
+    #[arg(long, default_value = crate::auth::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    /// The token's subject (who calls; rate limits are per subject).
+    #[arg(long, default_value = "developer")]
+    pub sub: String,
+    /// A scope to grant, repeatable: `governor.read`, `scheduler.write`, ...
+    /// (reads need `<service>.read`, writes `<service>.write`).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// How long the token lives, e.g. `1h`, `10m`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Authentication and rate limits of a server.
+#[derive(Debug, Clone, Args)]
+pub struct AuthOptions {
+    /// Require a bearer JWT signed with this HS256 secret (at least 32
+    /// bytes). Reads then need the scope `<service>.read`, writes
+    /// `<service>.write`; health stays public. Tokens: `mesh token`.
+    #[arg(long, value_name = "SECRET", group = "jwt_keys")]
+    pub jwt_secret: Option<String>,
+    /// Require a bearer JWT verified with this PEM public key (RSA: RS256, EC
+    /// P-256: ES256, Ed25519: EdDSA).
+    #[arg(long, value_name = "FILE", group = "jwt_keys")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Require a bearer JWT verified with the keys of this JWKS file (read
+    /// again when it changes; never fetched over the network).
+    #[arg(long, value_name = "FILE", group = "jwt_keys")]
+    pub jwks: Option<PathBuf>,
+    /// The `aud` tokens must carry.
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+    /// The `iss` tokens must carry.
+    #[arg(long, default_value = crate::auth::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    /// Limit each caller to N calls a second (`N/s`; a burst of N), keyed by
+    /// the token's subject, else the peer address; over it, RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate_limit: Option<NonZeroU32>,
+    /// Share the --rate-limit quotas with every replica using the same Redis
+    /// (e.g. `redis://127.0.0.1:6379`); each falls back to its own quotas
+    /// while Redis is down.
+    #[arg(long, value_name = "URL", requires = "rate_limit")]
+    pub redis: Option<String>,
+}
+
+impl AuthOptions {
+    /// The token settings, if a key source was given.
+    pub fn jwt(&self) -> Option<crate::auth::JwtSettings> {
+        use crate::auth::KeySource;
+        let keys = match (&self.jwt_secret, &self.jwt_public_key, &self.jwks) {
+            (Some(secret), _, _) => KeySource::Secret(secret.clone()),
+            (_, Some(path), _) => KeySource::PublicKey(path.clone()),
+            (_, _, Some(path)) => KeySource::Jwks(path.clone()),
+            _ => return None,
+        };
+        Some(crate::auth::JwtSettings {
+            keys,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        })
+    }
 }
 
 /// Options of every command that connects to a server.
@@ -150,6 +234,9 @@ pub struct ServerOptions {
     /// mTLS.
     #[command(flatten)]
     pub tls: TlsOptions,
+    /// Authentication and rate limits.
+    #[command(flatten)]
+    pub auth: AuthOptions,
 }
 
 /// `mesh tour`.
@@ -170,6 +257,12 @@ pub struct TourArgs {
     /// certificate is rotated midway.
     #[arg(long, alias = "plaintext")]
     pub no_tls: bool,
+    /// Run without authentication. By default every server requires a bearer
+    /// JWT (HS256, a secret made at start), each client carries a token with
+    /// its service's scopes, and two calls that must be refused (no token, a
+    /// wrong scope) end the tour.
+    #[arg(long)]
+    pub no_jwt: bool,
     /// Client options.
     #[command(flatten)]
     pub client: ClientOptions,
@@ -217,12 +310,24 @@ pub struct CallArgs {
     /// How long to wait for the connection.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Send `authorization: Bearer TOKEN` (see `mesh token`).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Client options.
     #[command(flatten)]
     pub client: ClientOptions,
     /// mTLS.
     #[command(flatten)]
     pub tls: TlsOptions,
+}
+
+/// Parses `100/s` (or `100`).
+fn parse_rate(text: &str) -> Result<NonZeroU32, String> {
+    text.strip_suffix("/s")
+        .unwrap_or(text)
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate: give calls a second as `N/s`, N at least 1"))
 }
 
 /// Parses `250ms`, `2s`, `1.5m`, ...
@@ -237,6 +342,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Tour(args)) => run_tour(args).await,
         Some(Command::Serve(args)) => run_serve(args).await,
         Some(Command::Call(args)) => run_call(args).await,
+        Some(Command::Token(args)) => run_token(&args),
         Some(Command::Certs(args)) => run_certs(&args),
         Some(Command::Policies) => run_policies(),
         Some(Command::Stats(args)) => run_stats(&args).await,
@@ -281,6 +387,30 @@ async fn run_stats(args: &StatsArgs) -> ExitCode {
     }
 }
 
+fn run_token(args: &TokenArgs) -> ExitCode {
+    let settings = crate::auth::JwtSettings {
+        keys: crate::auth::KeySource::Secret(args.jwt_secret.clone()),
+        audience: args.jwt_audience.clone(),
+        issuer: args.jwt_issuer.clone(),
+    };
+    // Refuse what a server would refuse (a short secret), rather than print a
+    // token no server accepts.
+    if let Err(e) = settings.build() {
+        eprintln!("mesh: {e}");
+        return ExitCode::from(2);
+    }
+    match settings.mint(&args.sub, &args.scopes, args.ttl) {
+        Some(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("mesh: cannot sign the token");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_certs(args: &CertsArgs) -> ExitCode {
     let written = crate::certs::DevCerts::generate()
         .map_err(|e| format!("cannot make the certificates: {e}"))
@@ -319,6 +449,7 @@ async fn run_tour(args: TourArgs) -> ExitCode {
         config: args.client.preset.config(),
         seed: args.seed,
         tls: !args.no_tls,
+        jwt: !args.no_jwt,
     };
     let mut out = std::io::stdout();
     match tour::run(options, &mut out).await {
@@ -357,9 +488,16 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     if let Some(latency) = options.latency {
         faults.set(FaultPlan::latency(latency));
     }
-    let mut server = MeshServer::all()
+    let server = MeshServer::all()
         .faults(faults)
         .drain_timeout(options.drain_timeout);
+    let (mut server, access) = match with_auth(server, &options.auth) {
+        Ok(configured) => configured,
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let security = match tls {
         Some((dir, tls)) => {
             server = server.tls(tls);
@@ -387,7 +525,7 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
         },
     };
     println!(
-        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection), {security}; Ctrl-C or SIGTERM stops"
+        "mesh: serving Governor, Coordinator and Scheduler on {addr} (with grpc.health.v1 and reflection), {security}, {access}; Ctrl-C or SIGTERM stops"
     );
     let shutdown = async move {
         tai_runtime::server::shutdown_signal().await;
@@ -416,6 +554,38 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// `server` with the JWT check and rate limit of `auth`, and a phrase saying
+/// what they are.
+fn with_auth(mut server: MeshServer, auth: &AuthOptions) -> Result<(MeshServer, String), String> {
+    let mut access = match auth.jwt() {
+        None => "no authentication".to_owned(),
+        Some(settings) => {
+            let jwt = settings
+                .build()
+                .map_err(|e| format!("cannot check tokens: {e}"))?;
+            server = server.auth(jwt);
+            format!(
+                "JWT required (aud {:?}, iss {:?}; scopes <service>.read / .write; health public)",
+                settings.audience, settings.issuer
+            )
+        }
+    };
+    if let Some(rate) = auth.rate_limit {
+        let mut limit = RateLimitLayer::per_client(Quota::per_second(rate));
+        if let Some(url) = &auth.redis {
+            let store =
+                RedisStore::open(url).map_err(|e| format!("cannot use Redis at {url}: {e}"))?;
+            limit = limit.shared_in(store);
+        }
+        server = server.rate_limit(limit);
+        write!(access, ", at most {rate} calls/s per caller").ok();
+        if let Some(url) = &auth.redis {
+            write!(access, " (shared in {url})").ok();
+        }
+    }
+    Ok((server, access))
+}
+
 async fn run_call(args: CallArgs) -> ExitCode {
     let tls = match &args.tls.tls_dir {
         None => None,
@@ -427,7 +597,15 @@ async fn run_call(args: CallArgs) -> ExitCode {
             }
         },
     };
+    let token = match args.token.as_deref().map(TokenSource::fixed).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("mesh: --token: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let spec = CallSpec {
+        token,
         addr: args.addr,
         service: args.service,
         method: args.method,

@@ -143,6 +143,27 @@ pub fn scheduler_client(addrs: &[String]) -> Result<SchedulerClient, ConnectErro
     .map(SchedulerClient::new)
 }
 
+/// The interceptor of a generated client: `authorization: Bearer <token>` on
+/// every attempt when `token` is given, nothing otherwise.
+///
+/// ```
+/// use tai_runtime::auth::TokenSource;
+/// use tai_runtime::{Interceptor, Request};
+///
+/// let mut none = tai_examples::client::bearer(None);
+/// assert!(none.call(Request::new(())).unwrap().metadata().is_empty());
+/// let mut some = tai_examples::client::bearer(Some(TokenSource::fixed("t").unwrap()));
+/// assert_eq!(some.call(Request::new(())).unwrap().metadata().get("authorization").unwrap(), "Bearer t");
+/// ```
+pub fn bearer(
+    mut token: Option<tai_runtime::auth::TokenSource>,
+) -> impl tai_runtime::Interceptor + Send + 'static {
+    move |request| match &mut token {
+        Some(token) => tai_runtime::Interceptor::call(token, request),
+        None => Ok(request),
+    }
+}
+
 /// A channel to one server, from a preset, over `tls` if given.
 ///
 /// # Errors

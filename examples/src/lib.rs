@@ -15,10 +15,12 @@
 //! - [`client`]: connecting the generated clients (three Scheduler replicas behind one),
 //!   in plaintext or mTLS; [`probe`]: why a server cannot be reached.
 //! - [`tour`], [`call`], [`cli`]: the `mesh` program; [`certs`]: its development
-//!   certificates.
+//!   certificates; [`auth`]: which tokens its servers accept, and development
+//!   tokens.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod call;
 pub mod certs;
 pub mod cli;

@@ -4,8 +4,8 @@
 //! set tai-build writes, metrics and deadlines, message limits, keepalive
 //! enforcement, load shedding, a graceful shutdown whose drain is bounded).
 //!
-//! What stays here is the mesh's own: which services run, a fault layer in
-//! front of them, and ending the services' subscriptions with UNAVAILABLE when
+//! What stays here is the mesh's own: which services run, authentication and
+//! a rate limit per caller when asked, a fault layer in front of them, and ending the services' subscriptions with UNAVAILABLE when
 //! shutdown begins (so that subscribers reconnect elsewhere, and the drain is
 //! not held up by streams that never finish).
 
@@ -13,6 +13,9 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
+use tai_runtime::policy::AccessTable;
+use tai_runtime::server::auth::{AuthLayer, Identity, JwtAuth};
+use tai_runtime::server::rate_limit::RateLimitLayer;
 use tai_runtime::server::{InFlight, Server};
 use tai_runtime::tls::{ServerTls, TlsError};
 use tokio::net::TcpListener;
@@ -21,9 +24,9 @@ use crate::common::Closing;
 use crate::coordinator::Coordinator;
 use crate::fault::FaultInjector;
 use crate::governor::Governor;
-use crate::proto::coordinator_server::CoordinatorServer;
-use crate::proto::governor_server::GovernorServer;
-use crate::proto::scheduler_server::SchedulerServer;
+use crate::proto::coordinator_server::{self, CoordinatorServer};
+use crate::proto::governor_server::{self, GovernorServer};
+use crate::proto::scheduler_server::{self, SchedulerServer};
 use crate::scheduler::{DemoHandler, Scheduler, TaskHandler};
 
 pub use tai_runtime::server::{DEFAULT_DRAIN_TIMEOUT, Drained, ServeError, bind};
@@ -68,6 +71,8 @@ pub struct MeshServer<H: TaskHandler = DemoHandler> {
     coordinator: Option<Coordinator>,
     scheduler: Option<Scheduler<H>>,
     faults: Option<FaultInjector>,
+    auth: Option<JwtAuth>,
+    rate_limit: Option<RateLimitLayer>,
     drain_timeout: Duration,
     /// The runtime's server, services added when serving.
     server: Server,
@@ -101,6 +106,8 @@ impl<H: TaskHandler> MeshServer<H> {
             coordinator: None,
             scheduler: None,
             faults: None,
+            auth: None,
+            rate_limit: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             server: Server::builder(),
         }
@@ -126,6 +133,8 @@ impl<H: TaskHandler> MeshServer<H> {
             coordinator: self.coordinator,
             scheduler: Some(scheduler),
             faults: self.faults,
+            auth: self.auth,
+            rate_limit: self.rate_limit,
             drain_timeout: self.drain_timeout,
             server: self.server,
         }
@@ -134,6 +143,25 @@ impl<H: TaskHandler> MeshServer<H> {
     /// Puts a fault layer in front of every service, the standard ones included.
     pub fn faults(mut self, faults: FaultInjector) -> Self {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Requires a bearer JWT that `auth` accepts, and enforces the access rules
+    /// the mesh protos declare: reads need `<service>.read`, writes
+    /// `<service>.write` (PERMISSION_DENIED naming the scope otherwise); health
+    /// and reflection stay public (a call without a token reaches them, and
+    /// nothing else: UNAUTHENTICATED).
+    pub fn auth(mut self, auth: JwtAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Limits each caller's rate with `limit`, keyed by the token's subject
+    /// when [`auth`](Self::auth) is on (by peer address otherwise, or for a
+    /// token without `sub`).
+    pub fn rate_limit(mut self, limit: RateLimitLayer) -> Self {
+        self.rate_limit =
+            Some(limit.key_by_extension(|identity: &Identity| identity.subject.as_deref()));
         self
     }
 
@@ -167,24 +195,66 @@ impl<H: TaskHandler> MeshServer<H> {
     ) -> Result<Drained, ServeError> {
         let (closer, closing) = Closing::pair();
         let faults = self.faults.unwrap_or_else(|| FaultInjector::new("server"));
-        self.server
-            .add_optional_service(
-                self.governor
-                    .map(|g| GovernorServer::new(g.closing_on(closing.clone()))),
-            )
-            .add_optional_service(
-                self.coordinator
-                    .map(|c| CoordinatorServer::new(c.closing_on(closing.clone()))),
-            )
-            .add_optional_service(
-                self.scheduler
-                    .map(|s| SchedulerServer::new(s.closing_on(closing.clone()))),
-            )
+        let mut server = self.server;
+        // The first layer added is the outermost: who calls, then how often,
+        // then the faults (a refused call is not delayed or broken first).
+        let rules = self.auth.is_some();
+        if let Some(auth) = self.auth {
+            server = server.layer(AuthLayer::new(auth).allow_anonymous());
+        }
+        if let Some(limit) = self.rate_limit {
+            server = server.layer(limit);
+        }
+        if let Some(g) = self.governor {
+            let service = GovernorServer::new(g.closing_on(closing.clone()));
+            server = add(
+                server,
+                service,
+                rules.then_some(governor_server::ACCESS_RULES),
+            );
+        }
+        if let Some(c) = self.coordinator {
+            let service = CoordinatorServer::new(c.closing_on(closing.clone()));
+            server = add(
+                server,
+                service,
+                rules.then_some(coordinator_server::ACCESS_RULES),
+            );
+        }
+        if let Some(s) = self.scheduler {
+            let service = SchedulerServer::new(s.closing_on(closing.clone()));
+            server = add(
+                server,
+                service,
+                rules.then_some(scheduler_server::ACCESS_RULES),
+            );
+        }
+        server
             .descriptor_set(DESCRIPTOR_SET)
             .layer(faults.layer())
             .drain_timeout(self.drain_timeout)
             .on_shutdown(move || closer.close())
             .serve_with_incoming(listener, shutdown)
             .await
+    }
+}
+
+/// Adds `service`, under `rules` when authentication is on.
+fn add<S>(server: Server, service: S, rules: Option<AccessTable>) -> Server
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match rules {
+        Some(rules) => server.add_service_with_rules(service, rules),
+        None => server.add_service(service),
     }
 }

@@ -25,17 +25,25 @@ fn help_lists_the_commands_and_each_has_its_own() {
     let out = mesh(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["tour", "serve", "call", "certs"] {
+    for command in ["tour", "serve", "call", "token", "certs"] {
         assert!(help.contains(command), "{help}");
     }
     for (command, flag) in [
         ("tour", "--fast"),
         ("tour", "--no-tls"),
+        ("tour", "--no-jwt"),
         ("serve", "--drain-timeout"),
         ("serve", "--tls-dir"),
         ("serve", "--tls-reload"),
         ("call", "--json"),
         ("call", "--tls-dir"),
+        ("serve", "--jwt-secret"),
+        ("serve", "--jwt-public-key"),
+        ("serve", "--jwks"),
+        ("serve", "--rate-limit"),
+        ("serve", "--redis"),
+        ("call", "--token"),
+        ("token", "--scope"),
     ] {
         let out = mesh(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
@@ -53,17 +61,7 @@ async fn call_prints_the_reply_as_json() {
     let json = r#"{"requestId": "r1", "policy": {"id": "p1", "policyType": "security", "rules": {"min_tls": "1.3"}}}"#;
     let out = tokio::task::spawn_blocking({
         let addr = addr.clone();
-        move || {
-            mesh(&[
-                "call",
-                "governor",
-                "ProposePolicy",
-                "--addr",
-                &addr,
-                "--json",
-                json,
-            ])
-        }
+        move || propose_policy(&addr, json, &[])
     })
     .await
     .unwrap();
@@ -272,6 +270,21 @@ fn certs_writes_a_development_ca_and_key_pairs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `mesh call governor ProposePolicy --json JSON` at `addr` with `extra`.
+fn propose_policy(addr: &str, json: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "call",
+        "governor",
+        "ProposePolicy",
+        "--addr",
+        addr,
+        "--json",
+        json,
+    ];
+    args.extend_from_slice(extra);
+    mesh(&args)
+}
+
 /// `mesh call governor GetPolicies` at `addr` with `extra`.
 fn get_policies(addr: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["call", "governor", "GetPolicies", "--addr", addr];
@@ -358,4 +371,80 @@ fn tls_dir_without_its_files_names_the_missing_one() {
         "{}",
         text(&out.stderr)
     );
+}
+
+const SECRET: &str = "a development secret of 32+ bytes!";
+
+/// `mesh token --jwt-secret SECRET` with `extra`: the token it prints.
+fn token(extra: &[&str]) -> String {
+    let mut args = vec!["token", "--jwt-secret", SECRET, "--ttl", "10m"];
+    args.extend_from_slice(extra);
+    let out = mesh(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// `serve --jwt-secret`: a call without a token is refused, one with a token
+/// of `mesh token` passes when it has the method's scope and is refused
+/// naming the scope when not; health needs no token.
+#[test]
+fn serve_with_jwt_secret_and_call_with_token() {
+    let (_server, addr, _) = spawn_serve(&["--jwt-secret", SECRET, "--rate-limit", "100/s"]);
+
+    let out = get_policies(&addr, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Unauthenticated"), "{err}");
+
+    let reader = token(&["--sub", "ada", "--scope", "governor.read"]);
+    let out = get_policies(&addr, &["--token", &reader]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let json = r#"{"requestId": "r1", "policy": {"id": "p1", "policyType": "security"}}"#;
+    let propose = |token: &str| propose_policy(&addr, json, &["--token", token]);
+    let out = propose(&reader);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("governor.write"), "{err}");
+    let writer = token(&["--sub", "ada", "--scope", "governor.write"]);
+    let out = propose(&writer);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Health is public.
+    let out = mesh(&["call", "governor", "HealthCheck", "--addr", &addr]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A token of another secret is refused.
+    let out = mesh(&[
+        "token",
+        "--jwt-secret",
+        "another secret, also at least 32 bytes",
+        "--scope",
+        "governor.read",
+    ]);
+    let forged = text(&out.stdout).trim().to_owned();
+    let out = get_policies(&addr, &["--token", &forged]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("Unauthenticated"));
+}
+
+#[test]
+fn token_and_serve_refuse_a_short_secret() {
+    let out = mesh(&["token", "--jwt-secret", "short"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at least 32 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = mesh(&["serve", "--addr", "127.0.0.1:0", "--jwt-secret", "short"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("at least 32 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = mesh(&["serve", "--jwt-secret", SECRET, "--jwks", "jwks.json"]);
+    assert_eq!(out.status.code(), Some(2), "one key source at a time");
 }

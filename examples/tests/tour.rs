@@ -1,6 +1,6 @@
 //! The tour, run by the built binary in fast mode: exit code 0 and an honest
-//! summary; with mTLS (the default, the server certificate rotated midway) and
-//! in plaintext.
+//! summary; with mTLS and JWTs (the default: the server certificate rotated
+//! midway, two calls refused on purpose) and in plaintext without tokens.
 
 use std::process::{Command, Output};
 
@@ -31,6 +31,10 @@ fn the_fast_tour_passes_and_says_so() {
         "the server certificate is rotated",
         "ok   mTLS on every connection; the server certificate rotated without a failed call",
         "1 reload(s) applied",
+        "auth: a bearer JWT on every call",
+        "ok   JWT required on every call",
+        "a call without a token refused, Unauthenticated",
+        "a Governor write with a read-only token refused, PermissionDenied: the caller lacks scope governor.write",
         "summary after",
         "Scheduler/SubmitTask",
         "idempotent calls succeeded",
@@ -48,8 +52,8 @@ fn the_fast_tour_passes_and_says_so() {
 }
 
 #[test]
-fn the_fast_tour_passes_in_plaintext_too() {
-    let out = tour(&["--no-tls"]);
+fn the_fast_tour_passes_in_plaintext_without_tokens_too() {
+    let out = tour(&["--no-tls", "--no-jwt"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -65,5 +69,7 @@ fn the_fast_tour_passes_in_plaintext_too() {
         !stdout.contains("rotated"),
         "no rotation in plaintext: {stdout}"
     );
+    assert!(stdout.contains("auth: none (--no-jwt)"), "{stdout}");
+    assert!(!stdout.contains("JWT required"), "{stdout}");
     assert!(stdout.contains("PASS"), "{stdout}");
 }

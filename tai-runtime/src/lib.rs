@@ -35,6 +35,14 @@
 pub mod bench_support;
 pub mod channel;
 mod client;
+pub mod auth {
+    //! The client side of authentication: bearer tokens on every call.
+    //!
+    //! A [`TokenSource`] is a generated client's interceptor: a fixed token, or
+    //! one refreshed in the background ahead of its expiry. The server side
+    //! (verifying tokens, access rules) is `tai_runtime::server::auth`.
+    pub use crate::client::token::{DEFAULT_REFRESH_MARGIN, Token, TokenError, TokenSource};
+}
 pub mod config;
 pub mod context;
 mod error;

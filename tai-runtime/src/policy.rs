@@ -76,6 +76,18 @@ pub(crate) fn contains(set: CodeSet, code: Code) -> bool {
     !matches!(code, Code::Ok) && set.contains(code)
 }
 
+/// Whether a failed attempt with `code` may be tried again under `set` (a
+/// retry policy's retryable codes, a hedging policy's non-fatal ones).
+///
+/// UNAUTHENTICATED never may, even when a policy lists it: the same
+/// credentials would be refused again, and a client that hammers an
+/// authentication check with them looks like an attack. The token source
+/// (`tai_runtime::auth::TokenSource`) refreshes a token ahead of its expiry,
+/// not after a refusal.
+pub(crate) fn retries(set: CodeSet, code: Code) -> bool {
+    !matches!(code, Code::Unauthenticated) && contains(set, code)
+}
+
 /// The codes of `set` in the shared model's terms, for its validator.
 fn model_codes(set: CodeSet) -> Vec<tai_model::Code> {
     tai_model::Code::ALL

@@ -77,6 +77,26 @@ async fn a_fatal_failure_ends_the_call() {
     assert_eq!(script.calls(), 1);
 }
 
+/// UNAUTHENTICATED ends a hedged call even when listed as non-fatal: no
+/// hedge is sent with credentials the server just refused.
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_ends_the_call_even_when_non_fatal() {
+    let script = Script::unary(|_, _| async { Err(Status::unauthenticated("no bearer token")) });
+    let mut policy = hedged();
+    if let Some(h) = &mut policy.hedging {
+        h.non_fatal = CodeSet(1 << Code::Unavailable as u32 | 1 << Code::Unauthenticated as u32);
+    }
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Past the hedging delay: a second attempt would have started by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(script.calls(), 1, "hedged after a refusal");
+}
+
 #[tokio::test(start_paused = true)]
 async fn all_attempts_failing_returns_the_last_error() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });

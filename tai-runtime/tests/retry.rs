@@ -100,6 +100,27 @@ async fn unlisted_code_is_not_retried() {
     assert_eq!(script.calls(), 1);
 }
 
+/// A refusal is final: the same credentials would be refused again. A policy
+/// that lists UNAUTHENTICATED (a service config can) does not change that.
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_is_never_retried_even_when_listed() {
+    let script = Script::unary(|_, _| async { Err(Status::unauthenticated("token expired")) });
+    let core = ClientCore::new(
+        script.serve_in_memory(),
+        service(
+            vec![retrying(4, &[Code::Unauthenticated, Code::Unavailable])],
+            None,
+        ),
+    );
+    let err = core
+        .unary_retry::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "token expired");
+    assert_eq!(script.calls(), 1, "retried a refusal");
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempts_header_counts_previous_attempts() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });

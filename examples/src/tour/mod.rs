@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::server::ServeError;
 
+mod auth;
 mod faults;
 mod servers;
 mod stats;
@@ -68,6 +69,10 @@ pub struct TourOptions {
     /// mTLS on every connection (certificates made at start, the server's
     /// rotated midway); plaintext if `false`.
     pub tls: bool,
+    /// A bearer JWT required on every call (a secret made at start, each
+    /// client with a token of its service's scopes), and two calls that must
+    /// be refused at the end; no authentication if `false`.
+    pub jwt: bool,
 }
 
 impl Default for TourOptions {
@@ -78,6 +83,7 @@ impl Default for TourOptions {
             config: ClientConfig::default(),
             seed: 7,
             tls: true,
+            jwt: true,
         }
     }
 }
@@ -107,6 +113,9 @@ pub enum TourError {
     /// The certificates could not be made or loaded.
     #[error("cannot set up the tour's mTLS: {0}")]
     Tls(String),
+    /// The tokens could not be set up.
+    #[error("cannot set up the tour's authentication: {0}")]
+    Auth(String),
     /// Output (or writing the certificates) failed.
     #[error("cannot write the tour's output: {0}")]
     Io(#[from] std::io::Error),
@@ -125,11 +134,12 @@ pub async fn run(
     let started = Instant::now();
     let clock = Clock::new(options.fast);
     let tls = options.tls.then(tls::TourTls::start).transpose()?;
-    let mesh = Mesh::start(tls).await?;
+    let auth = options.jwt.then(auth::TourAuth::start).transpose()?;
+    let mesh = Mesh::start(tls, auth.as_ref().map(|a| a.jwt.clone())).await?;
     let (metrics_url, metrics_task) = mesh.serve_metrics().await?;
     let stats = Arc::new(Stats::new());
-    let clients = Clients::connect(&mesh, &options, &stats, clock.factor).await?;
-    let intro = intro(&mesh, &metrics_url, clock, options.fast);
+    let clients = Clients::connect(&mesh, &options, &stats, clock.factor, auth.as_ref()).await?;
+    let intro = intro(&mesh, &metrics_url, clock, options.fast, options.jwt);
     write!(out, "{intro}")?;
     out.flush()?;
 
@@ -147,9 +157,16 @@ pub async fn run(
         tls.settle().await?;
     }
     tour.workload.finish(&tour.mesh).await;
+    let refusals = match &auth {
+        Some(auth) => Some(auth.refusals(&tour.mesh).await?),
+        None => None,
+    };
     view.clear(&intro)?;
 
-    let verdict = Verdict::judge(tour.scene(), &tour.workload.expected);
+    let mut verdict = Verdict::judge(tour.scene(), &tour.workload.expected);
+    if let Some(refusals) = &refusals {
+        verdict.add(refusals.check());
+    }
     view.write(&verdict.summary(started.elapsed(), tour.scene()))?;
 
     drop(tour.clients);
@@ -208,7 +225,7 @@ impl Tour {
 }
 
 /// The first lines: where everything is, and how long it will take.
-fn intro(mesh: &Mesh, metrics_url: &str, clock: Clock, fast: bool) -> String {
+fn intro(mesh: &Mesh, metrics_url: &str, clock: Clock, fast: bool, jwt: bool) -> String {
     let mut intro = String::new();
     let security = match &mesh.tls {
         Some(tls) => format!(
@@ -219,10 +236,17 @@ fn intro(mesh: &Mesh, metrics_url: &str, clock: Clock, fast: bool) -> String {
         ),
         None => "plaintext (--no-tls)".to_owned(),
     };
+    let auth = if jwt {
+        "a bearer JWT on every call (HS256, a secret made at start; each client's token \
+         carries its service's read and write scopes; --no-jwt to turn off)"
+    } else {
+        "none (--no-jwt)"
+    };
     let _ = write!(
         intro,
         "tai mesh tour: Governor on {}, Coordinator on {}, Scheduler replicas on {}\n\
          security: {security}\n\
+         auth: {auth}\n\
          metrics: {metrics_url} (Prometheus text; scrape it while the tour runs)\n\
          schedule: {:.0}s{}\n",
         mesh.governor_addr,

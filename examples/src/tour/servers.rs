@@ -6,13 +6,15 @@
 //! off the schedule's loop ([`Replica::stop`]): a graceful shutdown drains for
 //! up to two seconds, and faults due meanwhile must still come on time. With
 //! the tour's mTLS ([`TourTls`]) every server, a restarted replica included,
-//! serves with the one shared [`ServerTls`].
+//! serves with the one shared [`ServerTls`], and with the tour's JWT check on,
+//! requires the tokens it accepts.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tai_runtime::server::auth::JwtAuth;
 use tai_runtime::tls::ServerTls;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -62,6 +64,8 @@ pub(super) struct Replica {
     pub(super) fault: &'static str,
     /// The TLS it serves, if any.
     tls: Option<ServerTls>,
+    /// The tokens it requires, if any.
+    auth: Option<JwtAuth>,
 }
 
 impl Replica {
@@ -99,7 +103,8 @@ impl Replica {
         let server = MeshServer::new()
             .scheduler(scheduler.clone())
             .faults(self.faults.clone());
-        self.running = Some(Running::spawn(secured(server, self.tls.as_ref()), listener));
+        let server = secured(server, self.tls.as_ref(), self.auth.as_ref());
+        self.running = Some(Running::spawn(server, listener));
         self.fault = "";
         Ok(())
     }
@@ -128,8 +133,12 @@ pub(super) struct Mesh {
 }
 
 impl Mesh {
-    /// Starts every server on a free loopback port, with `tls` if given.
-    pub(super) async fn start(tls: Option<TourTls>) -> Result<Self, TourError> {
+    /// Starts every server on a free loopback port, with `tls` and requiring
+    /// tokens `auth` accepts if given.
+    pub(super) async fn start(
+        tls: Option<TourTls>,
+        auth: Option<JwtAuth>,
+    ) -> Result<Self, TourError> {
         let server_tls = tls.as_ref().map(|t| t.server.clone());
         let governor = Governor::new();
         let coordinator = Coordinator::new();
@@ -141,6 +150,7 @@ impl Mesh {
                 .governor(governor.clone())
                 .faults(governor_faults.clone()),
             server_tls.as_ref(),
+            auth.as_ref(),
         )
         .await?;
         let (coordinator_addr, coordinator_server) = serve(
@@ -148,6 +158,7 @@ impl Mesh {
                 .coordinator(coordinator.clone())
                 .faults(coordinator_faults.clone()),
             server_tls.as_ref(),
+            auth.as_ref(),
         )
         .await?;
         let mut replicas = Vec::new();
@@ -157,7 +168,7 @@ impl Mesh {
             let server = MeshServer::new()
                 .scheduler(scheduler.clone())
                 .faults(faults.clone());
-            let (addr, running) = serve(server, server_tls.as_ref()).await?;
+            let (addr, running) = serve(server, server_tls.as_ref(), auth.as_ref()).await?;
             replicas.push(Replica {
                 name,
                 addr,
@@ -166,6 +177,7 @@ impl Mesh {
                 stopping: None,
                 fault: "",
                 tls: server_tls.clone(),
+                auth: auth.clone(),
             });
         }
         Ok(Self {
@@ -267,22 +279,30 @@ impl Mesh {
     }
 }
 
-/// Serves `server` on a free loopback port, with `tls` if given.
+/// Serves `server` on a free loopback port, with `tls` and `auth` if given.
 async fn serve<H: TaskHandler>(
     server: MeshServer<H>,
     tls: Option<&ServerTls>,
+    auth: Option<&JwtAuth>,
 ) -> Result<(SocketAddr, Running), TourError> {
     let listener = bind(localhost()).await?;
     let addr = listener.local_addr().map_err(TourError::Io)?;
-    Ok((addr, Running::spawn(secured(server, tls), listener)))
+    Ok((addr, Running::spawn(secured(server, tls, auth), listener)))
 }
 
-/// `server` with `tls` if given.
-fn secured<H: TaskHandler>(server: MeshServer<H>, tls: Option<&ServerTls>) -> MeshServer<H> {
-    match tls {
-        Some(tls) => server.tls(tls.clone()),
-        None => server,
+/// `server` with `tls`, and requiring tokens `auth` accepts, if given.
+fn secured<H: TaskHandler>(
+    mut server: MeshServer<H>,
+    tls: Option<&ServerTls>,
+    auth: Option<&JwtAuth>,
+) -> MeshServer<H> {
+    if let Some(tls) = tls {
+        server = server.tls(tls.clone());
     }
+    if let Some(auth) = auth {
+        server = server.auth(auth.clone());
+    }
+    server
 }
 
 /// Binds `addr` again after a stop; the port may take a moment to be free.

@@ -126,6 +126,11 @@ impl Verdict {
         }
     }
 
+    /// Adds a check made outside the scene (the expected refusals).
+    pub(super) fn add(&mut self, check: (bool, String)) {
+        self.checks.push(check);
+    }
+
     /// Whether every check passed.
     pub(super) fn passed(&self) -> bool {
         self.checks.iter().all(|(ok, _)| *ok)

@@ -78,7 +78,13 @@ impl Clients {
         options: &TourOptions,
         stats: &Arc<Stats>,
         factor: f64,
+        auth: Option<&super::auth::TourAuth>,
     ) -> Result<Self, TourError> {
+        // Each client's bearer token, when the servers require one.
+        let token = |service| -> Result<_, TourError> {
+            let token = auth.map(|a| a.client_token(service)).transpose()?;
+            Ok(client::bearer(token))
+        };
         let config = || options.config.clone();
         let tls = mesh.tls.as_ref().map(|t| &t.client);
         let scheduler_channel = client::scheduler_channel(
@@ -91,9 +97,18 @@ impl Clients {
         let governor = client::channel(&mesh.governor_addr.to_string(), config(), tls)?;
         let coordinator = client::channel(&mesh.coordinator_addr.to_string(), config(), tls)?;
         let clients = Clients {
-            governor: GovernorClient::new(Counted::new(governor, stats)),
-            coordinator: CoordinatorClient::new(Counted::new(coordinator, stats)),
-            scheduler: SchedulerClient::new(Counted::new(scheduler_channel.clone(), stats)),
+            governor: GovernorClient::with_interceptor(
+                Counted::new(governor, stats),
+                token("governor")?,
+            ),
+            coordinator: CoordinatorClient::with_interceptor(
+                Counted::new(coordinator, stats),
+                token("coordinator")?,
+            ),
+            scheduler: SchedulerClient::with_interceptor(
+                Counted::new(scheduler_channel.clone(), stats),
+                token("scheduler")?,
+            ),
             scheduler_channel,
         };
         clients.governor.client_state().seed_jitter(options.seed);

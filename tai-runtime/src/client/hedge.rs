@@ -82,7 +82,7 @@ impl<T: Transport> ClientCore<T> {
                         in_flight.push((number, Box::pin(attempt(number))));
                         continue;
                     }
-                    if !crate::policy::contains(hedging.non_fatal, failure.status.code()) {
+                    if !crate::policy::retries(hedging.non_fatal, failure.status.code()) {
                         return Poll::Ready((Err(failure.status), end));
                     }
                     if let Some(t) = throttle {

@@ -30,4 +30,5 @@ pub(crate) mod stats;
 pub(crate) mod stream;
 pub mod throttle;
 pub(crate) mod timer;
+pub(crate) mod token;
 mod transport;

@@ -72,7 +72,7 @@ impl Retries {
             }
             return Err(RetryStop::Pushback);
         }
-        if !crate::policy::contains(policy.retryable, status.code()) {
+        if !crate::policy::retries(policy.retryable, status.code()) {
             return Err(RetryStop::NotRetryable);
         }
         if throttle.is_some_and(RetryThrottle::record_failure) {

@@ -235,7 +235,7 @@ where
                         (status, Ended::Error(error))
                     }
                 };
-                if !crate::policy::contains(policy.non_fatal, status.code()) {
+                if !crate::policy::retries(policy.non_fatal, status.code()) {
                     return Poll::Ready(ended.into_result());
                 }
                 if let Some(t) = throttle {
