@@ -6,9 +6,11 @@
 //! cargo run --release -p tai-bench -- --quick --json bench/results.json    # < 60 s
 //! ```
 //!
-//! Two server processes of this same binary (`tai-bench serve`) run pinned to core
-//! 1: one plain tonic server, one with tai's server layers. The client (this
-//! process) is pinned to core 0. Every variant uses the same server, payload and
+//! Server processes of this same binary (`tai-bench serve`) run pinned to core
+//! 1, one per [`ServerKind`] the chosen variants call: plain tonic, tonic with
+//! tai's server layers, tai's server builder, and the two mTLS servers (tonic's
+//! own TLS, tai's builder with `ServerTls`). The client (this process) is pinned
+//! to core 0. Every variant uses the same server, payload and
 //! tokio configuration (a multi-thread runtime with one worker per process by
 //! default); each scenario runs all variants in rounds ("pairs") of a shuffled
 //! order, after a warm-up, and compares each variant with `raw` from the same
@@ -38,6 +40,7 @@ use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 use client::{Client, DEADLINE, Op};
+use server::ServerKind;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -68,10 +71,10 @@ struct Args {
     /// Pairs (rounds of every variant) per scenario [default: 20, quick: 3].
     #[arg(long)]
     pairs: Option<usize>,
-    /// Seconds measured per variant per pair [default: 2, quick: 0.4].
+    /// Seconds measured per variant per pair [default: 2, quick: 0.25].
     #[arg(long)]
     secs: Option<f64>,
-    /// Seconds of warm-up per variant per scenario [default: 2, quick: 0.2].
+    /// Seconds of warm-up per variant per scenario [default: 2, quick: 0.1].
     #[arg(long)]
     warmup: Option<f64>,
     /// Scenarios to run, comma-separated [default: all]:
@@ -79,7 +82,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Variants to run besides `raw`, comma-separated [default: all]:
-    /// raw+deadline, tai, tai/tonic-channel, tai-server, raw(A/A).
+    /// raw+deadline, tai, tai/tonic-channel, tonic+resilience, tai-server,
+    /// tai-server-builder, tonic-tls, tai-server-tls, raw(A/A).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Requests per second of the fixed-rate scenario [default: half of raw's
@@ -101,9 +105,12 @@ struct Args {
 enum Cmd {
     /// Run a benchmark server (started by the harness itself).
     Serve {
-        /// tai's server layers (deadline, metrics) on.
+        /// How the service is hosted: plain, layers, builder, tonic-tls, builder-tls.
+        #[arg(long, default_value = "plain")]
+        kind: String,
+        /// The development certificates (for the TLS kinds).
         #[arg(long)]
-        layers: bool,
+        tls_dir: Option<std::path::PathBuf>,
         /// Tokio worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -125,7 +132,7 @@ enum Cmd {
     /// and exit: run it under `perf stat -e raw_syscalls:sys_enter` twice (n, 2n)
     /// for the syscalls per call of that variant alone.
     Count {
-        /// raw, raw+deadline, tai, tai/tonic-channel.
+        /// A variant of the harness (`--variants`).
         variant: String,
         /// Calls to make (after 1000 of warm-up).
         #[arg(long, default_value_t = 100_000)]
@@ -150,7 +157,15 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     match args.command {
-        Some(Cmd::Serve { layers, threads }) => return server::serve(layers, threads),
+        Some(Cmd::Serve {
+            ref kind,
+            ref tls_dir,
+            threads,
+        }) => {
+            let kind =
+                ServerKind::from_name(kind).ok_or_else(|| format!("unknown server `{kind}`"))?;
+            return server::serve(kind, threads, tls_dir.as_deref());
+        }
         Some(Cmd::Path {
             ref variant,
             iters,
@@ -167,10 +182,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = Plan::from_args(&args)?;
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = !args.no_pin && pin_self(0, nproc);
-    let plain = ServerProcess::start(false, args.threads, pinned)?;
-    let layered = ServerProcess::start(true, args.threads, pinned)?;
+    let servers = Servers::start(&plan.variants, args.threads, pinned)?;
     let runtime = runtime(args.threads)?;
-    let report = runtime.block_on(run(&plan, &plain, &layered))?;
+    let report = runtime.block_on(run(&plan, &servers))?;
     let machine = machine(nproc, pinned, args.threads);
     print_report(&report, &machine, &plan);
     if let Some(path) = &args.json {
@@ -193,9 +207,9 @@ fn count(
         Variant::from_name(variant).ok_or_else(|| format!("unknown variant `{variant}`"))?;
     // The server on core 1 when there is one; pin the client yourself (`taskset -c 0`).
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let server = ServerProcess::start(variant == Variant::TaiServer, threads, two_cores)?;
+    let servers = Servers::start(&[variant], threads, two_cores)?;
     runtime(threads)?.block_on(async {
-        let client = make_client(variant, &server.addr, &server.addr).await?;
+        let client = make_client(variant, &servers).await?;
         let op = if nested { Op::nested() } else { Op::echo(100) };
         let run = |n: u64| {
             let tasks: Vec<_> = (0..concurrency)
@@ -231,25 +245,32 @@ fn count(
 
 async fn make_client(
     variant: Variant,
-    plain: &str,
-    layered: &str,
+    servers: &Servers,
 ) -> Result<Client, Box<dyn std::error::Error>> {
+    let kind = variant.server();
+    let addr = servers.addr(kind)?;
+    let tonic = async || match (kind.tls(), &servers.certs) {
+        (true, Some(dir)) => client::tonic_tls_channel(addr, dir.path()).await,
+        (true, None) => Err("TLS variant without certificates".into()),
+        (false, _) => client::tonic_channel(addr).await,
+    };
     Ok(match variant {
         Variant::Raw | Variant::RawAa => Client::Raw {
-            client: client::RawClient::new(client::tonic_channel(plain).await?),
+            client: client::RawClient::new(tonic().await?),
             deadline: None,
         },
-        Variant::RawDeadline => Client::Raw {
-            client: client::RawClient::new(client::tonic_channel(plain).await?),
+        Variant::RawDeadline
+        | Variant::TaiServer
+        | Variant::TaiServerBuilder
+        | Variant::TonicTls
+        | Variant::TaiServerTls => Client::Raw {
+            client: client::RawClient::new(tonic().await?),
             deadline: Some(DEADLINE),
         },
-        Variant::TaiServer => Client::Raw {
-            client: client::RawClient::new(client::tonic_channel(layered).await?),
-            deadline: Some(DEADLINE),
-        },
-        Variant::Tai => Client::Tai(client::TaiClient::new(client::tai_channel(plain).await?)),
-        Variant::TaiTonicChannel => {
-            Client::TaiTonic(client::TaiClient::new(client::tonic_channel(plain).await?))
+        Variant::Tai => Client::Tai(client::TaiClient::new(client::tai_channel(addr).await?)),
+        Variant::TaiTonicChannel => Client::TaiTonic(client::TaiClient::new(tonic().await?)),
+        Variant::TonicResilience => {
+            Client::Resilient(client::resilient(client::RawClient::new(tonic().await?)))
         }
     })
 }
@@ -271,7 +292,7 @@ struct Plan {
 impl Plan {
     fn from_args(args: &Args) -> Result<Self, String> {
         let (pairs, secs, warmup, settle) = if args.quick {
-            (3, 0.4, 0.2, 0.05)
+            (3, 0.25, 0.1, 0.05)
         } else {
             (20, 2.0, 2.0, 0.2)
         };
@@ -385,17 +406,25 @@ enum Variant {
     RawDeadline,
     Tai,
     TaiTonicChannel,
+    TonicResilience,
     TaiServer,
+    TaiServerBuilder,
+    TonicTls,
+    TaiServerTls,
     RawAa,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 10] = [
         Variant::Raw,
         Variant::RawDeadline,
         Variant::Tai,
         Variant::TaiTonicChannel,
+        Variant::TonicResilience,
         Variant::TaiServer,
+        Variant::TaiServerBuilder,
+        Variant::TonicTls,
+        Variant::TaiServerTls,
         Variant::RawAa,
     ];
 
@@ -405,8 +434,23 @@ impl Variant {
             Variant::RawDeadline => "raw+deadline",
             Variant::Tai => "tai",
             Variant::TaiTonicChannel => "tai/tonic-channel",
+            Variant::TonicResilience => "tonic+resilience",
             Variant::TaiServer => "tai-server",
+            Variant::TaiServerBuilder => "tai-server-builder",
+            Variant::TonicTls => "tonic-tls",
+            Variant::TaiServerTls => "tai-server-tls",
             Variant::RawAa => "raw(A/A)",
+        }
+    }
+
+    /// The server this variant calls.
+    fn server(self) -> ServerKind {
+        match self {
+            Variant::TaiServer => ServerKind::Layers,
+            Variant::TaiServerBuilder => ServerKind::Builder,
+            Variant::TonicTls => ServerKind::TonicTls,
+            Variant::TaiServerTls => ServerKind::BuilderTls,
+            _ => ServerKind::Plain,
         }
     }
 
@@ -422,11 +466,66 @@ impl Variant {
                 "tai's generated client on tai's Channel: deadline, retry, breaker, throttle, metrics, tracing"
             }
             Variant::TaiTonicChannel => "tai's generated client on a tonic Channel",
+            Variant::TonicResilience => {
+                "tonic's generated client behind tower-resilience: circuit breaker, retry on UNAVAILABLE, 5 s time limit"
+            }
             Variant::TaiServer => {
-                "raw+deadline client; server with tai's layers: ServerLayer (deadline + metrics) and per-client rate limiting"
+                "raw+deadline client; tonic server with tai's layers: ServerLayer (deadline + metrics) and per-client rate limiting"
+            }
+            Variant::TaiServerBuilder => {
+                "raw+deadline client; tai's Server builder: deadline, metrics, per-client rate limiting, auth off"
+            }
+            Variant::TonicTls => {
+                "raw+deadline client over mTLS; tonic server with tonic's own TLS (rustls, ring)"
+            }
+            Variant::TaiServerTls => {
+                "raw+deadline client over mTLS; tai's Server builder with ServerTls (as tai-server-builder)"
             }
             Variant::RawAa => "a second raw client, identical: the noise floor",
         }
+    }
+}
+
+/// The server processes the variants of a run call, and the certificates of
+/// the TLS ones.
+struct Servers {
+    processes: BTreeMap<ServerKind, ServerProcess>,
+    certs: Option<tempfile::TempDir>,
+}
+
+impl Servers {
+    fn start(
+        variants: &[Variant],
+        threads: usize,
+        pin: bool,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut kinds: Vec<ServerKind> = variants.iter().map(|v| v.server()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let certs = if kinds.iter().any(|k| k.tls()) {
+            let dir = tempfile::tempdir()?;
+            tai_examples::certs::DevCerts::generate()?.write(dir.path())?;
+            Some(dir)
+        } else {
+            None
+        };
+        let mut processes = BTreeMap::new();
+        for kind in kinds {
+            let tls_dir = certs.as_ref().map(tempfile::TempDir::path);
+            processes.insert(kind, ServerProcess::start(kind, tls_dir, threads, pin)?);
+        }
+        Ok(Self { processes, certs })
+    }
+
+    fn addr(&self, kind: ServerKind) -> Result<&str, String> {
+        self.processes
+            .get(&kind)
+            .map(|p| p.addr.as_str())
+            .ok_or_else(|| format!("no {} server", kind.name()))
+    }
+
+    fn pid(&self, kind: ServerKind) -> u32 {
+        self.processes[&kind].pid()
     }
 }
 
@@ -437,7 +536,12 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(layers: bool, threads: usize, pin: bool) -> Result<Self, Box<dyn std::error::Error>> {
+    fn start(
+        kind: ServerKind,
+        tls_dir: Option<&std::path::Path>,
+        threads: usize,
+        pin: bool,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let exe = std::env::current_exe()?;
         let mut command = if pin {
             let mut c = Command::new("taskset");
@@ -446,9 +550,15 @@ impl ServerProcess {
         } else {
             Command::new(&exe)
         };
-        command.args(["serve", "--threads", &threads.to_string()]);
-        if layers {
-            command.arg("--layers");
+        command.args([
+            "serve",
+            "--threads",
+            &threads.to_string(),
+            "--kind",
+            kind.name(),
+        ]);
+        if let Some(dir) = tls_dir {
+            command.arg("--tls-dir").arg(dir);
         }
         let mut child = command
             .stdin(Stdio::piped())
@@ -786,15 +896,15 @@ struct ScenarioResult {
 
 async fn run(
     plan: &Plan,
-    plain: &ServerProcess,
-    layered: &ServerProcess,
+    servers: &Servers,
 ) -> Result<Vec<ScenarioResult>, Box<dyn std::error::Error>> {
-    let server_pids = [plain.pid(), layered.pid()];
     let mut clients: BTreeMap<Variant, Client> = BTreeMap::new();
     for v in &plan.variants {
-        let client = make_client(*v, &plain.addr, &layered.addr).await?;
+        let client = make_client(*v, servers).await?;
         clients.insert(*v, client);
     }
+    // Server CPU is the CPU of the server the variant calls.
+    let server_pid = |v: Variant| [servers.pid(v.server())];
     let mut rng = SmallRng::seed_from_u64(plan.seed);
     let mut results = Vec::new();
     let started = Instant::now();
@@ -804,18 +914,20 @@ async fn run(
             Some(match plan.rate {
                 Some(r) => r,
                 None => {
-                    saturation(&results, &clients[&Variant::Raw], plan, &server_pids).await / 2.0
+                    let pids = server_pid(Variant::Raw);
+                    saturation(&results, &clients[&Variant::Raw], plan, &pids).await / 2.0
                 }
             })
         } else {
             None
         };
-        let run_one = |client: &Client, settle: f64, secs: f64| {
+        let run_one = |v: Variant, settle: f64, secs: f64| {
             let (settle, window) = (
                 Duration::from_secs_f64(settle),
                 Duration::from_secs_f64(secs),
             );
-            let (client, op) = (client.clone(), op.clone());
+            let (client, op) = (clients[&v].clone(), op.clone());
+            let server_pids = server_pid(v);
             async move {
                 match rate {
                     Some(r) => open_loop(&client, &op, r, settle, window, &server_pids).await,
@@ -841,7 +953,7 @@ async fn run(
             rate.map_or(String::new(), |r| format!(", {r:.0} req/s"))
         );
         for v in &plan.variants {
-            run_one(&clients[v], 0.0, plan.warmup).await;
+            run_one(*v, 0.0, plan.warmup).await;
         }
         let mut segments: BTreeMap<Variant, Vec<Segment>> = BTreeMap::new();
         let mut order = plan.variants.clone();
@@ -849,7 +961,7 @@ async fn run(
             order.shuffle(&mut rng);
             let mut line = format!("  pair {:>2}/{}:", pair + 1, plan.pairs);
             for v in &order {
-                let s = run_one(&clients[v], plan.settle, plan.secs).await;
+                let s = run_one(*v, plan.settle, plan.secs).await;
                 line += &format!(" {}={:.0}", v.name(), s.throughput());
                 if s.shed > 0 {
                     line += &format!("({} shed)", s.shed);
@@ -989,11 +1101,27 @@ fn pair_ratio(r: &ScenarioResult, a: Variant, b: Variant, seed: u64) -> Option<(
     Some(measure::median_ci(&v, seed))
 }
 
-/// The comparisons besides "to raw": tai against what a careful tonic user writes,
-/// the server layers on against off (same raw+deadline client), tai's channel
+/// The comparisons besides "to raw": tai against what a careful tonic user writes
+/// and against tonic with tower-resilience, the tai servers against the tonic
+/// servers a user would run instead (same raw+deadline client), tai's channel
 /// against tonic's (same tai client).
-const PAIRS: [(Variant, Variant, &str); 3] = [
+const PAIRS: [(Variant, Variant, &str); 6] = [
     (Variant::Tai, Variant::RawDeadline, "tai/raw+deadline"),
+    (
+        Variant::Tai,
+        Variant::TonicResilience,
+        "tai/tonic+resilience",
+    ),
+    (
+        Variant::TaiServerBuilder,
+        Variant::RawDeadline,
+        "tai-server-builder/raw+deadline",
+    ),
+    (
+        Variant::TaiServerTls,
+        Variant::TonicTls,
+        "tai-server-tls/tonic-tls",
+    ),
     (
         Variant::TaiServer,
         Variant::RawDeadline,
@@ -1096,11 +1224,25 @@ fn print_report(results: &[ScenarioResult], machine: &Value, plan: &Plan) {
                 let _ = writeln!(out, "{key}: {m:.3} [{lo:.3}, {hi:.3}]");
             }
         }
-        if r.segments.contains_key(&Variant::TaiServer) {
-            let s = summarize(r, Variant::TaiServer, plan.seed);
-            let d = summarize(r, Variant::RawDeadline, plan.seed);
+        for (tai, tonic, what) in [
+            (Variant::TaiServer, Variant::RawDeadline, "server layers"),
+            (
+                Variant::TaiServerBuilder,
+                Variant::RawDeadline,
+                "server builder",
+            ),
+            (
+                Variant::TaiServerTls,
+                Variant::TonicTls,
+                "server builder, mTLS",
+            ),
+        ] {
+            if !(r.segments.contains_key(&tai) && r.segments.contains_key(&tonic)) {
+                continue;
+            }
+            let (s, d) = (summarize(r, tai, plan.seed), summarize(r, tonic, plan.seed));
             if let (Some((a, _, _)), Some((b, _, _))) = (s.server_delta, d.server_delta) {
-                let _ = writeln!(out, "server layers: {:+.2} µs server CPU per {unit}", a - b);
+                let _ = writeln!(out, "{what}: {:+.2} µs server CPU per {unit}", a - b);
             }
         }
         let _ = writeln!(out);

@@ -1,6 +1,8 @@
 //! The harness end to end at its smallest: one pair of 0.2 s, three scenarios
-//! (closed loop, open loop, stream), tai against raw, unpinned. Checks that it runs and writes the JSON it documents; the
-//! figures of so short a run mean nothing.
+//! (closed loop, open loop, stream), every variant but the A/A one and tai on
+//! tonic's channel (tai and tonic with tower-resilience; the tai servers, plain
+//! and mTLS, and the tonic servers beside them), unpinned. Checks that it runs
+//! and writes the JSON it documents; the figures of so short a run mean nothing.
 
 use std::process::Command;
 
@@ -22,7 +24,7 @@ fn quick_run_writes_the_documented_json() {
             "--rate",
             "400",
             "--variants",
-            "tai,raw+deadline",
+            "tai,raw+deadline,tonic+resilience,tai-server-builder,tonic-tls,tai-server-tls",
             "--no-pin",
             "--json",
         ])
@@ -36,7 +38,15 @@ fn quick_run_writes_the_documented_json() {
 
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for variant in ["raw", "raw+deadline", "tai"] {
+    for variant in [
+        "raw",
+        "raw+deadline",
+        "tai",
+        "tonic+resilience",
+        "tai-server-builder",
+        "tonic-tls",
+        "tai-server-tls",
+    ] {
         let v = &results["variants"][variant];
         assert!(
             v["throughput_per_s"].as_f64().unwrap() > 0.0,
@@ -45,7 +55,14 @@ fn quick_run_writes_the_documented_json() {
         assert!(v["p99_us"].as_f64().is_some(), "{variant}: {v}");
         assert_eq!(v["errors"], 0, "{variant}: {v}");
     }
-    for ratio in ["tai/raw", "raw+deadline/raw", "tai/raw+deadline"] {
+    for ratio in [
+        "tai/raw",
+        "raw+deadline/raw",
+        "tai/raw+deadline",
+        "tai/tonic+resilience",
+        "tai-server-builder/raw+deadline",
+        "tai-server-tls/tonic-tls",
+    ] {
         assert!(
             results["ratios"][ratio].as_f64().is_some(),
             "{ratio}: {results}"
@@ -60,6 +77,14 @@ fn quick_run_writes_the_documented_json() {
         (100.0..=800.0).contains(&sent),
         "the open loop sends at about its rate: {sent}/s"
     );
-    let stream = &results["scenarios"]["stream"]["variants"]["tai"];
-    assert_eq!(stream["unit"], "msg", "{stream}");
+    let stream = &results["scenarios"]["stream"]["variants"];
+    for variant in ["tai", "tai-server-builder", "tai-server-tls"] {
+        let v = &stream[variant];
+        assert_eq!(v["unit"], "msg", "{variant}: {v}");
+        assert_eq!(v["errors"], 0, "{variant}: {v}");
+        assert!(
+            v["throughput_per_s"].as_f64().unwrap() > 0.0,
+            "{variant}: {v}"
+        );
+    }
 }

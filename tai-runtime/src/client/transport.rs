@@ -18,6 +18,12 @@
 //!   deadline. Such a failure reaches the attempt as an empty response carrying a
 //!   [`TransportFailure`] extension, which the attempt reads before anything else.
 //!
+//! The screen runs on every response, so it reads a head in one pass over its
+//! entries ([`Head::scan`]): peers send a handful of headers and trailers, and
+//! comparing a few names costs a fraction of hashing the custom ones
+//! (`grpc-status`, `grpc-status-details-bin`) once per lookup; a large map is
+//! still looked up by hash.
+//!
 //! The attempt's `grpc-timeout` is written here too, straight into the HTTP request
 //! tonic built: through tonic's metadata the same header costs about three times
 //! as much (the name is validated at run time and hashed by each of the removals
@@ -189,20 +195,69 @@ fn failed<B>(failure: TransportFailure) -> http::Response<PeerBody<B>> {
     response
 }
 
+/// Maps with at most this many values are scanned rather than hashed into.
+const SCAN_LIMIT: usize = 8;
+
+/// What the screen reads of a head (headers or trailers).
+#[derive(Default)]
+struct Head {
+    /// `grpc-status` is present (a trailers-only response, or trailers).
+    status: bool,
+    /// The (first) `content-type` is gRPC's.
+    grpc_content: bool,
+    /// The (first) `grpc-status-details-bin` is not base64 (tonic would panic).
+    invalid_details: bool,
+}
+
+impl Head {
+    fn scan(headers: &HeaderMap) -> Self {
+        let grpc = |v: &HeaderValue| v.as_bytes().starts_with(b"application/grpc");
+        if headers.len() > SCAN_LIMIT {
+            return Self {
+                status: headers.contains_key(wire::GRPC_STATUS),
+                grpc_content: headers.get(http::header::CONTENT_TYPE).is_some_and(grpc),
+                invalid_details: headers
+                    .get(wire::GRPC_STATUS_DETAILS)
+                    .is_some_and(invalid_details),
+            };
+        }
+        let mut head = Self::default();
+        let (mut content_type, mut details) = (false, false);
+        for (name, value) in headers {
+            if name == http::header::CONTENT_TYPE {
+                if !std::mem::replace(&mut content_type, true) {
+                    head.grpc_content = grpc(value);
+                }
+            } else if name == wire::GRPC_STATUS {
+                head.status = true;
+            } else if name == wire::GRPC_STATUS_DETAILS && !std::mem::replace(&mut details, true) {
+                head.invalid_details = invalid_details(value);
+            }
+        }
+        head
+    }
+}
+
+/// tonic decodes `grpc-status-details-bin` with the standard alphabet, padding
+/// optional, and panics on anything else.
+fn invalid_details(value: &HeaderValue) -> bool {
+    wire::STATUS_DETAILS_BASE64
+        .decode(value.as_bytes())
+        .is_err()
+}
+
 /// Screens the head of a response (see the module docs).
 fn screen<B>(mut response: http::Response<B>) -> http::Response<PeerBody<B>> {
-    let headers = response.headers_mut();
-    if headers.contains_key(wire::GRPC_STATUS) {
+    let head = Head::scan(response.headers());
+    if head.status {
         // Trailers-only: tonic reads the status from these headers.
-        drop_invalid_details(headers);
+        if head.invalid_details {
+            drop_details(response.headers_mut());
+        }
         return response.map(PeerBody::passthrough);
     }
     let http_status = response.status();
-    let grpc_content = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if http_status == StatusCode::OK && grpc_content {
+    if http_status == StatusCode::OK && head.grpc_content {
         return response.map(PeerBody::passthrough);
     }
     // Not a gRPC response: a trailers-only one with the code grpc-go derives from
@@ -231,15 +286,14 @@ fn screen<B>(mut response: http::Response<B>) -> http::Response<PeerBody<B>> {
 /// Removes a `grpc-status-details-bin` that tonic could not decode (it would
 /// panic); the rest of the status stays.
 pub(crate) fn drop_invalid_details(headers: &mut HeaderMap) {
-    let valid = match headers.get(wire::GRPC_STATUS_DETAILS) {
-        None => return,
-        // tonic decodes with the standard alphabet, padding optional.
-        Some(v) => wire::STATUS_DETAILS_BASE64.decode(v.as_bytes()).is_ok(),
-    };
-    if !valid {
-        tracing::debug!("dropped a grpc-status-details-bin that is not base64");
-        headers.remove(wire::GRPC_STATUS_DETAILS);
+    if Head::scan(headers).invalid_details {
+        drop_details(headers);
     }
+}
+
+fn drop_details(headers: &mut HeaderMap) {
+    tracing::debug!("dropped a grpc-status-details-bin that is not base64");
+    headers.remove(wire::GRPC_STATUS_DETAILS);
 }
 
 pin_project! {
@@ -294,5 +348,62 @@ where
             PeerBody::Passthrough { inner } => inner.size_hint(),
             PeerBody::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A head with `extra` unrelated headers besides a gRPC content type, a
+    /// `grpc-status` and a `grpc-status-details-bin` of `details`.
+    fn head(extra: usize, details: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for i in 0..extra {
+            let name = http::HeaderName::from_bytes(format!("x-extra-{i}").as_bytes()).unwrap();
+            headers.insert(name, HeaderValue::from_static("v"));
+        }
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        headers.insert(wire::GRPC_STATUS, HeaderValue::from_static("14"));
+        headers.insert(wire::GRPC_STATUS_DETAILS, HeaderValue::from_static(details));
+        headers
+    }
+
+    #[test]
+    fn scanned_and_hashed_heads_read_the_same() {
+        for extra in [0, SCAN_LIMIT] {
+            let bad = Head::scan(&head(extra, "!!!"));
+            assert!(
+                bad.status && bad.grpc_content && bad.invalid_details,
+                "{extra}"
+            );
+            let good = Head::scan(&head(extra, "CAE"));
+            assert!(
+                good.status && good.grpc_content && !good.invalid_details,
+                "{extra}"
+            );
+
+            let mut headers = head(extra, "!!!");
+            drop_invalid_details(&mut headers);
+            assert!(!headers.contains_key(wire::GRPC_STATUS_DETAILS), "{extra}");
+            assert!(headers.contains_key(wire::GRPC_STATUS), "{extra}");
+        }
+    }
+
+    #[test]
+    fn only_the_first_content_type_counts() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html"),
+        );
+        headers.append(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        assert!(!Head::scan(&headers).grpc_content);
     }
 }
