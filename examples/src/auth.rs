@@ -194,6 +194,34 @@ mod tests {
     }
 
     #[test]
+    fn a_public_key_file_loads_whatever_its_kind_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&pem, key.public_key_pem()).unwrap();
+        let settings = |path: &std::path::Path| JwtSettings {
+            keys: KeySource::PublicKey(path.to_owned()),
+            ..JwtSettings::secret(SECRET)
+        };
+        assert!(settings(&pem).build().is_ok());
+
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let err = settings(&junk).build().unwrap_err();
+        assert!(
+            err.to_string().contains("junk.pem is not a PEM public key"),
+            "{err}"
+        );
+        let err = settings(&dir.path().join("missing.pem"))
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read the public key"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_public_key_source_cannot_mint() {
         let settings = JwtSettings {
             keys: KeySource::PublicKey("key.pem".into()),
