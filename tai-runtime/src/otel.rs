@@ -115,9 +115,17 @@ pub(crate) fn client_span(path: &'static str) -> tracing::Span {
 }
 
 /// The span of one attempt, a child of its call's span (current while the call
-/// is polled). `attempt` counts from 1, as `grpc-previous-rpc-attempts` + 1.
-pub(crate) fn attempt_span(path: &'static str, attempt: u32) -> tracing::Span {
-    rpc_span!("grpc.attempt", "client", path, rpc.grpc.attempt = attempt)
+/// is polled). `attempt` counts from 1, as `grpc-previous-rpc-attempts` + 1;
+/// `hedged`: the call runs under a hedging policy (attempts after the first
+/// may overlap). Backoffs and hedges started are events on the call's span.
+pub(crate) fn attempt_span(path: &'static str, attempt: u32, hedged: bool) -> tracing::Span {
+    rpc_span!(
+        "grpc.attempt",
+        "client",
+        path,
+        rpc.grpc.attempt = attempt,
+        rpc.grpc.hedged = hedged
+    )
 }
 
 /// The trace id, span id and flags of `span` as OpenTelemetry assigned them;

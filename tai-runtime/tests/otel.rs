@@ -173,10 +173,9 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
             Some("0")
         );
     }
-    assert_eq!(
-        attribute(chain[1], "rpc.grpc.attempt").as_deref(),
-        Some("1")
-    );
+    for (name, value) in [("rpc.grpc.attempt", "1"), ("rpc.grpc.hedged", "false")] {
+        assert_eq!(attribute(chain[1], name).as_deref(), Some(value), "{name}");
+    }
 
     // What hop 2 was sent names hop 1's attempt span.
     let sent = hop2.seen()[0].header("traceparent").unwrap().to_owned();

@@ -132,7 +132,7 @@ impl<T: Transport> ClientCore<T> {
                 return Attempt::failed(&self.state, index, breaker_open(&m, rejected));
             }
         };
-        let span = attempt_span(m.path, previous);
+        let span = attempt_span(&m, previous);
         crate::context::write_trace(exchange.request.metadata_mut(), span_ids(&span));
         if previous > 0 {
             exchange.request.metadata_mut().insert(
@@ -205,12 +205,14 @@ fn no_span() -> AttemptSpan {
 }
 
 #[cfg(feature = "otel")]
-fn attempt_span(path: &'static str, previous: u32) -> AttemptSpan {
-    crate::otel::attempt_span(path, previous + 1)
+fn attempt_span(m: &MethodPolicy, previous: u32) -> AttemptSpan {
+    // A retry policy wins over hedging (`ClientCore::single_retried`).
+    let hedged = m.retry.is_none() && m.hedging.is_some();
+    crate::otel::attempt_span(m.path, previous + 1, hedged)
 }
 
 #[cfg(not(feature = "otel"))]
-fn attempt_span(_: &'static str, _: u32) -> AttemptSpan {
+fn attempt_span(_: &MethodPolicy, _: u32) -> AttemptSpan {
     NoSpan
 }
 

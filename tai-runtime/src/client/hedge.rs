@@ -119,6 +119,7 @@ impl<T: Transport> ClientCore<T> {
                     }
                     Some(at) if at <= now => {
                         self.state.metrics_at(index).hedges.inc();
+                        tracing::debug!(method = m.path, attempt = started + 1, "hedging");
                         in_flight.push((started, Box::pin(attempt(started))));
                         started += 1;
                         next_at = Some(now + hedging.delay);
