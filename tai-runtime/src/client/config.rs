@@ -12,7 +12,7 @@
 //!
 //! Precedence, lowest first: the compiled policy, then the run-time config (field by
 //! field: a config that sets only `timeout` keeps the compiled retry), then a caller's
-//! own [`with_timeout`](crate::with_timeout) — still clamped by `max_timeout`.
+//! own timeout (`tonic::Request::set_timeout`) — still clamped by `max_timeout`.
 //!
 //! What a run-time config may change is what the call engine reads per call:
 //! `timeout`, `retryPolicy`, `hedgingPolicy`, and the `tai` object's `idempotent` and

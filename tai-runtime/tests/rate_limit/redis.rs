@@ -34,6 +34,29 @@ struct RedisServer {
     child: Option<Child>,
 }
 
+/// Whether these tests may run: with `redis-server` on the PATH. Without it they
+/// say so and pass, so that `cargo test --workspace` works on a fresh machine as
+/// the README promises, unless `TAI_REQUIRE_REDIS` is set, as `.ci/run` sets it
+/// after installing redis-server: there they must run.
+fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("TAI_REQUIRE_REDIS").is_none(),
+            "TAI_REQUIRE_REDIS is set but redis-server is not on the PATH"
+        );
+        eprintln!(
+            "skipped: redis-server is not installed (Debian: apt-get install redis-server); \
+             .ci/run installs it and sets TAI_REQUIRE_REDIS=1"
+        );
+    }
+    found
+}
+
 impl RedisServer {
     async fn start() -> Self {
         // A free port: the kernel picks one, the listener closes, Redis takes it.
@@ -168,6 +191,9 @@ async fn drive(replicas: [&Served; 2], duration: Duration, until: impl Fn() -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_quota() {
+    if !redis_available() {
+        return;
+    }
     let redis = RedisServer::start().await;
     let prefix = prefix();
     let (a, layer_a) = replica(&redis, &prefix).await;
@@ -211,6 +237,9 @@ async fn two_replicas_share_one_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_local_quotas_and_recovers() {
+    if !redis_available() {
+        return;
+    }
     let mut redis = RedisServer::start().await;
     let prefix = prefix();
     let (a, layer_a) = replica(&redis, &prefix).await;
