@@ -89,6 +89,15 @@ fn role(span: &Span) -> &'static str {
     }
 }
 
+/// `span` and its ancestors, as far as the exported spans go.
+fn ancestry<'a>(span: &'a Span, by_id: &HashMap<Vec<u8>, &'a Span>) -> Vec<&'a Span> {
+    let mut chain = vec![span];
+    while let Some(parent) = by_id.get(&chain.last().unwrap().parent_span_id) {
+        chain.push(parent);
+    }
+    chain
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
     let receiver = Receiver::default();
@@ -104,16 +113,34 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
 
     let hop2 = Script::unary(|_, message| async move { Ok(message) });
     let next = client(serve(&hop2));
+    let (handled, mut handled_in) = tokio::sync::mpsc::unbounded_channel();
     let hop1 = Script::unary(move |_, message| {
-        let next = next.clone();
+        let (next, handled) = (next.clone(), handled.clone());
         async move {
+            let context = tai_runtime::context::current().expect("a context");
+            handled
+                .send(context.trace().trace_id().to_string())
+                .unwrap();
             next.unary::<Echo, Echo>(0, message)
                 .await
                 .map(Response::into_inner)
         }
     });
-    client(serve(&hop1))
+    let hop1_channel = serve(&hop1);
+    client(hop1_channel.clone())
         .unary::<Echo, Echo>(0, Request::new(echo("x")))
+        .await
+        .unwrap();
+    // A caller sending no trace (tonic's own client): hop 1 starts the trace,
+    // and its handler's context names the trace id of its server span.
+    let mut plain = tonic::client::Grpc::new(hop1_channel);
+    plain.ready().await.unwrap();
+    plain
+        .unary::<Echo, Echo, _>(
+            Request::new(echo("y")),
+            http::uri::PathAndQuery::from_static("/test.Echo/Unary"),
+            tonic_prost::ProstCodec::default(),
+        )
         .await
         .unwrap();
     let flushed = tokio::task::spawn_blocking(move || {
@@ -134,27 +161,26 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     let mut roles: Vec<&str> = spans.iter().map(role).collect();
     roles.sort_unstable();
+    // The test's call (call, attempt) and two served by hop 1 (each a server
+    // span, a call and an attempt to hop 2, and hop 2's server span).
     assert_eq!(
         roles,
-        ["attempt", "attempt", "call", "call", "server", "server"],
+        [
+            "attempt", "attempt", "attempt", "call", "call", "call", "server", "server", "server",
+            "server"
+        ],
         "{spans:#?}"
     );
 
     // From hop 2's server span up to the test's call: each span the child of the
     // one before it, all in one trace.
-    let hop2_span = spans
+    // The longest ancestry: from hop 2's server span, under the test's call
+    // through hop 1.
+    let chain = spans
         .iter()
-        .filter(|s| role(s) == "server")
-        .find(|s| {
-            let attempt = by_id[&s.parent_span_id];
-            let call = by_id[&attempt.parent_span_id];
-            by_id.contains_key(&call.parent_span_id)
-        })
-        .expect("hop 2's server span, under hop 1's handler");
-    let mut chain = vec![hop2_span];
-    while let Some(parent) = by_id.get(&chain.last().unwrap().parent_span_id) {
-        chain.push(parent);
-    }
+        .map(|s| ancestry(s, &by_id))
+        .max_by_key(Vec::len)
+        .unwrap();
     let chain_roles: Vec<&str> = chain.iter().map(|s| role(s)).collect();
     assert_eq!(
         chain_roles,
@@ -176,6 +202,18 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
     for (name, value) in [("rpc.grpc.attempt", "1"), ("rpc.grpc.hedged", "false")] {
         assert_eq!(attribute(chain[1], name).as_deref(), Some(value), "{name}");
     }
+
+    // The handler's context names the trace its spans are in, whether the
+    // caller started it or hop 1 did.
+    assert_eq!(handled_in.recv().await.unwrap(), hex(&chain[0].trace_id));
+    let started_here = handled_in.recv().await.unwrap();
+    let hop1_root = spans
+        .iter()
+        .find(|s| role(s) == "server" && s.parent_span_id.is_empty())
+        .expect("hop 1's server span for the call without a trace");
+    assert_eq!(started_here, hex(&hop1_root.trace_id));
+    let sent = hop2.seen()[1].header("traceparent").unwrap().to_owned();
+    assert!(sent.starts_with(&format!("00-{started_here}-")), "{sent}");
 
     // What hop 2 was sent names hop 1's attempt span.
     let sent = hop2.seen()[0].header("traceparent").unwrap().to_owned();

@@ -109,6 +109,14 @@ impl CallContext {
             .map(|d| d.checked_sub(self.margin).unwrap_or(d))
     }
 
+    /// Takes `trace_id` as the trace's when it started at this server (no
+    /// `traceparent` came): OpenTelemetry chose the server span's trace id, and
+    /// the handler's logs and calls must name that one.
+    #[cfg(feature = "otel")]
+    pub(crate) fn adopt_trace_id(&mut self, trace_id: TraceId) {
+        self.trace.adopt_trace_id(trace_id);
+    }
+
     /// The same context without a deadline: for work that outlives the call.
     fn detached(&self) -> Self {
         Self {

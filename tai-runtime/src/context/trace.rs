@@ -153,6 +153,14 @@ impl TraceContext {
         }
     }
 
+    /// See `CallContext::adopt_trace_id`.
+    #[cfg(feature = "otel")]
+    pub(crate) fn adopt_trace_id(&mut self, trace_id: TraceId) {
+        if self.parent_id.is_none() {
+            self.trace_id = trace_id;
+        }
+    }
+
     /// The trace id every hop of the call shares.
     pub fn trace_id(&self) -> TraceId {
         self.trace_id

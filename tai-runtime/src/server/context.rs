@@ -119,7 +119,7 @@ where
 /// Makes `call` and runs its future inside `context` (and, with the `otel`
 /// feature, inside the call's server span, a child of the caller's).
 pub(super) fn serve<B, RB, E, F>(
-    context: CallContext,
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut context: CallContext,
     request: http::Request<B>,
     call: impl FnOnce(http::Request<B>) -> F,
 ) -> Scoped<Traced<F>>
@@ -128,6 +128,10 @@ where
 {
     #[cfg(feature = "otel")]
     let span = crate::otel::server_span(request.uri().path(), context.trace());
+    #[cfg(feature = "otel")]
+    if let Some((trace_id, ..)) = crate::otel::ids(&span) {
+        context.adopt_trace_id(trace_id);
+    }
     context::enter(context, || {
         #[cfg(feature = "otel")]
         return Traced::new(span.in_scope(|| call(request)), span);
