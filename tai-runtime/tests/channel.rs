@@ -1101,3 +1101,129 @@ async fn durations_past_what_instant_holds_saturate() {
         "{ejected:?}"
     );
 }
+
+/// The client's connection bytes, counting the writes that carry some.
+struct CountedIo {
+    io: BoxIo,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountedIo {
+    fn count(&self, written: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(task, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write(task, buf);
+        self.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(task, bufs);
+        self.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(task)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(task)
+    }
+}
+
+/// [`Net`], with the client's writes counted.
+struct CountingNet {
+    net: Net,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Connector for CountingNet {
+    fn connect(&self, address: &str) -> ConnectFuture {
+        let (connecting, writes) = (self.net.connect(address), Arc::clone(&self.writes));
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(Box::new(CountedIo { io, writes }) as BoxIo)
+        })
+    }
+}
+
+/// Calls started together by separate tasks (a server's request handlers) share
+/// the connection's writes, as tonic's buffer makes them do. tokio runs the
+/// connection task right after the caller that woke it; polled at once, it would
+/// write each call on its own (at least one write per call). Needs the
+/// multi-thread scheduler (whose "woken next" slot this is about), so real time;
+/// the count does not depend on timing (one worker runs every task) as long as
+/// the server's answer takes longer than starting the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn calls_started_together_share_their_writes() {
+    const CALLS: usize = 32;
+    let net = Net::default();
+    // Slow enough that every call is in flight before the first one ends.
+    net.start("a:1", &slow_server(Duration::from_millis(200)));
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ch = Channel::builder(Endpoints::list(["a:1"]))
+        .config(ClientConfig::factory())
+        .connector(CountingNet {
+            net: net.clone(),
+            writes: Arc::clone(&writes),
+        })
+        .build()
+        .unwrap();
+    let client = Arc::new(core(ch, service(vec![unary_method()], None)));
+    client.unary::<Echo, Echo>(0, echo("warm")).await.unwrap();
+    let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+    // Spawned from a worker, the callers queue on that worker, in order.
+    let used = tokio::spawn(async move {
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let client = Arc::clone(&client);
+                tokio::spawn(async move { client.unary::<Echo, Echo>(0, echo("x")).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    });
+    used.await.unwrap();
+    let used = writes.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        used <= CALLS / 4,
+        "{CALLS} calls started together took {used} writes"
+    );
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
@@ -156,7 +156,7 @@ pub(crate) async fn drive(
         let keepalive_time = keepalive.get();
         let started = Instant::now();
         let dialed = tokio::select! {
-            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &address, keepalive_time)) => r,
+            r = tokio::time::timeout(cfg.connect_timeout, dial(&cx, &conn, &address, keepalive_time)) => r,
             _ = shutdown.changed() => break,
         };
         let (sender, mut connection) = match dialed {
@@ -255,29 +255,55 @@ pub(crate) async fn drive(
     conn.set_state(ConnectivityState::Shutdown, &cx.changed);
 }
 
-/// Drives hyper's request dispatch so that the requests of calls that start
-/// together reach HTTP/2 together. A caller's request wakes this task, and tokio
-/// runs a task woken by the running one next: polled at once, it would hand each
-/// call to HTTP/2 on its own, and the connection would flush each (about one
-/// `writev` per call at concurrency 64, where tonic's `Buffer` worker collects
-/// several). So when other calls are in flight, a woken dispatch first yields
-/// once, letting the tasks already ready run and queue their requests; no task
-/// hop is added. A lone call is handed over at once. One yield batches about
-/// two calls (a new caller's wake-up ends it early), and the request bodies
-/// hyper pipes from its own tasks are not batched: see bench/RESULTS.md.
-async fn coalesced(
-    connection: &mut Pin<Box<HttpConnection>>,
-    conn: &Connection,
-) -> Result<(), hyper::Error> {
+/// Polls `future` (hyper's request dispatch, or a task hyper spawns: the HTTP/2
+/// connection's I/O, a request body's pipe) so that the writes of calls that
+/// start together are coalesced. A caller's request wakes these tasks, and
+/// tokio runs a task woken by the running one next: polled at once, the
+/// connection would flush each call on its own (about one `writev` per call at
+/// concurrency 64, where tonic's `Buffer` worker collects several). So when
+/// other calls are in flight, a woken task first lets the tasks already ready
+/// run (and queue their requests and bodies), then does their work in one go;
+/// no task hop is added. A lone call is written at once.
+async fn coalesced<F: Future>(future: F, conn: &Connection) -> F::Output {
+    let mut future = std::pin::pin!(future);
     loop {
-        let polled = std::future::poll_fn(|task| Poll::Ready(connection.as_mut().poll(task)));
-        if let Poll::Ready(ended) = polled.await {
-            return ended;
+        let polled = std::future::poll_fn(|task| Poll::Ready(future.as_mut().poll(task)));
+        if let Poll::Ready(out) = polled.await {
+            return out;
         }
         woken().await;
-        if conn.in_flight.load(Ordering::Relaxed) > 1 {
+        // Yield until a round passes in which no call started or ended: each
+        // starting call wakes this task again (ending the yield early), so one
+        // yield alone would batch two calls at most. Bounded, so that a steady
+        // stream of calls cannot hold back the ones already queued.
+        let mut seen = conn.in_flight.load(Ordering::Relaxed);
+        let mut rounds = 0;
+        while seen > 1 && rounds < MAX_COALESCE_ROUNDS {
             tokio::task::yield_now().await;
+            let now = conn.in_flight.load(Ordering::Relaxed);
+            if now == seen {
+                break;
+            }
+            (seen, rounds) = (now, rounds + 1);
         }
+    }
+}
+
+/// Scheduler rounds a woken connection task waits at most for more calls.
+const MAX_COALESCE_ROUNDS: u32 = 64;
+
+/// hyper's executor for a connection's tasks: tokio's, each task [`coalesced`].
+#[derive(Clone)]
+struct Coalescing(Arc<Connection>);
+
+impl<F> hyper::rt::Executor<F> for Coalescing
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let conn = Arc::clone(&self.0);
+        tokio::spawn(async move { coalesced(future, &conn).await });
     }
 }
 
@@ -294,7 +320,7 @@ fn woken() -> impl Future<Output = ()> {
     })
 }
 
-type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, TokioExecutor>;
+type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, Coalescing>;
 
 /// Opens a connection and waits until the server's HTTP/2 preface has arrived.
 ///
@@ -305,13 +331,14 @@ type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, 
 /// until then a failure is a failed attempt, subject to the reconnect backoff.
 async fn dial(
     cx: &DriverContext,
+    conn: &Arc<Connection>,
     address: &str,
     keepalive_time: Option<Duration>,
 ) -> Result<(Sender, Pin<Box<HttpConnection>>), BoxError> {
     let io = cx.connector.connect(address).await?;
     let (io, mut first_frame) = FirstFrame::watch(io);
     let cfg = &cx.config;
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(Coalescing(Arc::clone(conn)));
     builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(cfg.initial_stream_window)
