@@ -59,13 +59,13 @@
 //! # Across replicas: Redis
 //!
 //! Each replica enforcing a quota on its own lets a client spend it once per
-//! replica. With the `redis` feature, [`RateLimitLayer::shared_in`] keeps the
-//! buckets in Redis ([`RedisStore`]): one Lua script per check (GCRA, the same
+//! replica. With the `redis` feature, `RateLimitLayer::shared_in` keeps the
+//! buckets in Redis (`RedisStore`): one Lua script per check (GCRA, the same
 //! algorithm, on Redis' clock), atomic and one round trip, keys under a prefix
 //! that expire once full again. When Redis cannot be reached, each replica
 //! falls back to this layer's local quotas — logged once per outage, counted in
 //! the `tai_rate_limit_redis_fallbacks` metric — and returns to Redis by itself
-//! once it answers; see [`RedisStore`].
+//! once it answers; see `RedisStore` (both exist only with the feature).
 //!
 //! # Bounded memory
 //!
