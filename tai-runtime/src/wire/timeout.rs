@@ -51,7 +51,6 @@ pub(crate) fn encode(left: Duration) -> Option<http::HeaderValue> {
 /// assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
 /// assert_eq!(parse_grpc_timeout(b"+1S"), None);
 /// ```
-#[cfg_attr(not(feature = "server"), allow(dead_code))] // only a server reads it
 pub fn decode(value: &[u8]) -> Option<Duration> {
     let (unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
