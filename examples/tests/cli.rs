@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -340,8 +339,9 @@ fn serve_and_call_with_tls_dir() {
 /// in PKCS#1 for the server and an EC key in SEC1 for the client.
 #[test]
 fn serve_tls_dir_takes_rsa_pkcs1_and_ec_sec1_files() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openssl");
-    let fixtures = fixtures.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    common::foreign_certs::write_to(dir.path());
+    let fixtures = dir.path().to_str().unwrap();
     let (_server, addr, _) = spawn_serve(&["--tls-dir", fixtures]);
     let out = get_policies(&addr, &["--tls-dir", fixtures]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -2,6 +2,7 @@
 //! generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod foreign_certs;
 pub mod process;
 
 use std::net::SocketAddr;
