@@ -59,6 +59,7 @@ pub use builder::{
     DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
 };
 pub use context::{ContextLayer, Traced, WithContext};
+pub use health::DependencyHealth;
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
 pub use limits::DEFAULT_MAX_MESSAGE;
