@@ -46,8 +46,15 @@ impl MethodRecorder {
         if ok {
             self.ok.fetch_add(1, Ordering::Relaxed);
         }
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        lock(&self.latency).saturating_record(micros.max(1));
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut latency = lock(&self.latency);
+        // `record` grows the histogram to the value; `saturating_record` alone
+        // would clamp every latency to the first range (2 µs).
+        if latency.record(micros).is_err() {
+            latency.saturating_record(micros);
+        }
     }
 
     pub(crate) fn retried(&self) {
