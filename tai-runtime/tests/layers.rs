@@ -447,44 +447,9 @@ const ROOT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Hop 1, served behind tai's server layer (which runs each handler in its
 /// call's context), calls hop 2 through `stack` (layers over a channel to hop
-/// 2) after `wait`; the test's client calls hop 1 with a 1 s timeout and
-/// [`ROOT`]. What hop 1 answered, and hop 2.
-async fn through_two_hops<T>(
-    stack: impl FnOnce(tonic::transport::Channel) -> T,
-    wait: Duration,
-) -> (Result<Echo, Status>, Script)
-where
-    T: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Future: Send,
-    T::Error: Into<BoxError>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
-{
-    let hop2 = Script::unary(|_, message| async move { Ok(message) });
-    let next = EchoClient::new(stack(hop2.serve_in_memory()));
-    let hop1 = Script::unary(move |_, message| {
-        let mut next = next.clone();
-        async move {
-            tokio::time::sleep(wait).await;
-            next.unary(message).await
-        }
-    });
-    let router = tonic::transport::Server::builder()
-        .layer(ServerLayer::new().without_metrics())
-        .add_service(hop1.clone());
-    let mut entry = EchoClient::new(support::in_memory(move |incoming| {
-        router.serve_with_incoming(incoming)
-    }));
-    let mut request = Request::new(echo("x"));
-    request.set_timeout(Duration::from_secs(1));
-    request
-        .metadata_mut()
-        .insert("traceparent", ROOT.parse().unwrap());
-    (entry.unary(request).await, hop2)
-}
-
-/// What hop 2 saw of a call through `stack` made at once, and what a call made
-/// after the handler's deadline gave.
+/// 2); the test's client calls hop 1 with a 1 s timeout and [`ROOT`]. Checks
+/// what hop 2 saw of a call made at once, and what a call made after the
+/// handler's deadline gave.
 async fn the_handlers_context_through<T>(stack: impl Fn(tonic::transport::Channel) -> T)
 where
     T: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
@@ -493,7 +458,32 @@ where
     T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
 {
-    let (answer, hop2) = through_two_hops(&stack, Duration::ZERO).await;
+    // Hop 1's handler calls after `wait`: what it answered, and hop 2.
+    let through_two_hops = async |wait: Duration| {
+        let hop2 = Script::unary(|_, message| async move { Ok(message) });
+        let next = EchoClient::new(stack(hop2.serve_in_memory()));
+        let hop1 = Script::unary(move |_, message| {
+            let mut next = next.clone();
+            async move {
+                tokio::time::sleep(wait).await;
+                next.unary(message).await
+            }
+        });
+        let router = tonic::transport::Server::builder()
+            .layer(ServerLayer::new().without_metrics())
+            .add_service(hop1.clone());
+        let mut entry = EchoClient::new(support::in_memory(move |incoming| {
+            router.serve_with_incoming(incoming)
+        }));
+        let mut request = Request::new(echo("x"));
+        request.set_timeout(Duration::from_secs(1));
+        request
+            .metadata_mut()
+            .insert("traceparent", ROOT.parse().unwrap());
+        (entry.unary(request).await, hop2)
+    };
+
+    let (answer, hop2) = through_two_hops(Duration::ZERO).await;
     answer.expect("hop 1 answers");
     let seen = &hop2.seen()[0];
     let traceparent = seen.header("traceparent").expect("a traceparent");
@@ -511,7 +501,7 @@ where
     );
 
     // Past hop 1's outgoing deadline (995 ms), before the server gives up (1 s).
-    let (answer, hop2) = through_two_hops(&stack, Duration::from_millis(997)).await;
+    let (answer, hop2) = through_two_hops(Duration::from_millis(997)).await;
     let err = answer.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     assert_eq!(hop2.calls(), 0, "nothing reached hop 2");
