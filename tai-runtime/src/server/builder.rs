@@ -344,7 +344,8 @@ impl Server {
 
     /// Declares a dependency that `services` (by their names, `""` for the
     /// whole server) need: while the handle says it is down they report
-    /// NOT_SERVING (see [`DependencyHealth`]; `None` with health off).
+    /// NOT_SERVING (see [`DependencyHealth`]; `None` with health off, and
+    /// [`health(false)`](Self::health) forgets the dependencies declared).
     pub fn dependency(
         &self,
         name: &str,
