@@ -28,9 +28,8 @@ use opentelemetry::trace::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
-
 use tonic::Code;
+use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 
 use crate::context::{SpanId, TraceContext, TraceId};
 

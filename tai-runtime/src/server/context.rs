@@ -177,11 +177,11 @@ where
         let _entered = this.span.enter();
         let output = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &output {
-            let (code, message) = match tonic::Status::from_header_map(response.headers()) {
-                Some(status) => (status.code(), status.message().to_owned()),
-                None => (tonic::Code::Ok, String::new()),
-            };
-            crate::otel::ended(this.span, crate::otel::Side::Server, code, &message);
+            let status = tonic::Status::from_header_map(response.headers());
+            let (code, message) = status
+                .as_ref()
+                .map_or((tonic::Code::Ok, ""), |s| (s.code(), s.message()));
+            crate::otel::ended(this.span, crate::otel::Side::Server, code, message);
         }
         Poll::Ready(output)
     }
