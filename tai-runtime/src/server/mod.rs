@@ -29,7 +29,9 @@
 //! - [`ServerLayer`]: the three above as one, sharing a clock read per call;
 //! - [`rate_limit`]: a quota per client (and optionally for all clients);
 //! - [`reflection`]: `grpc.reflection.v1` and `v1alpha`, files sent with their
-//!   imports.
+//!   imports;
+//! - [`DependencyHealth`]: the [`Server`]'s health driven by the application's
+//!   dependencies (a service NOT_SERVING while one it needs is down).
 //!
 //! All of it is behind the `server` feature (on by default); a client-only build
 //! turns default features off and builds none of it.
