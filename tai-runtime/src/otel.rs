@@ -1,7 +1,7 @@
 //! OpenTelemetry spans for tai's calls (feature `otel`): a client span per call,
 //! a child span per attempt, a server span per call, with the `rpc.*` semantic
 //! convention attributes (`rpc.system = "grpc"`, `rpc.service`, `rpc.method`,
-//! `rpc.grpc.status_code`), exported over OTLP/gRPC.
+//! `rpc.grpc.status_code`) and span status, exported over OTLP/gRPC.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +28,7 @@ use opentelemetry::trace::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tonic::Code;
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 
 use crate::context::{SpanId, TraceContext, TraceId};
@@ -84,9 +85,51 @@ macro_rules! rpc_span {
             rpc.service = service,
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             $($($extra)*)?
         )
     }};
+}
+
+/// Which end of a call a span stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
+/// Whether `code` makes the span of `side` an error, by the semantic
+/// conventions for gRPC: for a client every code but OK (the call did not do
+/// what was asked); for a server only the codes that say the server failed. A
+/// server answering NOT_FOUND or INVALID_ARGUMENT did its job, and its span
+/// status stays unset.
+fn is_error(side: Side, code: Code) -> bool {
+    match side {
+        Side::Client => code != Code::Ok,
+        Side::Server => matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ),
+    }
+}
+
+/// Records how the call or attempt of `span` ended: `rpc.grpc.status_code`,
+/// and the span status ERROR with the status message when [`is_error`] says
+/// so (otherwise the status is left unset, as the conventions ask).
+pub(crate) fn ended(span: &tracing::Span, side: Side, code: Code, message: &str) {
+    span.record("rpc.grpc.status_code", code as i32);
+    if is_error(side, code) {
+        span.record("otel.status_code", "ERROR");
+        if !message.is_empty() {
+            span.record("otel.status_description", message);
+        }
+    }
 }
 
 /// The span of one call served, a child of the caller's span when the call

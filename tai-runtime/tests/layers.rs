@@ -11,6 +11,7 @@ use http::uri::PathAndQuery;
 use support::{Echo, Script, echo};
 use tai_runtime::layers::{BreakerLayer, ByMethod, DeadlineLayer, HedgeLayer, RetryLayer};
 use tai_runtime::policy::{BreakerPolicy, CodeSet, HedgingPolicy, RetryPolicy, ThrottlePolicy};
+use tai_runtime::server::ServerLayer;
 use tokio::time::Instant;
 use tonic::client::{Grpc, GrpcService};
 use tonic::metadata::MetadataValue;
@@ -439,4 +440,90 @@ async fn hedges_follow_non_fatal_codes_and_stop_at_fatal_ones() {
     let err = client.unary(echo("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal);
     assert_eq!(script.calls(), 3);
+}
+
+/// The caller's trace, as an instrumented client outside any handler sends it.
+const ROOT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Hop 1, served behind tai's server layer (which runs each handler in its
+/// call's context), calls hop 2 through `stack` (layers over a channel to hop
+/// 2); the test's client calls hop 1 with a 1 s timeout and [`ROOT`]. Checks
+/// what hop 2 saw of a call made at once, and what a call made after the
+/// handler's deadline gave.
+async fn the_handlers_context_through<T>(stack: impl Fn(tonic::transport::Channel) -> T)
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    T::Future: Send,
+    T::Error: Into<BoxError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+{
+    // Hop 1's handler calls after `wait`: what it answered, and hop 2.
+    let through_two_hops = async |wait: Duration| {
+        let hop2 = Script::unary(|_, message| async move { Ok(message) });
+        let next = EchoClient::new(stack(hop2.serve_in_memory()));
+        let hop1 = Script::unary(move |_, message| {
+            let mut next = next.clone();
+            async move {
+                tokio::time::sleep(wait).await;
+                next.unary(message).await
+            }
+        });
+        let router = tonic::transport::Server::builder()
+            .layer(ServerLayer::new().without_metrics())
+            .add_service(hop1.clone());
+        let mut entry = EchoClient::new(support::in_memory(move |incoming| {
+            router.serve_with_incoming(incoming)
+        }));
+        let mut request = Request::new(echo("x"));
+        request.set_timeout(Duration::from_secs(1));
+        request
+            .metadata_mut()
+            .insert("traceparent", ROOT.parse().unwrap());
+        (entry.unary(request).await, hop2)
+    };
+
+    let (answer, hop2) = through_two_hops(Duration::ZERO).await;
+    answer.expect("hop 1 answers");
+    let seen = &hop2.seen()[0];
+    let traceparent = seen.header("traceparent").expect("a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the caller's trace"
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a child span: {traceparent}");
+    assert_eq!(
+        seen.grpc_timeout,
+        Some(Duration::from_secs(1) - tai_runtime::context::DEFAULT_DEADLINE_MARGIN),
+        "capped by hop 1's deadline, minus the margin"
+    );
+
+    // Past hop 1's outgoing deadline (995 ms), before the server gives up (1 s).
+    let (answer, hop2) = through_two_hops(Duration::from_millis(997)).await;
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(hop2.calls(), 0, "nothing reached hop 2");
+}
+
+/// A call through the layers made inside a tai handler carries the handler's
+/// trace as a child `traceparent` and ends by its deadline, as a generated
+/// client's call does: with the deadline layer outside (its own timeout is
+/// longer), and with a retry layer alone.
+#[tokio::test(start_paused = true)]
+async fn calls_through_the_layers_apply_the_handlers_context() {
+    the_handlers_context_through(|channel| {
+        ServiceBuilder::new()
+            .layer(DeadlineLayer::new(Duration::from_secs(10)))
+            .layer(RetryLayer::new(retry_policy(3, &[Code::Unavailable]), None))
+            .service(channel)
+    })
+    .await;
+    the_handlers_context_through(|channel| {
+        RetryLayer::new(retry_policy(3, &[Code::Unavailable]), None).layer_on(channel)
+    })
+    .await;
+    the_handlers_context_through(|channel| HedgeLayer::new(hedging(), None).layer_on(channel))
+        .await;
 }

@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use support::{Echo, Script, echo, service, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::server::ServerLayer;
@@ -143,6 +144,21 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
         )
         .await
         .unwrap();
+    // Two calls that fail, one hop each: NOT_FOUND (the server did its job)
+    // and UNAVAILABLE (it did not).
+    let failing = Script::unary(|n, _| async move {
+        Err(match n {
+            0 => tonic::Status::not_found("no such policy"),
+            _ => tonic::Status::unavailable("down for maintenance"),
+        })
+    });
+    let failing_client = client(serve(&failing));
+    for _ in 0..2 {
+        failing_client
+            .unary::<Echo, Echo>(0, Request::new(echo("z")))
+            .await
+            .unwrap_err();
+    }
     let flushed = tokio::task::spawn_blocking(move || {
         let flushed = provider.force_flush();
         let _ = provider.shutdown();
@@ -150,14 +166,21 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
     });
     flushed.await.unwrap().expect("spans exported");
 
-    let spans: Vec<Span> = receiver
+    // The traces of the failed calls, by the traceparent their server saw.
+    let failed_traces: Vec<String> = failing
+        .seen()
+        .iter()
+        .map(|seen| seen.header("traceparent").unwrap()[3..35].to_owned())
+        .collect();
+    let (failed, spans): (Vec<Span>, Vec<Span>) = receiver
         .spans
         .lock()
         .unwrap()
         .iter()
         .filter(|s| attribute(s, "rpc.system").as_deref() == Some("grpc"))
         .cloned()
-        .collect();
+        .partition(|s| failed_traces.contains(&hex(&s.trace_id)));
+    span_status_follows_the_code(&failed, &failed_traces);
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     let mut roles: Vec<&str> = spans.iter().map(role).collect();
     roles.sort_unstable();
@@ -198,6 +221,8 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
             attribute(span, "rpc.grpc.status_code").as_deref(),
             Some("0")
         );
+        let status = span.status.clone().unwrap_or_default();
+        assert_eq!(status.code, StatusCode::Unset as i32, "OK leaves it unset");
     }
     for (name, value) in [("rpc.grpc.attempt", "1"), ("rpc.grpc.hedged", "false")] {
         assert_eq!(attribute(chain[1], name).as_deref(), Some(value), "{name}");
@@ -223,4 +248,42 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
         hex(&chain[1].span_id)
     );
     assert_eq!(sent, expected);
+}
+
+/// The span status of a failed call, by the semantic conventions for gRPC: the
+/// client's call and attempt spans are errors for any non-OK code, the server's
+/// only for a code that says it failed (UNAVAILABLE here, not NOT_FOUND); every
+/// span has `rpc.grpc.status_code`. `traces`: NOT_FOUND's, then UNAVAILABLE's.
+fn span_status_follows_the_code(spans: &[Span], traces: &[String]) {
+    let error = StatusCode::Error as i32;
+    let unset = StatusCode::Unset as i32;
+    let expected = [
+        ("5", "no such policy", [error, error, unset]),
+        ("14", "down for maintenance", [error, error, error]),
+    ];
+    for (trace, (code, message, statuses)) in traces.iter().zip(expected) {
+        let in_trace: Vec<&Span> = spans
+            .iter()
+            .filter(|s| &hex(&s.trace_id) == trace)
+            .collect();
+        for (role_name, status) in ["call", "attempt", "server"].into_iter().zip(statuses) {
+            let span = in_trace
+                .iter()
+                .find(|s| role(s) == role_name)
+                .unwrap_or_else(|| panic!("a {role_name} span in {trace}: {in_trace:#?}"));
+            assert_eq!(
+                attribute(span, "rpc.grpc.status_code").as_deref(),
+                Some(code),
+                "{role_name}"
+            );
+            let got = span.status.clone().unwrap_or_default();
+            assert_eq!(
+                got.code, status,
+                "{role_name} of a call ending {code}: {got:?}"
+            );
+            if status == error {
+                assert_eq!(got.message, message, "{role_name}");
+            }
+        }
+    }
 }

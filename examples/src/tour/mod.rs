@@ -37,7 +37,6 @@ mod workload;
 
 use faults::{Clock, NORMAL_LENGTH, SCHEDULE, Step};
 use servers::Mesh;
-pub use stats::Counted;
 use stats::Stats;
 use verdict::Verdict;
 use view::{Scene, View};
@@ -138,7 +137,7 @@ pub async fn run(
     let mesh = Mesh::start(tls, auth.as_ref().map(|a| a.jwt.clone())).await?;
     let (metrics_url, metrics_task) = mesh.serve_metrics().await?;
     let stats = Arc::new(Stats::new());
-    let clients = Clients::connect(&mesh, &options, &stats, clock.factor, auth.as_ref()).await?;
+    let clients = Clients::connect(&mesh, &options, clock.factor, auth.as_ref()).await?;
     let intro = intro(&mesh, &metrics_url, clock, options.fast, options.jwt);
     write!(out, "{intro}")?;
     out.flush()?;

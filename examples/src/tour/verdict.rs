@@ -32,7 +32,8 @@ impl Verdict {
     /// Checks what `scene` shows, once the workload has finished.
     pub(super) fn judge(scene: Scene<'_>, expected: &super::workload::Expected) -> Self {
         let (mesh, stats) = (scene.mesh, scene.stats);
-        let (calls, failed, retries) = stats.totals();
+        let (calls, failed) = stats.totals();
+        let (_, _, retries) = scene.clients.totals();
         let mut checks: Vec<(bool, String)> = Vec::new();
         let failures: Vec<String> = stats
             .lock()

@@ -1,7 +1,8 @@
 //! The live view: how the tour shows what is happening while it happens.
 //!
 //! On a terminal, a table redrawn in place four times a second: per method
-//! calls, failures, retries and latency; per replica whether it is up, in
+//! calls, success rate, retries and latency, from the clients' own statistics
+//! (`Resilient::stats`); per replica whether it is up, in
 //! rotation and under a fault; the clients' breakers; the last few schedule
 //! events. Elsewhere (a pipe, a CI log) a line per event and a progress line
 //! now and then, since redrawing would only garble a log. The summary reuses
@@ -118,7 +119,7 @@ impl<'a> View<'a> {
             write!(self.out, "{home}{}\x1b[J", frame.replace('\n', "\x1b[K\n"))?;
             self.out.flush()?;
         } else if elapsed > Duration::ZERO {
-            let (calls, failed, retries) = scene.stats.totals();
+            let (calls, failed, retries) = scene.clients.totals();
             writeln!(
                 self.out,
                 "[{:>5.1}s] {calls} calls, {failed} failed, {retries} retries",
@@ -161,7 +162,7 @@ impl<'a> View<'a> {
 
 /// The methods, the replicas and the breakers, each followed by a blank line.
 pub(super) fn tables(scene: Scene<'_>, out: &mut String) {
-    method_table(scene.stats, out);
+    method_table(scene.clients, out);
     out.push('\n');
     replica_table(scene, out);
     out.push('\n');
@@ -182,27 +183,39 @@ fn fmt_us(us: u64) -> String {
     }
 }
 
-fn method_table(stats: &Stats, out: &mut String) {
+fn fmt_latency(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "-".to_owned(),
+        |d| fmt_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// Per method, the client's own statistics (`Resilient::stats`), as a user's
+/// program would read them.
+fn method_table(clients: &Clients, out: &mut String) {
     let _ = writeln!(
         out,
-        "  {:<30} {:>7} {:>7} {:>6} {:>7} {:>8} {:>8}",
-        "method", "calls", "ok", "failed", "retries", "p50", "p99"
+        "  {:<30} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "method", "calls", "ok%", "retries", "p50", "p99"
     );
-    for (name, m) in stats.lock().iter() {
-        if m.calls == 0 {
-            continue;
+    for client in clients.stats() {
+        // `tai.v1.mesh.Governor` as `Governor`.
+        let service = client.service.rsplit('.').next().unwrap_or(client.service);
+        for m in client.methods.iter().filter(|m| m.calls > 0) {
+            let ok = m
+                .success_rate()
+                .map_or_else(|| "-".to_owned(), |r| format!("{:.2}%", r * 100.0));
+            let _ = writeln!(
+                out,
+                "  {:<30} {:>7} {:>8} {:>7} {:>8} {:>8}",
+                format!("{service}/{}", m.method),
+                m.calls,
+                ok,
+                m.retries,
+                fmt_latency(m.p50),
+                fmt_latency(m.p99),
+            );
         }
-        let _ = writeln!(
-            out,
-            "  {:<30} {:>7} {:>7} {:>6} {:>7} {:>8} {:>8}",
-            name,
-            m.calls,
-            m.ok,
-            m.failed,
-            m.retries,
-            fmt_us(m.latency_us.value_at_quantile(0.5)),
-            fmt_us(m.latency_us.value_at_quantile(0.99)),
-        );
     }
 }
 
@@ -235,10 +248,7 @@ fn replica_table(scene: Scene<'_>, out: &mut String) {
             addr,
             if r.is_up() { "up" } else { "stopped" },
             rotation,
-            e.and_then(|e| e.ewma_latency).map_or_else(
-                || "-".to_owned(),
-                |d| fmt_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            ),
+            fmt_latency(e.and_then(|e| e.ewma_latency)),
             e.map_or(0, |e| e.calls),
             e.map_or(0, |e| e.failures),
             f.refused + f.delayed + f.dropped,

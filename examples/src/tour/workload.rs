@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tai_runtime::{Channel, Resilient, Response, ResponseStream, Status};
+use tai_runtime::{Channel, ClientStats, Resilient, Response, ResponseStream, Status};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::servers::Mesh;
-use super::stats::{Counted, Stats, Transport, timed};
+use super::stats::{Stats, recorded};
 use super::{TourError, TourOptions};
 use crate::client::{self, ReplicaPolicy};
 use crate::proto::coordinator_client::CoordinatorClient;
@@ -60,11 +60,11 @@ impl Rng {
     }
 }
 
-/// The generated clients, policies compiled in, on counted transports.
+/// The generated clients, policies compiled in.
 pub(super) struct Clients {
-    pub(super) governor: GovernorClient<Transport>,
-    pub(super) coordinator: CoordinatorClient<Transport>,
-    pub(super) scheduler: SchedulerClient<Transport>,
+    pub(super) governor: GovernorClient<Channel>,
+    pub(super) coordinator: CoordinatorClient<Channel>,
+    pub(super) scheduler: SchedulerClient<Channel>,
     /// The Scheduler's replicated channel, whose per-replica state the view shows.
     pub(super) scheduler_channel: Channel,
 }
@@ -76,7 +76,6 @@ impl Clients {
     pub(super) async fn connect(
         mesh: &Mesh,
         options: &TourOptions,
-        stats: &Arc<Stats>,
         factor: f64,
         auth: Option<&super::auth::TourAuth>,
     ) -> Result<Self, TourError> {
@@ -97,16 +96,10 @@ impl Clients {
         let governor = client::channel(&mesh.governor_addr.to_string(), config(), tls)?;
         let coordinator = client::channel(&mesh.coordinator_addr.to_string(), config(), tls)?;
         let clients = Clients {
-            governor: GovernorClient::with_interceptor(
-                Counted::new(governor, stats),
-                token("governor")?,
-            ),
-            coordinator: CoordinatorClient::with_interceptor(
-                Counted::new(coordinator, stats),
-                token("coordinator")?,
-            ),
+            governor: GovernorClient::with_interceptor(governor, token("governor")?),
+            coordinator: CoordinatorClient::with_interceptor(coordinator, token("coordinator")?),
             scheduler: SchedulerClient::with_interceptor(
-                Counted::new(scheduler_channel.clone(), stats),
+                scheduler_channel.clone(),
                 token("scheduler")?,
             ),
             scheduler_channel,
@@ -121,6 +114,29 @@ impl Clients {
             .ready(Duration::from_secs(5))
             .await;
         Ok(clients)
+    }
+}
+
+impl Clients {
+    /// The clients' own statistics (`Resilient::stats`): Governor,
+    /// Coordinator, Scheduler.
+    pub(super) fn stats(&self) -> [ClientStats; 3] {
+        [
+            self.governor.stats(),
+            self.coordinator.stats(),
+            self.scheduler.stats(),
+        ]
+    }
+
+    /// Calls, failed calls and retries over every method, from
+    /// [`stats`](Self::stats).
+    pub(super) fn totals(&self) -> (u64, u64, u64) {
+        self.stats()
+            .iter()
+            .flat_map(|s| &s.methods)
+            .fold((0, 0, 0), |(c, f, r), m| {
+                (c + m.calls, f + (m.calls - m.ok), r + m.retries)
+            })
     }
 }
 
@@ -160,18 +176,18 @@ struct Context {
 }
 
 impl Context {
-    /// Makes a timed call; its response message.
+    /// Makes a recorded call; its response message.
     async fn call<T>(
         &self,
         method: &'static str,
         call: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<T, Status> {
-        timed(&self.stats, method, call)
+        recorded(&self.stats, method, call)
             .await
             .map(Response::into_inner)
     }
 
-    /// Makes a timed mutation; a success counts once in `counter`.
+    /// Makes a recorded mutation; a success counts once in `counter`.
     async fn mutate<T>(
         &self,
         method: &'static str,
@@ -360,7 +376,7 @@ impl Workload {
     }
 }
 
-async fn governor_worker(k: u64, c: GovernorClient<Transport>, mut cx: Context) {
+async fn governor_worker(k: u64, c: GovernorClient<Channel>, mut cx: Context) {
     const TYPES: [&str; 3] = ["security", "performance", "compliance"];
     let mutations: Counter = |e| &e.governor_mutations;
     let mut n = 0u64;
@@ -420,7 +436,7 @@ async fn governor_worker(k: u64, c: GovernorClient<Transport>, mut cx: Context) 
     }
 }
 
-async fn coordinator_worker(k: u64, c: CoordinatorClient<Transport>, mut cx: Context) {
+async fn coordinator_worker(k: u64, c: CoordinatorClient<Channel>, mut cx: Context) {
     const SIGNALS: [&str; 3] = ["deployment", "scaling", "alert"];
     const ACTIONS: [&str; 3] = ["restart", "scale", "notify"];
     let mutations: Counter = |e| &e.coordinator_mutations;
@@ -477,7 +493,7 @@ async fn coordinator_worker(k: u64, c: CoordinatorClient<Transport>, mut cx: Con
     }
 }
 
-async fn scheduler_worker(k: u64, c: SchedulerClient<Transport>, seed: u64, mut cx: Context) {
+async fn scheduler_worker(k: u64, c: SchedulerClient<Channel>, seed: u64, mut cx: Context) {
     let mutations: Counter = |e| &e.scheduler_mutations;
     let mut rng = Rng::new(seed + k);
     let mut n = 0u64;
@@ -553,7 +569,7 @@ async fn scheduler_worker(k: u64, c: SchedulerClient<Transport>, seed: u64, mut 
 }
 
 /// Counts the policy changes streamed to it, resuming after every break.
-async fn policy_watcher(c: GovernorClient<Transport>, cx: Context) {
+async fn policy_watcher(c: GovernorClient<Channel>, cx: Context) {
     let stats = Arc::clone(&cx.stats);
     let open = || {
         c.stream_policies(StreamPoliciesRequest {
@@ -568,7 +584,7 @@ async fn policy_watcher(c: GovernorClient<Transport>, cx: Context) {
 }
 
 /// Counts the task transitions streamed to it, resuming after every break.
-async fn task_watcher(c: SchedulerClient<Transport>, cx: Context) {
+async fn task_watcher(c: SchedulerClient<Channel>, cx: Context) {
     let stats = Arc::clone(&cx.stats);
     let open = || c.stream_task_updates(StreamTaskUpdatesRequest::default());
     let mut updates = Subscription::new(cx, "Scheduler/StreamTaskUpdates", Duration::ZERO, open);
@@ -581,7 +597,7 @@ async fn task_watcher(c: SchedulerClient<Transport>, cx: Context) {
 /// takes a few more actions and drops its stream, then subscribes again.
 async fn action_subscriber(
     name: &'static str,
-    c: CoordinatorClient<Transport>,
+    c: CoordinatorClient<Channel>,
     cx: Context,
     mut crash: watch::Receiver<bool>,
 ) {

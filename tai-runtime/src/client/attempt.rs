@@ -226,14 +226,15 @@ fn span_ids(_: &AttemptSpan) -> Option<(crate::context::TraceId, crate::context:
     None
 }
 
-/// Records an attempt's final status code on its span.
+/// Records how an attempt ended on its span (`None`: OK).
 #[cfg(feature = "otel")]
-fn record_code(span: &AttemptSpan, code: Code) {
-    span.record("rpc.grpc.status_code", code as i32);
+fn record_end(span: &AttemptSpan, failed: Option<&Status>) {
+    let (code, message) = failed.map_or((Code::Ok, ""), |s| (s.code(), s.message()));
+    crate::otel::ended(span, crate::otel::Side::Client, code, message);
 }
 
 #[cfg(not(feature = "otel"))]
-fn record_code(_: &AttemptSpan, _: Code) {}
+fn record_end(_: &AttemptSpan, _: Option<&Status>) {}
 
 /// What reading a response needs of its attempt.
 pub(crate) struct Head {
@@ -455,12 +456,7 @@ where
             }
             (result, _) => result,
         };
-        record_code(
-            this.span,
-            result
-                .as_ref()
-                .map_or_else(|f| f.status.code(), |_| Code::Ok),
-        );
+        record_end(this.span, result.as_ref().err().map(|f| &f.status));
         let code = match &result {
             Ok(_) => Code::Ok,
             // Never processed: the server told us nothing about itself. Dropping

@@ -62,9 +62,7 @@ pub(crate) fn capped(
         return Ok(call);
     };
     if at <= start {
-        return Err(Status::deadline_exceeded(format!(
-            "{path}: not sent: the deadline of the call being handled has passed"
-        )));
+        return Err(handler_passed(path));
     }
     Ok(match call {
         Some(d) if d.at <= at => Some(d),
@@ -74,6 +72,14 @@ pub(crate) fn capped(
             from_policy: false,
         }),
     })
+}
+
+/// The status of a call not made because the deadline of the call being
+/// handled has passed.
+pub(crate) fn handler_passed(path: &str) -> Status {
+    Status::deadline_exceeded(format!(
+        "{path}: not sent: the deadline of the call being handled has passed"
+    ))
 }
 
 /// The method's own timeout (no caller timeout), clamped by `max_timeout`.

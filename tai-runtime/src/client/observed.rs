@@ -74,8 +74,13 @@ where
         };
         let (result, end) = std::task::ready!(future.poll(cx));
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        // A field only the OpenTelemetry span has (feature `otel`): otherwise a no-op.
-        this.span.record("rpc.grpc.status_code", code as i32);
+        #[cfg(feature = "otel")]
+        crate::otel::ended(
+            this.span,
+            crate::otel::Side::Client,
+            code,
+            result.as_ref().err().map_or("", Status::message),
+        );
         let start = this.start.unwrap_or(end);
         this.metrics
             .record(code, end.saturating_duration_since(start));

@@ -6,8 +6,9 @@
 //! buckets (100µs to 10s, up to ×5 apart): good for dashboards, too coarse for a
 //! p99 someone reads as a number (a p99 between 0.1s and 0.5s is all it can say).
 //! So each method also records into an HdrHistogram of its own, at two
-//! significant digits (1% error), sized to the latencies seen (a few KiB per
-//! method). These statistics belong to one client and its clones, whereas the
+//! significant digits (1% error), made for latencies up to 10 s (18 KiB per
+//! method) so that recording a call never allocates; a longer one grows it
+//! (once per doubling). These statistics belong to one client and its clones, whereas the
 //! Prometheus series add up every client of a [`Metrics`](crate::metrics::Metrics)
 //! set.
 
@@ -35,10 +36,21 @@ impl Default for MethodRecorder {
         Self {
             ok: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            // Two significant digits; the histogram grows to the largest value seen.
-            latency: Mutex::new(Histogram::new(2).expect("2 significant digits are valid")),
+            latency: Mutex::new(latency_histogram()),
         }
     }
+}
+
+/// The largest latency a method's histogram holds without growing: 10 s, in µs.
+const LATENCY_RANGE_MICROS: u64 = 10_000_000;
+
+/// Two significant digits, up to [`LATENCY_RANGE_MICROS`] without allocating,
+/// growing beyond.
+fn latency_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_max(LATENCY_RANGE_MICROS, 2)
+        .expect("2 significant digits and a 10 s range are valid");
+    h.auto(true);
+    h
 }
 
 impl MethodRecorder {
@@ -46,8 +58,15 @@ impl MethodRecorder {
         if ok {
             self.ok.fetch_add(1, Ordering::Relaxed);
         }
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        lock(&self.latency).saturating_record(micros.max(1));
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut latency = lock(&self.latency);
+        // `record` grows the histogram to a latency beyond its range;
+        // `saturating_record` alone would clamp it to the range.
+        if latency.record(micros).is_err() {
+            latency.saturating_record(micros);
+        }
     }
 
     pub(crate) fn retried(&self) {

@@ -213,11 +213,21 @@ pub struct Detached;
 /// The deadline the handler's context puts on an outgoing call, unless the call
 /// opted out with [`Detached`].
 pub(crate) fn outgoing_deadline(extensions: &tonic::Extensions) -> Option<Instant> {
+    handler_deadline(extensions.get::<Detached>().is_some())
+}
+
+/// [`outgoing_deadline`] for a request on its way through the tower layers
+/// (tonic has moved the request's extensions into the HTTP request's).
+pub(crate) fn outgoing_deadline_http(extensions: &http::Extensions) -> Option<Instant> {
+    handler_deadline(extensions.get::<Detached>().is_some())
+}
+
+fn handler_deadline(detached: bool) -> Option<Instant> {
     let deadline = CONTEXT
         .try_with(|c| c.as_ref().and_then(CallContext::outgoing_deadline))
         .ok()
         .flatten()?;
-    extensions.get::<Detached>().is_none().then_some(deadline)
+    (!detached).then_some(deadline)
 }
 
 /// Writes the trace into an outgoing attempt's metadata: a `traceparent`, the
@@ -232,6 +242,17 @@ pub(crate) fn write_trace(metadata: &mut MetadataMap, span: Option<(TraceId, Spa
         .is_err()
     {
         write(metadata, None, span);
+    }
+}
+
+/// [`write_trace`] for a request on its way through the tower layers: the
+/// handler's trace (no attempt span there), into its HTTP headers.
+pub(crate) fn write_trace_http(headers: &mut http::HeaderMap) {
+    let handling = CONTEXT.try_with(|c| c.is_some()).unwrap_or(false);
+    if handling {
+        let mut metadata = MetadataMap::from_headers(std::mem::take(headers));
+        write_trace(&mut metadata, None);
+        *headers = metadata.into_headers();
     }
 }
 

@@ -39,7 +39,7 @@ use tower::{Layer, Service};
 use super::accept::{Accept, ConnectInfo, DynAccept, PlainTcp};
 use super::auth::{AccessLayer, DefaultAccess};
 use super::call::{CallService, Calls};
-use super::health::Health;
+use super::health::{DependencyHealth, Health};
 use super::keepalive::{KeepalivePolicy, Policed};
 use super::limits::{DEFAULT_MAX_MESSAGE, Limit};
 use super::reflection::{Reflection, ReflectionError};
@@ -340,6 +340,18 @@ impl Server {
     /// added service SERVING when it starts, and NOT_SERVING when it shuts down.
     pub fn health_reporter(&self) -> Option<HealthReporter> {
         self.health.as_ref().map(Health::reporter)
+    }
+
+    /// Declares a dependency that `services` (by their names, `""` for the
+    /// whole server) need: while the handle says it is down they report
+    /// NOT_SERVING (see [`DependencyHealth`]; `None` with health off, and
+    /// [`health(false)`](Self::health) forgets the dependencies declared).
+    pub fn dependency(
+        &self,
+        name: &str,
+        services: impl IntoIterator<Item = &'static str>,
+    ) -> Option<DependencyHealth> {
+        Some(self.health.as_ref()?.dependency(name, services))
     }
 
     /// Whether to serve reflection, `grpc.reflection.v1` and `v1alpha` (on by

@@ -147,9 +147,10 @@ pub type Traced<F> = F;
 #[cfg(feature = "otel")]
 pin_project_lite::pin_project! {
     /// A served call's future inside its server span (feature `otel`), which
-    /// records the call's `rpc.grpc.status_code` when it answers: the code in
-    /// the response's headers (a trailers-only answer: how a unary handler's
-    /// error is sent), else OK, as the server metrics read it.
+    /// records the call's `rpc.grpc.status_code` (and span status) when it
+    /// answers: the code in the response's headers (a trailers-only answer:
+    /// how a unary handler's error is sent), else OK, as the server metrics
+    /// read it.
     pub struct Traced<F> {
         #[pin]
         inner: F,
@@ -176,11 +177,11 @@ where
         let _entered = this.span.enter();
         let output = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &output {
-            let code = response
-                .headers()
-                .get(crate::wire::GRPC_STATUS)
-                .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes()));
-            this.span.record("rpc.grpc.status_code", code as i32);
+            let status = tonic::Status::from_header_map(response.headers());
+            let (code, message) = status
+                .as_ref()
+                .map_or((tonic::Code::Ok, ""), |s| (s.code(), s.message()));
+            crate::otel::ended(this.span, crate::otel::Side::Server, code, message);
         }
         Poll::Ready(output)
     }

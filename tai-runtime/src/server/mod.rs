@@ -29,7 +29,9 @@
 //! - [`ServerLayer`]: the three above as one, sharing a clock read per call;
 //! - [`rate_limit`]: a quota per client (and optionally for all clients);
 //! - [`reflection`]: `grpc.reflection.v1` and `v1alpha`, files sent with their
-//!   imports.
+//!   imports;
+//! - [`DependencyHealth`]: the [`Server`]'s health driven by the application's
+//!   dependencies (a service NOT_SERVING while one it needs is down).
 //!
 //! All of it is behind the `server` feature (on by default); a client-only build
 //! turns default features off and builds none of it.
@@ -59,6 +61,7 @@ pub use builder::{
     DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
 };
 pub use context::{ContextLayer, Traced, WithContext};
+pub use health::DependencyHealth;
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
 pub use limits::DEFAULT_MAX_MESSAGE;

@@ -197,7 +197,9 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        // Made in a tai handler: its trace, as a child (see `crate::context`).
+        crate::context::write_trace_http(request.headers_mut());
         let path = request.uri().path();
         let admitted = match self.breakers.get(path) {
             None => None,

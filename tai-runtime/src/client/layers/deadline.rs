@@ -7,6 +7,12 @@
 //! `grpc-timeout` says what is left), and when it passes the caller gets
 //! DEADLINE_EXCEEDED, never the CANCELLED tonic reports for its own timer.
 //!
+//! A call made inside a tai handler is capped by the handler's deadline too
+//! (its caller's, minus the server's margin; see [`crate::context`]), and
+//! fails at once, sending nothing, once that has passed; it carries the
+//! handler's trace as a child `traceparent`, as a generated client's call
+//! does. The layers inside (retry, hedge) apply the same cap on their own.
+//!
 //! Each call here has its own timer (one `tokio::time::Sleep`); the generated
 //! client's calls share one per client instead.
 
@@ -32,14 +38,28 @@ use crate::wire;
 struct CallDeadline(Instant);
 
 /// The deadline of the call `request` belongs to: a deadline layer's, or else
-/// the one its `grpc-timeout` header (tonic's `Request::set_timeout`) implies
-/// from now.
+/// the sooner of the one its `grpc-timeout` header (tonic's
+/// `Request::set_timeout`) implies from now and the handler's it is made in.
 pub(crate) fn of<B>(request: &http::Request<B>) -> Option<Instant> {
     if let Some(CallDeadline(at)) = request.extensions().get() {
         return Some(*at);
     }
-    let timeout = request.headers().get(wire::GRPC_TIMEOUT)?;
-    Instant::now().checked_add(wire::timeout::decode(timeout.as_bytes())?)
+    let own = request
+        .headers()
+        .get(wire::GRPC_TIMEOUT)
+        .and_then(|timeout| wire::timeout::decode(timeout.as_bytes()))
+        .and_then(|timeout| Instant::now().checked_add(timeout));
+    sooner(
+        own,
+        crate::context::outgoing_deadline_http(request.extensions()),
+    )
+}
+
+fn sooner(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `grpc-timeout` for what is left before `deadline`; `Err` with
@@ -61,7 +81,9 @@ pub(crate) fn header_for(
 /// call is waiting for its response or reading it.
 ///
 /// The timeout is the method's, from a [`ByMethod`] table; a caller's own — set
-/// with tonic's `Request::set_timeout` — applies instead when it is sooner.
+/// with tonic's `Request::set_timeout` — applies instead when it is sooner, and
+/// so does the deadline of the tai handler the call is made in (unless the
+/// request carries [`Detached`](crate::Detached)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -121,6 +143,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        crate::context::write_trace_http(request.headers_mut());
         // The caller's own timeout (tonic's `Request::set_timeout` writes it here).
         let caller = request
             .headers()
@@ -130,16 +153,27 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let at = timeout.and_then(|t| Instant::now().checked_add(t));
-        if let (Some(at), Some(timeout)) = (at, timeout) {
-            if let Some(value) = wire::timeout::encode(timeout) {
+        let now = Instant::now();
+        let own = timeout.and_then(|t| now.checked_add(t));
+        let handler = crate::context::outgoing_deadline_http(request.extensions());
+        let at = sooner(own, handler);
+        let path: Option<Box<str>> = at.map(|_| request.uri().path().into());
+        if handler.is_some_and(|h| h <= now) {
+            // The deadline of the call being handled has passed: nothing is sent.
+            return DeadlineFuture {
+                inner: None,
+                sleep: None,
+                path,
+            };
+        }
+        if let Some(at) = at {
+            if let Some(value) = wire::timeout::encode(at - now) {
                 request.headers_mut().insert(wire::GRPC_TIMEOUT, value);
             }
             request.extensions_mut().insert(CallDeadline(at));
         }
-        let path = at.map(|_| request.uri().path().into());
         DeadlineFuture {
-            inner: self.inner.call(request),
+            inner: Some(self.inner.call(request)),
             sleep: at.map(tokio::time::sleep_until),
             path,
         }
@@ -149,8 +183,9 @@ where
 pin_project! {
     /// The response future of [`Deadline`].
     pub struct DeadlineFuture<F> {
+        // `None`: the deadline had passed before the call was made.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Option<Sleep>,
         // The method's path, for the message; `None` without a deadline.
@@ -169,7 +204,10 @@ where
         let this = self.project();
         let deadline = this.sleep.as_ref().as_pin_ref().map(|s| s.deadline());
         let path = this.path.as_deref().unwrap_or_default();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(shared::handler_passed(path).into()));
+        };
+        if let Poll::Ready(result) = inner.poll(cx) {
             return Poll::Ready(match result {
                 Ok(response) => Ok(response.map(|inner| DeadlineBody {
                     inner,

@@ -12,6 +12,13 @@
 //! whole call, retries or hedges run inside it, and the breaker gates each
 //! attempt.
 //!
+//! A call made through them inside a tai handler carries on the call being
+//! handled, as a generated client's does (see [`crate::context`]): the
+//! outermost tai layer writes the handler's trace as a child `traceparent`
+//! (one span id per call: the layers have no attempt spans), and the deadline,
+//! retry and hedge layers cap the call by the handler's deadline, failing it at
+//! once, sending nothing, once that has passed.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tai_runtime::Code;
