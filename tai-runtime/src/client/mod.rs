@@ -25,6 +25,7 @@ mod hedge;
 pub mod layers;
 mod observed;
 pub(crate) mod retry;
+mod route;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod stream;
