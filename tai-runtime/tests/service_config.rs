@@ -278,6 +278,25 @@ async fn a_method_compiled_without_retry_gains_retry_and_hedging_at_run_time() {
     assert_eq!(script.calls(), 2);
 }
 
+/// A server that answers UNAVAILABLE ("down"), a second late to the call it
+/// sees `slow`-th: the call a test keeps in flight across a swap.
+fn down_and_slow_at(slow: usize) -> Script {
+    Script::unary(move |i, _| async move {
+        if i == slow {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(Status::unavailable("down"))
+    })
+}
+
+/// Sets the config `json` on `state` once the server has seen `calls` calls.
+async fn set_once_seen(script: &Script, calls: usize, state: &ClientState, json: &str) {
+    while script.calls() < calls {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    state.set_service_config(&config(json)).unwrap();
+}
+
 const THROTTLE_3: &str = r#"{"retryThrottling": {"maxTokens": 3, "tokenRatio": 0.5},
     "methodConfig": [{"name": [{"service": "test.Echo"}], "timeout": "30s"}]}"#;
 
@@ -287,13 +306,7 @@ const THROTTLE_3: &str = r#"{"retryThrottling": {"maxTokens": 3, "tokenRatio": 0
 /// with, and ends with the server's status (it is not dropped).
 #[tokio::test(start_paused = true)]
 async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
-    let script = Script::unary(|i, _| async move {
-        if i == 2 {
-            // The call in flight across the swap: slow to fail.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        Err(Status::unavailable("down"))
-    });
+    let script = down_and_slow_at(2);
     let core = ClientCore::new(script.serve_in_memory(), service(vec![retrying(4)], None));
     assert!(core.state().throttle().is_none());
     core.state()
@@ -309,14 +322,7 @@ async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
     assert_eq!(first.tokens(), 1.0);
 
     // A call in flight while a new config (a new full bucket) goes in.
-    let swap = async {
-        while script.calls() < 3 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        core.state()
-            .set_service_config(&config(THROTTLE_3))
-            .unwrap();
-    };
+    let swap = set_once_seen(&script, 3, core.state(), THROTTLE_3);
     let (in_flight, ()) = tokio::join!(call(), swap);
     assert_eq!(in_flight.unwrap_err().message(), "down", "not dropped");
     assert_eq!(
@@ -342,12 +348,7 @@ async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
 /// returns the client to the compiled breaker, in the state it reached.
 #[tokio::test(start_paused = true)]
 async fn a_breaker_set_at_run_time_replaces_the_methods_breaker() {
-    let script = Script::unary(|i, _| async move {
-        if i == 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        Err(Status::unavailable("down"))
-    });
+    let script = down_and_slow_at(0);
     let compiled_breaker = tai_runtime::policy::BreakerPolicy {
         failure_threshold: 1,
         open_timeout: Duration::from_secs(10),
@@ -366,12 +367,7 @@ async fn a_breaker_set_at_run_time_replaces_the_methods_breaker() {
     let two = entry(UNARY, r#""tai": {"breaker": {"failure_threshold": 2}}"#);
 
     // The first call is admitted by the compiled breaker, then the config swaps.
-    let swap = async {
-        while script.calls() < 1 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        core.state().set_service_config(&config(&two)).unwrap();
-    };
+    let swap = set_once_seen(&script, 1, core.state(), &two);
     let (in_flight, ()) = tokio::join!(call(), swap);
     assert_eq!(in_flight.unwrap_err().message(), "down", "not dropped");
     let configured = core.state().breaker("Unary").unwrap();
