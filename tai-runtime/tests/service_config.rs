@@ -341,6 +341,21 @@ async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
     assert_eq!(second.tokens(), 1.0);
 }
 
+/// A method whose compiled breaker opens at its first UNAVAILABLE.
+fn breaking() -> MethodPolicy {
+    MethodPolicy {
+        breaker: Some(tai_runtime::policy::BreakerPolicy {
+            failure_threshold: 1,
+            open_timeout: Duration::from_secs(10),
+            max_open_timeout: Duration::from_secs(60),
+            half_open_max_calls: 1,
+            rate: None,
+            failure_codes: CodeSet::of(&[Code::Unavailable]),
+        }),
+        ..unary_method()
+    }
+}
+
 /// A breaker set at run time: the config builds the method a new breaker, closed,
 /// which trips by its own policy. A call the compiled breaker admitted before the
 /// swap finishes (it is not dropped) and reports its failure to the compiled
@@ -349,19 +364,7 @@ async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
 #[tokio::test(start_paused = true)]
 async fn a_breaker_set_at_run_time_replaces_the_methods_breaker() {
     let script = down_and_slow_at(0);
-    let compiled_breaker = tai_runtime::policy::BreakerPolicy {
-        failure_threshold: 1,
-        open_timeout: Duration::from_secs(10),
-        max_open_timeout: Duration::from_secs(60),
-        half_open_max_calls: 1,
-        rate: None,
-        failure_codes: tai_runtime::policy::CodeSet::of(&[Code::Unavailable]),
-    };
-    let method = MethodPolicy {
-        breaker: Some(compiled_breaker),
-        ..unary_method()
-    };
-    let core = ClientCore::new(script.serve_in_memory(), service(vec![method], None));
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![breaking()], None));
     let compiled = core.state().breaker("Unary").unwrap();
     let call = || core.unary::<Echo, Echo>(0, echo("x"));
     let two = entry(UNARY, r#""tai": {"breaker": {"failure_threshold": 2}}"#);
@@ -398,4 +401,30 @@ async fn a_breaker_set_at_run_time_replaces_the_methods_breaker() {
     let err = call().await.unwrap_err();
     assert!(err.message().contains("circuit breaker"), "{err}");
     assert_eq!(script.calls(), 3);
+}
+
+/// The method's `breaker_open` gauge shows the breaker in use: a config's new
+/// breaker, closed, while the config is in place; the compiled one's state again
+/// once it is cleared.
+#[tokio::test(start_paused = true)]
+async fn the_breaker_open_gauge_follows_the_breaker_in_use() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = tai_runtime::metrics::Metrics::new(&mut registry);
+    let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
+    let policy = service(vec![breaking()], None);
+    let core = ClientCore::with_metrics(script.serve_in_memory(), policy, &metrics);
+    let open = || {
+        let text = metrics.encode();
+        let gauge = r#"tai_breaker_open{service="test.Echo",method="Unary"} "#;
+        text.lines()
+            .find_map(|l| l.strip_prefix(gauge).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no breaker gauge in {text}"))
+    };
+    core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
+    assert_eq!(open(), "1", "the compiled breaker opened");
+    let two = entry(UNARY, r#""tai": {"breaker": {"failure_threshold": 2}}"#);
+    core.state().set_service_config(&config(&two)).unwrap();
+    assert_eq!(open(), "0", "the config's breaker, closed");
+    core.state().clear_service_config();
+    assert_eq!(open(), "1", "the compiled breaker, still open");
 }

@@ -279,13 +279,29 @@ impl ClientState {
             self.guards.throttle.as_ref(),
             &self.metrics,
         )?;
+        let replaced: Vec<bool> = table.methods.iter().map(|m| m.breaker.is_some()).collect();
         self.configured.store(Some(Arc::new(table)));
+        self.republish_compiled(|index| !replaced[index]);
         Ok(())
     }
 
     /// Drops the run-time service config: the next calls run the compiled policies.
     pub fn clear_service_config(&self) {
         self.configured.store(None);
+        self.republish_compiled(|_| true);
+    }
+
+    /// A breaker a config builds shares its method's `breaker_open` gauge with
+    /// the compiled one; the compiled breakers back in use (`back(index)`) set
+    /// it to their own state again.
+    fn republish_compiled(&self, back: impl Fn(usize) -> bool) {
+        for (index, breaker) in self.guards.breakers.iter().enumerate() {
+            if let Some(b) = breaker
+                && back(index)
+            {
+                b.republish();
+            }
+        }
     }
 
     /// The policy the client runs.
