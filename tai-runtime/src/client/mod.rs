@@ -4,6 +4,7 @@
 //! ClientCore (core) ─► Observed: span + metrics (observed)
 //!   ─► deadline for the whole call (deadline, timer)
 //!   ─► retry loop (retry) | hedging (hedge) | one attempt
+//!      (chosen per call from the policy in effect: route)
 //!        ─► Attempt (attempt): breaker gate (breaker/), transport (transport),
 //!           grpc-timeout, send, read; outcome to breaker and throttle (throttle)
 //! ```

@@ -175,10 +175,33 @@ pub(crate) enum Detached {
 /// What a [`Permit`] remembers of its admission, without the borrow of its
 /// breaker: a response stream that outlives its client's borrow keeps this and
 /// its client's state, and turns it back into a permit at the end.
+///
+/// One word, `generation << 1 | probe` (generations fit in 63 bits, as in
+/// [`CircuitBreaker::tag`]): a permit that holds its breaker through an `Arc`
+/// is then no bigger than a borrowing one with a two-field ticket was, and
+/// every attempt in flight carries one.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket {
-    generation: u64,
-    probe: bool,
+pub(crate) struct Ticket(u64);
+
+impl Ticket {
+    fn new(generation: u64, probe: bool) -> Self {
+        Ticket(generation << 1 | u64::from(probe))
+    }
+
+    fn generation(self) -> u64 {
+        self.0 >> 1
+    }
+
+    /// Admitted as a half-open probe, whose slot must be given back.
+    fn probe(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// The same admission, no longer holding a probe slot: dropping a permit
+    /// with it releases nothing.
+    fn disarmed(self) -> Self {
+        Ticket(self.0 & !1)
+    }
 }
 
 impl Permit<'_> {
@@ -187,7 +210,7 @@ impl Permit<'_> {
     pub(crate) fn into_ticket(mut self) -> Ticket {
         let ticket = self.ticket;
         // Disarmed: dropping it now releases nothing.
-        self.ticket.probe = false;
+        self.ticket = self.ticket.disarmed();
         ticket
     }
 
@@ -203,7 +226,7 @@ impl Permit<'_> {
     /// be placed in time.
     pub(crate) fn finish(mut self, code: Code, clock: impl FnOnce() -> Instant) {
         let ticket = self.ticket;
-        self.ticket.probe = false;
+        self.ticket = self.ticket.disarmed();
         let breaker = self.breaker();
         breaker.record_with(ticket, breaker.classify(code), clock);
     }
@@ -213,7 +236,7 @@ impl Permit<'_> {
         if let Held::Shared(b) = &self.breaker {
             let breaker = Held::Shared(Arc::clone(b));
             let ticket = self.ticket;
-            self.ticket.probe = false;
+            self.ticket = self.ticket.disarmed();
             return Detached::Owned(Permit { breaker, ticket });
         }
         Detached::Ticket(self.into_ticket())
@@ -222,8 +245,8 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if self.ticket.probe {
-            self.breaker().release_probe(self.ticket.generation);
+        if self.ticket.probe() {
+            self.breaker().release_probe(self.ticket.generation());
         }
     }
 }
@@ -397,7 +420,7 @@ impl CircuitBreaker {
     }
 
     fn permit(&self, generation: u64, probe: bool) -> Permit<'_> {
-        self.resume(Ticket { generation, probe })
+        self.resume(Ticket::new(generation, probe))
     }
 
     /// A permit again, from the ticket of a permit this breaker gave out.
@@ -431,12 +454,12 @@ impl CircuitBreaker {
     }
 
     fn record_with(&self, permit: Ticket, outcome: Outcome, clock: impl FnOnce() -> Instant) {
-        if outcome != Outcome::Success || permit.probe {
+        if outcome != Outcome::Success || permit.probe() {
             return self.record_locked(permit, outcome, clock());
         }
         // The common path: a success while closed takes no lock unless a failure
         // run needs resetting, and reads no clock unless a window counts it.
-        if self.tag.load(Ordering::Acquire) >> 1 != permit.generation {
+        if self.tag.load(Ordering::Acquire) >> 1 != permit.generation() {
             return;
         }
         let reset = self.streak.load(Ordering::Relaxed) != 0;
@@ -456,10 +479,10 @@ impl CircuitBreaker {
     /// a success in the window).
     fn record_locked(&self, permit: Ticket, outcome: Outcome, now: Instant) {
         let mut inner = self.lock();
-        if permit.generation != inner.generation {
+        if permit.generation() != inner.generation {
             return;
         }
-        if permit.probe {
+        if permit.probe() {
             self.record_probe(&mut inner, outcome, now);
             return;
         }
