@@ -38,10 +38,14 @@
 //! outcome recorded in the breaker that admitted it (the attempt holds it). A
 //! success refills the throttle in place when it ends.
 //!
-//! The balancer is refused ("cannot change at run time"): it is not a client's
-//! but its [`Channel`](crate::Channel)'s, chosen when the channel is built and
-//! shared by every client over it, so one client's config cannot change it
-//! without changing the others'; set it in `ClientConfig` or at build time.
+//! The balancer is refused ("cannot change at run time"). Reading it per pick
+//! would be cheap, but it is not a client's to change: it belongs to the
+//! [`Channel`](crate::Channel), chosen when the channel is built and shared by
+//! every client over it (clones, and clients of other services), so one
+//! client's config would silently change the others'. And a switch is not just
+//! a new picker: peak-EWMA keeps per-endpoint latency only while it balances,
+//! so a channel switched to it would pick blind. Set it in `ClientConfig` or at
+//! build time.
 
 use std::fmt;
 use std::str::FromStr;
