@@ -412,8 +412,8 @@ impl EffectivePolicy<'_> {
         state: &'s ClientState,
         index: usize,
     ) -> Result<Option<Permit<'s>>, Rejected> {
-        if let Source::Configured { table, index } = &self.0
-            && let Some(replaced) = &table.methods[*index].breaker
+        if let Source::Configured { table, .. } = &self.0
+            && let Some(replaced) = &table.methods[index].breaker
         {
             return replaced
                 .as_ref()

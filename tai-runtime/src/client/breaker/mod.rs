@@ -552,7 +552,6 @@ impl CircuitBreaker {
         self.publish(inner);
     }
 
-    /// Mirrors the state and generation into the lock-free tag.
     /// Sets its gauge to its state again: a breaker that shares its gauge with
     /// another (one a run-time config built for the same method) takes it back.
     pub(crate) fn republish(&self) {
@@ -561,6 +560,7 @@ impl CircuitBreaker {
         }
     }
 
+    /// Mirrors the state and generation into the lock-free tag.
     fn publish(&self, inner: &Inner) {
         let closed = matches!(inner.state, State::Closed);
         let tag = inner.generation << 1 | if closed { 0 } else { NOT_CLOSED };
