@@ -379,8 +379,8 @@ async fn clients_of_one_policy_to_one_target_share_breakers_and_throttle() {
     let err = third.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert!(err.message().contains("circuit breaker"), "{err}");
     assert_eq!(script.calls(), 2);
-    assert!(std::ptr::eq(
-        third.state().throttle().unwrap(),
-        client().state().throttle().unwrap()
+    assert!(std::sync::Arc::ptr_eq(
+        &third.state().throttle().unwrap(),
+        &client().state().throttle().unwrap()
     ));
 }

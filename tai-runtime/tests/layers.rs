@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use support::{Echo, Script, echo};
+use support::{Echo, Script, echo, grpc_go};
 use tai_runtime::layers::{BreakerLayer, ByMethod, DeadlineLayer, HedgeLayer, RetryLayer};
 use tai_runtime::policy::{BreakerPolicy, CodeSet, HedgingPolicy, RetryPolicy, ThrottlePolicy};
 use tai_runtime::server::ServerLayer;
@@ -85,45 +85,11 @@ fn retry_policy(max_attempts: u32, retryable: &[Code]) -> RetryPolicy {
     }
 }
 
-fn code_of<T>(result: &Result<T, Status>) -> Code {
-    result.as_ref().err().map_or(Code::Ok, Status::code)
-}
-
 /// grpc-go `TestRetryUnary` through `RetryLayer`: max_attempts 4,
 /// ALREADY_EXISTS retryable — the same table as the engine's.
 #[tokio::test(start_paused = true)]
 async fn grpc_go_retry_unary_table_through_the_layer() {
-    let script = Script::unary(|i, _| async move {
-        match i {
-            0 | 2 | 5 => Ok(echo("ok")),
-            6 | 8 | 11 => Err(Status::internal("non-retryable error")),
-            _ => Err(Status::already_exists("retryable error")),
-        }
-    });
-    let retry = RetryLayer::new(
-        ByMethod::none().method(UNARY, retry_policy(4, &[Code::AlreadyExists])),
-        None,
-    );
-    retry.seed_jitter(1);
-    let mut client = EchoClient::new(
-        ServiceBuilder::new()
-            .layer(retry)
-            .service(script.serve_in_memory()),
-    );
-    let cases = [
-        (Code::Ok, 0),
-        (Code::Ok, 2),
-        (Code::Ok, 5),
-        (Code::Internal, 6),
-        (Code::Internal, 8),
-        (Code::Internal, 11),
-        (Code::AlreadyExists, 15),
-    ];
-    for (n, (code, last_index)) in cases.into_iter().enumerate() {
-        let got = client.unary(echo("x")).await;
-        assert_eq!(code_of(&got), code, "case {n}: {got:?}");
-        assert_eq!(script.calls() - 1, last_index, "case {n}");
-    }
+    let script = run_through_the_layer(grpc_go::retry_unary()).await;
     // Every retry told the server how many attempts came before it.
     let previous: Vec<Option<String>> = script
         .seen()
@@ -140,49 +106,32 @@ async fn grpc_go_retry_unary_table_through_the_layer() {
 /// token_ratio 0.5, 12 calls — the same trace as the engine's.
 #[tokio::test(start_paused = true)]
 async fn grpc_go_retry_throttling_trace_through_the_layer() {
-    let script = Script::unary(|i, _| async move {
-        match i {
-            0 | 3 | 6 | 10 | 11 | 12 | 13 | 14 | 16 | 18 => Ok(echo("ok")),
-            _ => Err(Status::unavailable("retryable error")),
-        }
-    });
-    let retry = RetryLayer::new(
-        retry_policy(4, &[Code::Unavailable]),
-        Some(ThrottlePolicy {
-            max_tokens: 10,
-            token_ratio: 0.5,
-        }),
-    );
-    let throttle = retry.throttle().cloned().unwrap();
-    let mut client = EchoClient::new(
+    run_through_the_layer(grpc_go::retry_throttling()).await;
+}
+
+/// A table of grpc-go's (`support/grpc_go.rs`) through `RetryLayer` on tonic's
+/// `Channel`, under the tonic-style client; the server, for what it saw.
+async fn run_through_the_layer(table: grpc_go::Table) -> Script {
+    let script = Script::answering(table.answer);
+    let retry = RetryLayer::new(ByMethod::none().method(UNARY, table.retry), table.throttle);
+    retry.seed_jitter(1);
+    let throttle = retry.throttle().cloned();
+    let client = EchoClient::new(
         ServiceBuilder::new()
             .layer(retry)
             .service(script.serve_in_memory()),
     );
-    let cases = [
-        (Code::Ok, 0, 10.0),
-        (Code::Ok, 3, 8.5),
-        (Code::Ok, 6, 7.0),
-        (Code::Unavailable, 8, 5.0),
-        (Code::Unavailable, 9, 4.0),
-        (Code::Ok, 10, 4.5),
-        (Code::Ok, 11, 5.0),
-        (Code::Ok, 12, 5.5),
-        (Code::Ok, 13, 6.0),
-        (Code::Ok, 14, 6.5),
-        (Code::Ok, 16, 6.0),
-        (Code::Unavailable, 17, 5.0),
-    ];
-    for (n, (code, last_index, tokens)) in cases.into_iter().enumerate() {
-        let got = client.unary(echo("x")).await;
-        assert_eq!(code_of(&got), code, "case {n}: {got:?}");
-        assert_eq!(script.calls() - 1, last_index, "case {n}");
-        let now = throttle.tokens();
-        assert!(
-            (now - tokens).abs() < 1e-9,
-            "case {n}: {now} tokens, want {tokens}"
-        );
-    }
+    table
+        .run(
+            || {
+                let mut client = client.clone();
+                async move { grpc_go::code_of(&client.unary(echo("x")).await) }
+            },
+            || script.calls(),
+            || throttle.as_ref().expect("the table's throttle").tokens(),
+        )
+        .await;
+    script
 }
 
 /// Server pushback through the layer: "1000" waits exactly a second; "-1"

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::raw_h2::{Answer, H2Server};
-use support::{Echo, Script, echo, service, stream_method, unary_method};
+use support::{Echo, Script, echo, grpc_go, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ThrottlePolicy};
 use tonic::metadata::MetadataValue;
@@ -42,32 +42,34 @@ fn status_with_pushback(values: &[&'static str]) -> Status {
 /// grpc-go `TestRetryUnary`: max_attempts 4, ALREADY_EXISTS retryable.
 #[tokio::test(start_paused = true)]
 async fn grpc_go_retry_unary_table() {
-    let script = Script::unary(|i, _| async move {
-        match i {
-            0 | 2 | 5 => Ok(echo("ok")),
-            6 | 8 | 11 => Err(Status::internal("non-retryable error")),
-            _ => Err(Status::already_exists("retryable error")),
-        }
-    });
+    run_through_the_engine(grpc_go::retry_unary()).await;
+}
+
+/// A table of grpc-go's (`support/grpc_go.rs`) through the generated client's
+/// engine: a real tonic server in memory, the table's policy compiled in.
+async fn run_through_the_engine(table: grpc_go::Table) {
+    let script = Script::answering(table.answer);
+    let method = MethodPolicy {
+        retry: Some(table.retry),
+        ..unary_method()
+    };
     let core = ClientCore::new(
         script.serve_in_memory(),
-        service(vec![retrying(4, &[Code::AlreadyExists])], None),
+        service(vec![method], table.throttle),
     );
     core.state().seed_jitter(1);
-    let cases = [
-        (Code::Ok, 0),
-        (Code::Ok, 2),
-        (Code::Ok, 5),
-        (Code::Internal, 6),
-        (Code::Internal, 8),
-        (Code::Internal, 11),
-        (Code::AlreadyExists, 15),
-    ];
-    for (n, (code, last_index)) in cases.into_iter().enumerate() {
-        let got = core.unary_retry::<Echo, Echo>(0, echo("x")).await;
-        assert_eq!(got.err().map_or(Code::Ok, |s| s.code()), code, "case {n}");
-        assert_eq!(script.calls() - 1, last_index, "case {n}");
-    }
+    table
+        .run(
+            || async { grpc_go::code_of(&core.unary_retry::<Echo, Echo>(0, echo("x")).await) },
+            || script.calls(),
+            || {
+                core.state()
+                    .throttle()
+                    .expect("the table's throttle")
+                    .tokens()
+            },
+        )
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,46 +190,7 @@ async fn pushback_stops_or_delays_retries() {
 /// grpc-go `TestRetryThrottling`: max_tokens 10, token_ratio 0.5, 12 calls.
 #[tokio::test(start_paused = true)]
 async fn grpc_go_retry_throttling_trace() {
-    let script = Script::unary(|i, _| async move {
-        match i {
-            0 | 3 | 6 | 10 | 11 | 12 | 13 | 14 | 16 | 18 => Ok(echo("ok")),
-            _ => Err(Status::unavailable("retryable error")),
-        }
-    });
-    let core = ClientCore::new(
-        script.serve_in_memory(),
-        service(
-            vec![retrying(4, &[Code::Unavailable])],
-            Some(ThrottlePolicy {
-                max_tokens: 10,
-                token_ratio: 0.5,
-            }),
-        ),
-    );
-    let cases = [
-        (Code::Ok, 0, 10.0),
-        (Code::Ok, 3, 8.5),
-        (Code::Ok, 6, 7.0),
-        (Code::Unavailable, 8, 5.0),
-        (Code::Unavailable, 9, 4.0),
-        (Code::Ok, 10, 4.5),
-        (Code::Ok, 11, 5.0),
-        (Code::Ok, 12, 5.5),
-        (Code::Ok, 13, 6.0),
-        (Code::Ok, 14, 6.5),
-        (Code::Ok, 16, 6.0),
-        (Code::Unavailable, 17, 5.0),
-    ];
-    for (n, (code, last_index, tokens)) in cases.into_iter().enumerate() {
-        let got = core.unary_retry::<Echo, Echo>(0, echo("x")).await;
-        assert_eq!(got.err().map_or(Code::Ok, |s| s.code()), code, "case {n}");
-        assert_eq!(script.calls() - 1, last_index, "case {n}");
-        let now = core.state().throttle().unwrap().tokens();
-        assert!(
-            (now - tokens).abs() < 1e-9,
-            "case {n}: {now} tokens, want {tokens}"
-        );
-    }
+    run_through_the_engine(grpc_go::retry_throttling()).await;
 }
 
 /// A stream whose headers arrived is committed: an error after them is final.

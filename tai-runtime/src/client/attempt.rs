@@ -28,7 +28,7 @@ use tonic::codec::{Codec, Streaming};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
-use super::breaker::{CircuitBreaker, Permit, Rejected};
+use super::breaker::{Permit, Rejected};
 use super::core::{ClientCore, Compression, Exchange, MessageLimits, Transport};
 use super::deadline::{self, CallDeadline};
 use super::state::ClientState;
@@ -124,8 +124,7 @@ impl<T: Transport> ClientCore<T> {
                 }
             },
         };
-        let breaker = self.state.breaker_at(index);
-        let permit = match breaker.map(CircuitBreaker::admit).transpose() {
+        let permit = match m.admit(&self.state, index) {
             Ok(permit) => permit,
             Err(rejected) => {
                 self.state.metrics_at(index).rejections.inc();
@@ -467,15 +466,12 @@ where
             }
             Err(f) => f.status.code(),
         };
-        if let (Some(b), Some(p)) = (this.state.breaker_at(*this.index), this.permit.take()) {
-            b.record_at(p, b.classify(code), end);
+        if let Some(p) = this.permit.take() {
+            p.finish(code, || end);
         }
         // A response stream reports its own success when it ends.
-        if code == Code::Ok
-            && !streams_responses(method.kind)
-            && let Some(t) = this.state.throttle()
-        {
-            t.record_success();
+        if code == Code::Ok && !streams_responses(method.kind) {
+            this.state.record_success();
         }
         Poll::Ready((result, end))
     }

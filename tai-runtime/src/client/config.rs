@@ -14,25 +14,55 @@
 //! field: a config that sets only `timeout` keeps the compiled retry), then a caller's
 //! own timeout (`tonic::Request::set_timeout`) — still clamped by `max_timeout`.
 //!
-//! What a run-time config may change is what the call engine reads per call:
-//! `timeout`, `retryPolicy`, `hedgingPolicy`, and the `tai` object's `idempotent` and
-//! `max_timeout`. The breakers, the retry throttle and the balancer are built with the
-//! client (and shared by the clients of one target), so a run-time config that sets
-//! them is refused with a message saying to set them at build time; so is a retry or
-//! hedging policy for a method compiled without either, whose calls the generated
-//! client does not send through the retry engine.
+//! A run-time config may change everything the JSON and the `tai` object name
+//! except the balancer:
+//!
+//! - per method, `timeout`, `retryPolicy`, `hedgingPolicy`, and the `tai` object's
+//!   `idempotent`, `max_timeout` and `breaker`. A method compiled without retry or
+//!   hedging may gain either: its calls then run the retry engine (the generated
+//!   client picks the path per call from the policy in effect; see `route.rs`).
+//! - `retryThrottling`: a config that sets it brings a new throttle, its bucket
+//!   full (gRFC A6; grpc-go builds a new throttler for every config that has
+//!   one), in place of the client's; a config without it keeps the compiled one.
+//! - a `breaker` in a method's `tai` object: the config builds that method a new
+//!   breaker, closed. Compiled breakers and the compiled throttle are shared by
+//!   every client of the same policy to the same target (see `state.rs`); a swap
+//!   never touches that shared state: the client (and its clones) uses its own
+//!   new breakers and throttle under the config, while the other clients of the
+//!   target keep the shared ones, and clearing the config returns the client to
+//!   them, in whatever state they have reached. Each new config builds its
+//!   breakers and throttle afresh, even when they equal the last config's.
+//!
+//! A call in flight finishes with what it started with: its policy, its retry
+//! and hedging decisions against the throttle of its start, and each attempt's
+//! outcome recorded in the breaker that admitted it (the attempt holds it). A
+//! success refills the throttle in place when it ends.
+//!
+//! The balancer is refused ("cannot change at run time"). Reading it per pick
+//! would be cheap, but it is not a client's to change: it belongs to the
+//! [`Channel`](crate::Channel), chosen when the channel is built and shared by
+//! every client over it (clones, and clients of other services), so one
+//! client's config would silently change the others'. And a switch is not just
+//! a new picker: peak-EWMA keeps per-endpoint latency only while it balances,
+//! so a channel switched to it would pick blind. Set it in `ClientConfig` or at
+//! build time.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use http::HeaderValue;
 use tai_model::{
     ConfigProblem, Field, MethodConfig, PolicySpec, Problem, ResolvedPolicy, json_path,
 };
 
+use crate::client::breaker::CircuitBreaker;
+use crate::metrics::MethodMetrics;
 use crate::policy::{
     BreakerPolicy, CodeSet, HedgingPolicy, MethodPolicy, RateRule, RetryPolicy, ServicePolicy,
+    ThrottlePolicy,
 };
+use crate::throttle::RetryThrottle;
 
 /// A gRPC service config, read and checked on its own (see the crate docs of
 /// `tai_model` for the JSON, and the README's "Service config" section).
@@ -115,19 +145,33 @@ impl std::error::Error for ConfigError {}
 pub(crate) struct Configured {
     pub(crate) policy: MethodPolicy,
     pub(crate) timeout_header: Option<HeaderValue>,
+    /// `None` if the config sets no breaker for the method (the compiled one
+    /// stays); else the breaker it built, fresh and closed (`Some(None)`: the
+    /// config turned it off).
+    pub(crate) breaker: Option<Option<Arc<CircuitBreaker>>>,
 }
 
-/// Every method's policy under a run-time config, in the compiled order.
+/// Every method's policy under a run-time config, in the compiled order, and
+/// the retry throttle the client runs with under it.
 #[derive(Debug)]
 pub(crate) struct Effective {
     pub(crate) methods: Box<[Configured]>,
+    /// A fresh, full bucket if the config sets `retryThrottling` (as grpc-go
+    /// builds a new throttler for every config that has one); else the
+    /// compiled throttle, shared as before.
+    pub(crate) throttle: Option<Arc<RetryThrottle>>,
 }
 
 impl Effective {
     /// Applies `config` to `compiled`, or says every reason it cannot.
+    /// `throttle` is the client's compiled retry throttle; `metrics` its
+    /// methods' metrics (a breaker the config builds reports to its method's
+    /// `breaker_open` gauge).
     pub(crate) fn new(
         compiled: &'static ServicePolicy,
         config: &ServiceConfig,
+        throttle: Option<&Arc<RetryThrottle>>,
+        metrics: &[MethodMetrics],
     ) -> Result<Effective, ConfigError> {
         let mut problems = Vec::new();
         let mut fail = |path: String, message: String| {
@@ -139,46 +183,59 @@ impl Effective {
             }
         };
         let client = &config.model.client;
-        for (field, why) in [
-            (
-                Field::Throttle,
-                "cannot change at run time yet: the retry throttle is built with the client \
-                 and shared by the clients of its target; set it at build time \
-                 (tai_build::Builder::service_config or a .proto option)",
-            ),
-            (
-                Field::Balancer,
+        if (Field::Balancer.def().get)(client).is_some() {
+            fail(
+                json_path(Field::Balancer),
                 "cannot change at run time: the balancer is chosen when the channel is \
-                 built; set it in ClientConfig or at build time",
-            ),
-        ] {
-            if (field.def().get)(client).is_some() {
-                fail(json_path(field), why.to_owned());
-            }
+                 built; set it in ClientConfig or at build time"
+                    .to_owned(),
+            );
         }
         let mut methods = Vec::with_capacity(compiled.methods.len());
-        for m in compiled.methods {
-            let policy = match config.model.level_for(compiled.name, m.name, m.kind) {
-                None => *m,
+        let mut replaced = Vec::with_capacity(compiled.methods.len());
+        for (m, metrics) in compiled.methods.iter().zip(metrics) {
+            let (policy, sets_breaker) = match config.model.level_for(compiled.name, m.name, m.kind)
+            {
+                None => (*m, false),
                 Some((entry, level)) => match configure(m, entry, &level) {
-                    Ok(policy) => policy,
+                    Ok(policy) => (policy, level.breaker.is_some()),
                     Err(found) => {
                         for (path, message) in found {
                             fail(path, message);
                         }
-                        *m
+                        (*m, false)
                     }
                 },
             };
             methods.push(Configured {
                 timeout_header: crate::client::deadline::policy_timeout(&policy)
                     .and_then(crate::wire::timeout::encode),
+                // Built below, once the whole config has passed: a breaker's
+                // gauge reads closed from the moment it exists.
+                breaker: None,
                 policy,
             });
+            replaced.push((sets_breaker, metrics));
         }
         if problems.is_empty() {
+            for (method, (sets_breaker, metrics)) in methods.iter_mut().zip(replaced) {
+                method.breaker = sets_breaker.then(|| {
+                    method
+                        .policy
+                        .breaker
+                        .map(|b| Arc::new(CircuitBreaker::new(b).with_gauge(metrics.open.clone())))
+                });
+            }
+            let throttle = match tai_model::resolve(&[client]).throttle {
+                Some(t) => Some(Arc::new(RetryThrottle::new(&ThrottlePolicy {
+                    max_tokens: t.max_tokens,
+                    token_ratio: t.token_ratio,
+                }))),
+                None => throttle.cloned(),
+            };
             Ok(Effective {
                 methods: methods.into(),
+                throttle,
             })
         } else {
             Err(ConfigError { problems })
@@ -195,16 +252,6 @@ fn configure(
 ) -> Result<MethodPolicy, Vec<(String, String)>> {
     let at = |field: Field| format!("{}.{}", entry.path(), json_path(field));
     let say = |what: &dyn fmt::Display| format!("{}: {what}", m.path);
-    if level.breaker.is_some() {
-        return Err(vec![(
-            at(Field::Breaker),
-            say(
-                &"cannot change at run time yet: the breaker is built with the client and \
-                  shared by the clients of its target; set it at build time \
-                  (tai_build::Builder::service_config or a .proto option)",
-            ),
-        )]);
-    }
     let compiled = m.spec();
     let resolved = tai_model::validate(&[&compiled, level], m.kind, Some(1)).map_err(
         |problems: Vec<Problem>| {
@@ -214,22 +261,6 @@ fn configure(
                 .collect::<Vec<_>>()
         },
     )?;
-    let engine = m.retry.is_some() || m.hedging.is_some();
-    if !engine && (resolved.retry.is_some() || resolved.hedging.is_some()) {
-        let field = if resolved.retry.is_some() {
-            Field::Retry
-        } else {
-            Field::Hedging
-        };
-        return Err(vec![(
-            at(field),
-            say(
-                &"was compiled without retry or hedging, so the generated client sends \
-                  its calls once; give it a policy at build time (a .proto option, \
-                  #[resilient], or tai_build::Builder::service_config) to change it here",
-            ),
-        )]);
-    }
     Ok(method_policy(m, &resolved))
 }
 

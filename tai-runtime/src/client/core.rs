@@ -320,8 +320,10 @@ impl<T: Transport> ClientCore<T> {
         )
     }
 
-    /// A unary call without retry or hedging (one transparent retry aside, when
-    /// the server never processed the attempt).
+    /// A unary call of a method compiled without retry or hedging: one attempt
+    /// (and one transparent retry, when the server never processed it), unless a
+    /// run-time service config has given the method a retry or hedging policy
+    /// (see `route.rs`).
     pub fn unary<Req, Resp>(
         &self,
         method: usize,
@@ -333,7 +335,7 @@ impl<T: Transport> ClientCore<T> {
     {
         let request = request.into_request();
         self.observed(method, move |start| {
-            self.single(method, start, request, read_unary)
+            self.single_by_policy(method, start, request, read_unary)
         })
     }
 
@@ -354,8 +356,9 @@ impl<T: Transport> ClientCore<T> {
         })
     }
 
-    /// A server-streaming call without retry or hedging. The breaker counts the
-    /// stream's final status, not its headers.
+    /// A server-streaming call of a method compiled without retry or hedging
+    /// (as [`unary`](Self::unary), a run-time config may give it one). The
+    /// breaker counts the stream's final status, not its headers.
     pub fn server_streaming<Req, Resp>(
         &self,
         method: usize,
@@ -367,7 +370,7 @@ impl<T: Transport> ClientCore<T> {
     {
         let request = request.into_request();
         self.observed(method, move |start| {
-            self.single(method, start, request, open_stream)
+            self.single_by_policy(method, start, request, open_stream)
         })
     }
 

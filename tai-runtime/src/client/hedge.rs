@@ -41,7 +41,7 @@ impl<T: Transport> ClientCore<T> {
     {
         let m = self.method(index);
         let max_attempts = hedging.max_attempts.min(MAX_ATTEMPTS);
-        let throttle = self.state.throttle();
+        let throttle = m.throttle();
         let deadline = deadline.map(|d| d.at);
         let mut in_flight: Vec<(u32, Pin<Box<Fut>>)> = Vec::with_capacity(max_attempts as usize);
         in_flight.push((0, Box::pin(attempt(0))));

@@ -4,6 +4,7 @@
 //! ClientCore (core) ─► Observed: span + metrics (observed)
 //!   ─► deadline for the whole call (deadline, timer)
 //!   ─► retry loop (retry) | hedging (hedge) | one attempt
+//!      (chosen per call from the policy in effect: route)
 //!        ─► Attempt (attempt): breaker gate (breaker/), transport (transport),
 //!           grpc-timeout, send, read; outcome to breaker and throttle (throttle)
 //! ```
@@ -25,6 +26,7 @@ mod hedge;
 pub mod layers;
 mod observed;
 pub(crate) mod retry;
+mod route;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod stream;

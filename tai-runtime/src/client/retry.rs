@@ -110,7 +110,7 @@ impl<T: Transport> ClientCore<T> {
         Fut: Future<Output = (Result<Out, Failure>, Instant)>,
     {
         let m = self.method(index);
-        let throttle = self.state.throttle();
+        let throttle = m.throttle();
         let mut retries = Retries::default();
         // One transparent retry per call, as grpc-go allows: it costs no attempt
         // and no throttle token.

@@ -14,6 +14,12 @@
 //! policy over channels to the same addresses) in the process. A client over a
 //! transport that names no target (tonic's `Channel`, a tower stack of your own)
 //! keeps its own: build it once and clone it.
+//!
+//! That sharing is for the compiled policies. A run-time config that sets
+//! `retryThrottling` or a method's breaker carries its own, fresh ones in its
+//! table, for this client and its clones only: a swap never resets or replaces
+//! what the other clients of the target share, and clearing the config returns
+//! the client to the shared state as the others left it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +28,7 @@ use arc_swap::ArcSwapOption;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use crate::client::breaker::{BreakerState, CircuitBreaker};
+use crate::client::breaker::{BreakerState, CircuitBreaker, Permit, Rejected};
 use crate::client::config::{ConfigError, Effective, ServiceConfig};
 use crate::client::stats::ClientStats;
 use crate::client::throttle::RetryThrottle;
@@ -53,8 +59,12 @@ pub struct ClientState {
 /// clients of one policy to one target.
 #[derive(Debug)]
 struct Guards {
-    breakers: Box<[Option<CircuitBreaker>]>,
-    throttle: Option<RetryThrottle>,
+    /// In `Arc`s so that [`ClientState::breaker`] can hand out the breaker in
+    /// place, compiled or set by a run-time config, alike.
+    breakers: Box<[Option<Arc<CircuitBreaker>>]>,
+    /// In an `Arc` so that a run-time config that leaves the throttle alone
+    /// keeps this one (see [`Effective`]).
+    throttle: Option<Arc<RetryThrottle>>,
 }
 
 impl Guards {
@@ -66,10 +76,13 @@ impl Guards {
                 .zip(metrics)
                 .map(|(m, metrics)| {
                     m.breaker
-                        .map(|b| CircuitBreaker::new(b).with_gauge(metrics.open.clone()))
+                        .map(|b| Arc::new(CircuitBreaker::new(b).with_gauge(metrics.open.clone())))
                 })
                 .collect(),
-            throttle: policy.throttle.as_ref().map(RetryThrottle::new),
+            throttle: policy
+                .throttle
+                .as_ref()
+                .map(|t| Arc::new(RetryThrottle::new(t))),
         }
     }
 }
@@ -221,6 +234,7 @@ impl ClientState {
             None => EffectivePolicy(Source::Compiled {
                 policy: &self.policy.methods[index],
                 timeout_header: self.timeout_header(index),
+                throttle: self.guards.throttle.as_deref(),
             }),
             Some(table) => {
                 assert!(index < table.methods.len(), "no method at index {index}");
@@ -237,7 +251,11 @@ impl ClientState {
     /// in flight finish as they started. An invalid config changes nothing and says
     /// every reason, each with its JSON path. Setting a new config replaces the
     /// previous one whole (it applies over the compiled policy, not over the last
-    /// config).
+    /// config). A config that sets `retryThrottling` or a method's breaker gives
+    /// this client (and its clones) a new throttle or breaker, fresh, in place of
+    /// the one shared with the other clients of its target, which it leaves as it
+    /// is; see the module docs of `client::config` (in the README's "Service
+    /// config" section).
     ///
     /// ```
     /// # use tai_runtime::__private::ClientState;
@@ -245,20 +263,45 @@ impl ClientState {
     /// # static POLICY: ServicePolicy = ServicePolicy {
     /// #     name: "demo.Echo", methods: &[], throttle: None, balancer: None };
     /// # let state = ClientState::new(&POLICY);
-    /// let bad = r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#;
+    /// let throttled = r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#;
+    /// state.set_service_config(&throttled.parse()?)?;
+    /// assert_eq!(state.throttle().map(|t| t.tokens()), Some(10.0)); // a new, full bucket
+    ///
+    /// let bad = r#"{"tai": {"balancer": "random"}}"#;
     /// let err = state.set_service_config(&bad.parse()?).unwrap_err();
-    /// assert!(err.to_string().starts_with("retryThrottling: cannot change at run time yet"));
+    /// assert!(err.to_string().starts_with("tai.balancer: cannot change at run time"));
     /// # Ok::<(), tai_runtime::ConfigError>(())
     /// ```
     pub fn set_service_config(&self, config: &ServiceConfig) -> Result<(), ConfigError> {
-        let table = Effective::new(self.policy, config)?;
+        let table = Effective::new(
+            self.policy,
+            config,
+            self.guards.throttle.as_ref(),
+            &self.metrics,
+        )?;
+        let replaced: Vec<bool> = table.methods.iter().map(|m| m.breaker.is_some()).collect();
         self.configured.store(Some(Arc::new(table)));
+        self.republish_compiled(|index| !replaced[index]);
         Ok(())
     }
 
     /// Drops the run-time service config: the next calls run the compiled policies.
     pub fn clear_service_config(&self) {
         self.configured.store(None);
+        self.republish_compiled(|_| true);
+    }
+
+    /// A breaker a config builds shares its method's `breaker_open` gauge with
+    /// the compiled one; the compiled breakers back in use (`back(index)`) set
+    /// it to their own state again.
+    fn republish_compiled(&self, back: impl Fn(usize) -> bool) {
+        for (index, breaker) in self.guards.breakers.iter().enumerate() {
+            if let Some(b) = breaker
+                && back(index)
+            {
+                b.republish();
+            }
+        }
     }
 
     /// The policy the client runs.
@@ -266,9 +309,9 @@ impl ClientState {
         self.policy
     }
 
-    /// The breaker of the method at `index`, if it has one.
+    /// The compiled breaker of the method at `index`, if it has one.
     pub(crate) fn breaker_at(&self, index: usize) -> Option<&CircuitBreaker> {
-        self.guards.breakers.get(index).and_then(Option::as_ref)
+        self.guards.breakers.get(index).and_then(Option::as_deref)
     }
 
     pub(crate) fn metrics_at(&self, index: usize) -> &MethodMetrics {
@@ -284,15 +327,50 @@ impl ClientState {
         self.timeout_headers.get(index).and_then(Option::as_ref)
     }
 
-    /// The breaker of a method by proto name (`"ProposePolicy"`) or Rust name
-    /// (`"propose_policy"`).
-    pub fn breaker(&self, method: &str) -> Option<&CircuitBreaker> {
-        self.breaker_at(self.policy.method_index(method)?)
+    /// The breaker in place now of a method by proto name (`"ProposePolicy"`)
+    /// or Rust name (`"propose_policy"`): the run-time service config's, if it
+    /// set one for the method, else the compiled one.
+    pub fn breaker(&self, method: &str) -> Option<Arc<CircuitBreaker>> {
+        let index = self.policy.method_index(method)?;
+        if let Some(table) = self.configured.load().as_ref()
+            && let Some(replaced) = &table.methods[index].breaker
+        {
+            return replaced.clone();
+        }
+        self.guards.breakers[index].clone()
     }
 
-    /// The retry throttle, if the service has one.
-    pub fn throttle(&self) -> Option<&RetryThrottle> {
-        self.guards.throttle.as_ref()
+    /// The retry throttle in place now, if the client throttles retries: the
+    /// run-time service config's, else the compiled one (shared with the other
+    /// clients of the target).
+    pub fn throttle(&self) -> Option<Arc<RetryThrottle>> {
+        match &*self.configured.load() {
+            None => self.guards.throttle.clone(),
+            Some(table) => table.throttle.clone(),
+        }
+    }
+
+    /// Whether the client throttles retries now.
+    pub(crate) fn throttles(&self) -> bool {
+        match &*self.configured.load() {
+            None => self.guards.throttle.is_some(),
+            Some(table) => table.throttle.is_some(),
+        }
+    }
+
+    /// Counts a successful call in the retry throttle in place now. A call that
+    /// began before a run-time config replaced the throttle made its retry
+    /// decisions with the old one; its success still refills the bucket that
+    /// the next calls read (the old one has no reader left).
+    pub(crate) fn record_success(&self) {
+        let configured = self.configured.load();
+        let throttle = match &*configured {
+            None => self.guards.throttle.as_deref(),
+            Some(table) => table.throttle.as_deref(),
+        };
+        if let Some(t) = throttle {
+            t.record_success();
+        }
     }
 
     /// Makes retry jitter deterministic, for tests and reproducible benchmarks.
@@ -316,6 +394,7 @@ enum Source<'a> {
     Compiled {
         policy: &'static MethodPolicy,
         timeout_header: Option<&'a http::HeaderValue>,
+        throttle: Option<&'a RetryThrottle>,
     },
     Configured {
         table: Arc<Effective>,
@@ -324,6 +403,39 @@ enum Source<'a> {
 }
 
 impl EffectivePolicy<'_> {
+    /// Asks the method's breaker in place under this policy to admit an
+    /// attempt: the one the run-time config built, if it set one for the
+    /// method (the permit then holds it, so a call in flight finishes with it
+    /// across a swap), else the compiled one of `state`.
+    pub(crate) fn admit<'s>(
+        &self,
+        state: &'s ClientState,
+        index: usize,
+    ) -> Result<Option<Permit<'s>>, Rejected> {
+        if let Source::Configured { table, .. } = &self.0
+            && let Some(replaced) = &table.methods[index].breaker
+        {
+            return replaced
+                .as_ref()
+                .map(CircuitBreaker::admit_shared)
+                .transpose();
+        }
+        state
+            .breaker_at(index)
+            .map(CircuitBreaker::admit)
+            .transpose()
+    }
+
+    /// The retry throttle of the client under this policy: a call makes its
+    /// retry and hedging decisions with it to its end, even if a new run-time
+    /// config replaces it meanwhile.
+    pub(crate) fn throttle(&self) -> Option<&RetryThrottle> {
+        match &self.0 {
+            Source::Compiled { throttle, .. } => *throttle,
+            Source::Configured { table, .. } => table.throttle.as_deref(),
+        }
+    }
+
     /// The `grpc-timeout` header of the method's own timeout, encoded once per
     /// policy, if it has one.
     pub(crate) fn timeout_header(&self) -> Option<http::HeaderValue> {
@@ -401,9 +513,7 @@ pub trait Resilient {
     /// The breaker state of a method by proto or Rust name; `None` if the method
     /// has no breaker or does not exist.
     fn breaker_state(&self, method: &str) -> Option<BreakerState> {
-        self.client_state()
-            .breaker(method)
-            .map(CircuitBreaker::state)
+        self.client_state().breaker(method).map(|b| b.state())
     }
 
     /// The compiled-in policy of the whole client.
@@ -433,7 +543,7 @@ pub trait Resilient {
 
     /// Current retry-throttle tokens, if the service throttles retries.
     fn retry_tokens(&self) -> Option<f64> {
-        self.client_state().throttle().map(RetryThrottle::tokens)
+        self.client_state().throttle().map(|t| t.tokens())
     }
 
     /// Puts a run-time service config in place of the compiled policies, for this

@@ -15,7 +15,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status, Streaming};
 
-use crate::client::breaker::{Permit, Ticket};
+use crate::client::breaker::{Detached, Permit};
 use crate::client::state::ClientState;
 
 /// The requests of a client-streaming or bidi call: any `Send` stream of messages.
@@ -156,7 +156,7 @@ impl<T> std::fmt::Debug for ResponseStream<T> {
 pub(crate) struct StreamOutcome {
     state: Arc<ClientState>,
     index: usize,
-    ticket: Option<Ticket>,
+    permit: Option<Detached>,
 }
 
 impl StreamOutcome {
@@ -167,26 +167,28 @@ impl StreamOutcome {
         index: usize,
         permit: Option<Permit<'_>>,
     ) -> Option<Self> {
-        if permit.is_none() && state.throttle().is_none() {
+        if permit.is_none() && !state.throttles() {
             return None;
         }
         Some(Self {
             state: Arc::clone(state),
             index,
-            ticket: permit.map(Permit::into_ticket),
+            permit: permit.map(Permit::detach),
         })
     }
 
     fn finish(mut self, code: Code) {
-        if let (Some(ticket), Some(breaker)) =
-            (self.ticket.take(), self.state.breaker_at(self.index))
-        {
-            breaker.record(breaker.resume(ticket), breaker.classify(code));
+        match self.permit.take() {
+            Some(Detached::Ticket(ticket)) => {
+                if let Some(breaker) = self.state.breaker_at(self.index) {
+                    breaker.resume(ticket).finish(code, Instant::now);
+                }
+            }
+            Some(Detached::Owned(permit)) => permit.finish(code, Instant::now),
+            None => {}
         }
-        if code == Code::Ok
-            && let Some(t) = self.state.throttle()
-        {
-            t.record_success();
+        if code == Code::Ok {
+            self.state.record_success();
         }
     }
 }
@@ -195,8 +197,8 @@ impl Drop for StreamOutcome {
     fn drop(&mut self) {
         // Dropped before the stream ended: neither a success nor a failure. The
         // permit, resumed and dropped, releases a half-open probe slot.
-        if let (Some(ticket), Some(breaker)) =
-            (self.ticket.take(), self.state.breaker_at(self.index))
+        if let Some(Detached::Ticket(ticket)) = self.permit.take()
+            && let Some(breaker) = self.state.breaker_at(self.index)
         {
             drop(breaker.resume(ticket));
         }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub mod grpc_go;
 pub mod net;
 pub mod raw_h2;
 
@@ -97,6 +98,12 @@ impl Script {
         let mut s = Script::unary(|_, _| async { Err(Status::unimplemented("no unary")) });
         s.stream = Arc::new(move |i| Box::pin(f(i)));
         s
+    }
+
+    /// A server that answers its `i`-th call as `answer(i)` says (`None`: an
+    /// echo of "ok"), as grpc-go's tables script theirs.
+    pub fn answering(answer: fn(usize) -> Option<Status>) -> Self {
+        Script::unary(move |i, _| async move { answer(i).map_or(Ok(echo("ok")), Err) })
     }
 
     /// How many calls reached the server.

@@ -14,8 +14,8 @@
 //! a ring of atomic words, and only failures and state changes take the lock.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -149,33 +149,104 @@ pub enum Outcome {
 #[derive(Debug)]
 #[must_use = "record the outcome of an admitted call"]
 pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+    breaker: Held<'a>,
     ticket: Ticket,
+}
+
+/// The breaker a [`Permit`] answers to: borrowed, or held through its `Arc` —
+/// a breaker a run-time service config built, which the next config may
+/// replace while the call it admitted runs.
+#[derive(Debug)]
+enum Held<'a> {
+    Borrowed(&'a CircuitBreaker),
+    Shared(Arc<CircuitBreaker>),
+}
+
+/// A permit without the borrow of its breaker, for a response stream that
+/// outlives its client's borrow: the ticket of a client's compiled breaker
+/// (which lives as long as the client's state), or a permit that holds its
+/// breaker itself.
+#[derive(Debug)]
+pub(crate) enum Detached {
+    Ticket(Ticket),
+    Owned(Permit<'static>),
 }
 
 /// What a [`Permit`] remembers of its admission, without the borrow of its
 /// breaker: a response stream that outlives its client's borrow keeps this and
 /// its client's state, and turns it back into a permit at the end.
+///
+/// One word, `generation << 1 | probe` (generations fit in 63 bits, as in
+/// [`CircuitBreaker::tag`]): a permit that holds its breaker through an `Arc`
+/// is then no bigger than a borrowing one with a two-field ticket was, and
+/// every attempt in flight carries one.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket {
-    generation: u64,
-    probe: bool,
+pub(crate) struct Ticket(u64);
+
+impl Ticket {
+    fn new(generation: u64, probe: bool) -> Self {
+        Ticket(generation << 1 | u64::from(probe))
+    }
+
+    fn generation(self) -> u64 {
+        self.0 >> 1
+    }
+
+    /// Admitted as a half-open probe, whose slot must be given back.
+    fn probe(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// The same admission, no longer holding a probe slot: dropping a permit
+    /// with it releases nothing.
+    fn disarmed(self) -> Self {
+        Ticket(self.0 & !1)
+    }
 }
 
-impl<'a> Permit<'a> {
+impl Permit<'_> {
     /// The admission without the borrow; [`CircuitBreaker::resume`] turns it back
     /// into a permit (and dropping that releases a probe slot as usual).
-    pub(crate) fn into_ticket(self) -> Ticket {
+    pub(crate) fn into_ticket(mut self) -> Ticket {
         let ticket = self.ticket;
-        std::mem::forget(self);
+        // Disarmed: dropping it now releases nothing.
+        self.ticket = self.ticket.disarmed();
         ticket
+    }
+
+    fn breaker(&self) -> &CircuitBreaker {
+        match &self.breaker {
+            Held::Borrowed(b) => b,
+            Held::Shared(b) => b,
+        }
+    }
+
+    /// Records the outcome of the admitted call, which ended with `code`, in
+    /// the breaker that admitted it; `clock` is read only if the outcome must
+    /// be placed in time.
+    pub(crate) fn finish(mut self, code: Code, clock: impl FnOnce() -> Instant) {
+        let ticket = self.ticket;
+        self.ticket = self.ticket.disarmed();
+        let breaker = self.breaker();
+        breaker.record_with(ticket, breaker.classify(code), clock);
+    }
+
+    /// The permit without the borrow of its breaker (see [`Detached`]).
+    pub(crate) fn detach(mut self) -> Detached {
+        if let Held::Shared(b) = &self.breaker {
+            let breaker = Held::Shared(Arc::clone(b));
+            let ticket = self.ticket;
+            self.ticket = self.ticket.disarmed();
+            return Detached::Owned(Permit { breaker, ticket });
+        }
+        Detached::Ticket(self.into_ticket())
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if self.ticket.probe {
-            self.breaker.release_probe(self.ticket.generation);
+        if self.ticket.probe() {
+            self.breaker().release_probe(self.ticket.generation());
         }
     }
 }
@@ -349,18 +420,25 @@ impl CircuitBreaker {
     }
 
     fn permit(&self, generation: u64, probe: bool) -> Permit<'_> {
-        Permit {
-            breaker: self,
-            ticket: Ticket { generation, probe },
-        }
+        self.resume(Ticket::new(generation, probe))
     }
 
     /// A permit again, from the ticket of a permit this breaker gave out.
     pub(crate) fn resume(&self, ticket: Ticket) -> Permit<'_> {
         Permit {
-            breaker: self,
+            breaker: Held::Borrowed(self),
             ticket,
         }
+    }
+
+    /// [`admit`](Self::admit) for a breaker shared through an `Arc`: the permit
+    /// holds the breaker, not a borrow of it.
+    pub(crate) fn admit_shared(self: &Arc<Self>) -> Result<Permit<'static>, Rejected> {
+        let ticket = self.admit()?.into_ticket();
+        Ok(Permit {
+            breaker: Held::Shared(Arc::clone(self)),
+            ticket,
+        })
     }
 
     /// A probe admitted under `generation` ended without an outcome: give its slot
@@ -376,12 +454,12 @@ impl CircuitBreaker {
     }
 
     fn record_with(&self, permit: Ticket, outcome: Outcome, clock: impl FnOnce() -> Instant) {
-        if outcome != Outcome::Success || permit.probe {
+        if outcome != Outcome::Success || permit.probe() {
             return self.record_locked(permit, outcome, clock());
         }
         // The common path: a success while closed takes no lock unless a failure
         // run needs resetting, and reads no clock unless a window counts it.
-        if self.tag.load(Ordering::Acquire) >> 1 != permit.generation {
+        if self.tag.load(Ordering::Acquire) >> 1 != permit.generation() {
             return;
         }
         let reset = self.streak.load(Ordering::Relaxed) != 0;
@@ -401,10 +479,10 @@ impl CircuitBreaker {
     /// a success in the window).
     fn record_locked(&self, permit: Ticket, outcome: Outcome, now: Instant) {
         let mut inner = self.lock();
-        if permit.generation != inner.generation {
+        if permit.generation() != inner.generation {
             return;
         }
-        if permit.probe {
+        if permit.probe() {
             self.record_probe(&mut inner, outcome, now);
             return;
         }
@@ -472,6 +550,14 @@ impl CircuitBreaker {
         };
         inner.generation += 1;
         self.publish(inner);
+    }
+
+    /// Sets its gauge to its state again: a breaker that shares its gauge with
+    /// another (one a run-time config built for the same method) takes it back.
+    pub(crate) fn republish(&self) {
+        if self.gauge.is_some() {
+            self.publish(&self.lock());
+        }
     }
 
     /// Mirrors the state and generation into the lock-free tag.
