@@ -8,8 +8,12 @@
 //! The types are written so that the expansion reads like hand-written code:
 //! `CodeSet::of(&[Code::Unavailable, Code::Aborted])` rather than a bit mask, with
 //! `tonic::Code` (re-exported as `tai_runtime::Code`) as the one status-code type.
-//! They are not `#[non_exhaustive]`: hand-built policies in tests, benches and the
-//! examples use struct literals, and a constructor-only API would force edits there.
+//!
+//! Every type is `#[non_exhaustive]`, so that a field can be added (the next
+//! policies: auth, bulkhead, compression) without breaking anyone: outside this
+//! crate a policy is built with its `const fn` constructor and `with_..` setters,
+//! which the expansion uses too. The fields stay public to read (and to change on
+//! a value one owns).
 
 use std::time::Duration;
 
@@ -97,7 +101,23 @@ fn model_codes(set: CodeSet) -> Vec<tai_model::Code> {
 }
 
 /// Retry per gRFC A6.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::Code;
+/// use tai_runtime::policy::{CodeSet, RetryPolicy};
+///
+/// const RETRY: RetryPolicy = RetryPolicy::new(
+///     4,
+///     Duration::from_millis(100),
+///     Duration::from_secs(1),
+///     2.0,
+///     CodeSet::of(&[Code::Unavailable]),
+/// );
+/// assert_eq!(RETRY.max_attempts, 4);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts including the first call. Values above 5 are treated as 5 (A6).
     pub max_attempts: u32,
@@ -111,8 +131,40 @@ pub struct RetryPolicy {
     pub retryable: CodeSet,
 }
 
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts (the first included), retrying a failure with a
+    /// code in `retryable` after a backoff that starts at `initial_backoff` and grows
+    /// by `multiplier` up to `max_backoff` (before jitter). See the type's example.
+    pub const fn new(
+        max_attempts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+        multiplier: f64,
+        retryable: CodeSet,
+    ) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff,
+            max_backoff,
+            multiplier,
+            retryable,
+        }
+    }
+}
+
 /// Hedging per gRFC A6.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::Code;
+/// use tai_runtime::policy::{CodeSet, HedgingPolicy};
+///
+/// const HEDGE: HedgingPolicy =
+///     HedgingPolicy::new(3, Duration::from_millis(50), CodeSet::of(&[Code::Unavailable]));
+/// assert_eq!(HEDGE.delay, Duration::from_millis(50));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HedgingPolicy {
     /// Attempts including the first. Values above 5 are treated as 5.
     pub max_attempts: u32,
@@ -122,8 +174,30 @@ pub struct HedgingPolicy {
     pub non_fatal: CodeSet,
 }
 
+impl HedgingPolicy {
+    /// Up to `max_attempts` attempts (the first included), one more started every
+    /// `delay` until one succeeds or fails with a code not in `non_fatal`. See the
+    /// type's example.
+    pub const fn new(max_attempts: u32, delay: Duration, non_fatal: CodeSet) -> HedgingPolicy {
+        HedgingPolicy {
+            max_attempts,
+            delay,
+            non_fatal,
+        }
+    }
+}
+
 /// Failure-rate trip rule of a breaker.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::policy::RateRule;
+///
+/// const HALF: RateRule = RateRule::new(0.5, Duration::from_secs(10), 20);
+/// assert_eq!(HALF.min_calls, 20);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RateRule {
     /// Failure ratio at or above which the breaker trips.
     pub threshold: f64,
@@ -133,8 +207,38 @@ pub struct RateRule {
     pub min_calls: u32,
 }
 
+impl RateRule {
+    /// Trips when at least `threshold` (a ratio, 0..=1) of the calls in the last
+    /// `window` failed, once the window holds `min_calls` calls. See the type's
+    /// example.
+    pub const fn new(threshold: f64, window: Duration, min_calls: u32) -> RateRule {
+        RateRule {
+            threshold,
+            window,
+            min_calls,
+        }
+    }
+}
+
 /// Circuit breaker.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::Code;
+/// use tai_runtime::policy::{BreakerPolicy, CodeSet, RateRule};
+///
+/// const BREAKER: BreakerPolicy = BreakerPolicy::new(
+///     5,
+///     Duration::from_secs(1),
+///     Duration::from_secs(30),
+///     1,
+///     CodeSet::of(&[Code::Unavailable]),
+/// )
+/// .with_rate(RateRule::new(0.5, Duration::from_secs(10), 20));
+/// assert!(BREAKER.rate.is_some());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BreakerPolicy {
     /// Consecutive failures that trip it.
     pub failure_threshold: u32,
@@ -150,8 +254,46 @@ pub struct BreakerPolicy {
     pub failure_codes: CodeSet,
 }
 
+impl BreakerPolicy {
+    /// Trips after `failure_threshold` consecutive failures (codes in
+    /// `failure_codes`), stays open `open_timeout` (doubling after each failed probe,
+    /// up to `max_open_timeout`), then admits `half_open_max_calls` probes. No
+    /// failure-rate rule: add one with [`with_rate`](Self::with_rate). See the type's
+    /// example.
+    pub const fn new(
+        failure_threshold: u32,
+        open_timeout: Duration,
+        max_open_timeout: Duration,
+        half_open_max_calls: u32,
+        failure_codes: CodeSet,
+    ) -> BreakerPolicy {
+        BreakerPolicy {
+            failure_threshold,
+            open_timeout,
+            max_open_timeout,
+            half_open_max_calls,
+            rate: None,
+            failure_codes,
+        }
+    }
+
+    /// This breaker, also tripping by failure rate under `rate`.
+    pub const fn with_rate(mut self, rate: RateRule) -> BreakerPolicy {
+        self.rate = Some(rate);
+        self
+    }
+}
+
 /// Retry throttling per gRFC A6, shared by all methods of one client.
+///
+/// ```
+/// use tai_runtime::policy::ThrottlePolicy;
+///
+/// const THROTTLE: ThrottlePolicy = ThrottlePolicy::new(100, 0.1);
+/// assert_eq!(THROTTLE.max_tokens, 100);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ThrottlePolicy {
     /// Bucket size (1..=1000).
     pub max_tokens: u32,
@@ -159,8 +301,37 @@ pub struct ThrottlePolicy {
     pub token_ratio: f64,
 }
 
+impl ThrottlePolicy {
+    /// A bucket of `max_tokens` tokens, `token_ratio` of a token returned per
+    /// success. See the type's example.
+    pub const fn new(max_tokens: u32, token_ratio: f64) -> ThrottlePolicy {
+        ThrottlePolicy {
+            max_tokens,
+            token_ratio,
+        }
+    }
+}
+
 /// The policy of one method.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::Code;
+/// use tai_runtime::policy::{CodeSet, HedgingPolicy, MethodKind, MethodPolicy};
+///
+/// const GET: MethodPolicy = MethodPolicy::new("Get", "get", "/demo.Kv/Get", MethodKind::Unary)
+///     .with_idempotent(true)
+///     .with_timeout(Duration::from_secs(2))
+///     .with_hedging(HedgingPolicy::new(
+///         3,
+///         Duration::from_millis(50),
+///         CodeSet::of(&[Code::Unavailable]),
+///     ));
+/// assert_eq!(GET.retry, None);
+/// assert!(GET.validate().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MethodPolicy {
     /// The method's proto name, e.g. `"ProposePolicy"`.
     pub name: &'static str,
@@ -185,6 +356,67 @@ pub struct MethodPolicy {
     pub breaker: Option<BreakerPolicy>,
 }
 
+impl MethodPolicy {
+    /// The method `name` (its proto name; `rust_name` is the client method's) at the
+    /// HTTP/2 `path`: not idempotent, no timeout, no retry, hedging or breaker until
+    /// a `with_..` setter turns one on. See the type's example.
+    pub const fn new(
+        name: &'static str,
+        rust_name: &'static str,
+        path: &'static str,
+        kind: MethodKind,
+    ) -> MethodPolicy {
+        MethodPolicy {
+            name,
+            rust_name,
+            path,
+            kind,
+            idempotent: false,
+            timeout: None,
+            max_timeout: None,
+            retry: None,
+            hedging: None,
+            breaker: None,
+        }
+    }
+
+    /// This policy, marked safe (or not) to run more than once.
+    pub const fn with_idempotent(mut self, idempotent: bool) -> MethodPolicy {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// This policy with a deadline of `timeout` over the whole call.
+    pub const fn with_timeout(mut self, timeout: Duration) -> MethodPolicy {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// This policy with `max_timeout` as the bound on any deadline.
+    pub const fn with_max_timeout(mut self, max_timeout: Duration) -> MethodPolicy {
+        self.max_timeout = Some(max_timeout);
+        self
+    }
+
+    /// This policy retrying by `retry`.
+    pub const fn with_retry(mut self, retry: RetryPolicy) -> MethodPolicy {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// This policy hedging by `hedging`.
+    pub const fn with_hedging(mut self, hedging: HedgingPolicy) -> MethodPolicy {
+        self.hedging = Some(hedging);
+        self
+    }
+
+    /// This policy behind the circuit breaker `breaker`.
+    pub const fn with_breaker(mut self, breaker: BreakerPolicy) -> MethodPolicy {
+        self.breaker = Some(breaker);
+        self
+    }
+}
+
 /// Who may call a method: the access rule a `.proto` file or `#[resilient]`
 /// attribute declares (`auth: { required: true, scopes: ["policies.write"] }`),
 /// enforced by the server's [`AccessLayer`](crate::server::auth::AccessLayer).
@@ -200,8 +432,12 @@ pub struct MethodPolicy {
 /// const WRITE: AccessRule = AccessRule::scopes(&["policies.write"]);
 /// assert!(WRITE.required && !WRITE.public);
 /// assert!(AccessRule::PUBLIC.public);
+///
+/// const ADMIN_WRITE: AccessRule = AccessRule::scopes(&["policies.write"]).with_roles(&["admin"]);
+/// assert_eq!(ADMIN_WRITE.roles, ["admin"]);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AccessRule {
     /// A caller must present an identity.
     pub required: bool,
@@ -230,6 +466,14 @@ impl AccessRule {
         roles: &[],
     };
 
+    /// A caller need not present an identity (`auth: { required: false }`): calls
+    /// pass as under [`PUBLIC`](Self::PUBLIC), but the rule does not open the
+    /// method to anyone over an outer rule the way `public` does.
+    pub const OPTIONAL: AccessRule = AccessRule {
+        required: false,
+        ..AccessRule::AUTHENTICATED
+    };
+
     /// A caller with an identity holding every scope in `scopes`.
     pub const fn scopes(scopes: &'static [&'static str]) -> AccessRule {
         AccessRule {
@@ -245,15 +489,53 @@ impl AccessRule {
             ..AccessRule::AUTHENTICATED
         }
     }
+
+    /// This rule, also asking for every scope in `scopes` (which needs an identity).
+    pub const fn with_scopes(mut self, scopes: &'static [&'static str]) -> AccessRule {
+        self.scopes = scopes;
+        self.required = true;
+        self.public = false;
+        self
+    }
+
+    /// This rule, also asking for every role in `roles` (which needs an identity).
+    pub const fn with_roles(mut self, roles: &'static [&'static str]) -> AccessRule {
+        self.roles = roles;
+        self.required = true;
+        self.public = false;
+        self
+    }
 }
 
 /// One method's entry in an [`AccessTable`].
+///
+/// ```
+/// use tai_runtime::policy::{AccessRule, MethodAccess};
+///
+/// const PING: MethodAccess = MethodAccess::new("/demo.Kv/Ping").with_rule(AccessRule::PUBLIC);
+/// assert_eq!(PING.rule, Some(AccessRule::PUBLIC));
+/// assert_eq!(MethodAccess::new("/demo.Kv/Get").rule, None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MethodAccess {
     /// The HTTP/2 path, e.g. `"/tai.v1.Governor/ProposePolicy"`.
     pub path: &'static str,
     /// The method's rule; `None` follows the server's default.
     pub rule: Option<AccessRule>,
+}
+
+impl MethodAccess {
+    /// The method at `path`, with no rule of its own (the server's default applies).
+    pub const fn new(path: &'static str) -> MethodAccess {
+        MethodAccess { path, rule: None }
+    }
+
+    /// This method, under `rule`.
+    pub const fn with_rule(mut self, rule: AccessRule) -> MethodAccess {
+        self.rule = Some(rule);
+        self
+    }
 }
 
 /// The access rules of one service, by method: tai-build writes one per service
@@ -264,16 +546,17 @@ pub struct MethodAccess {
 /// ```
 /// use tai_runtime::policy::{AccessRule, AccessTable, MethodAccess};
 ///
-/// const RULES: AccessTable = AccessTable {
-///     service: "demo.Kv",
-///     methods: &[
-///         MethodAccess { path: "/demo.Kv/Get", rule: Some(AccessRule::scopes(&["kv.read"])) },
-///         MethodAccess { path: "/demo.Kv/Ping", rule: Some(AccessRule::PUBLIC) },
+/// const RULES: AccessTable = AccessTable::new(
+///     "demo.Kv",
+///     &[
+///         MethodAccess::new("/demo.Kv/Get").with_rule(AccessRule::scopes(&["kv.read"])),
+///         MethodAccess::new("/demo.Kv/Ping").with_rule(AccessRule::PUBLIC),
 ///     ],
-/// };
+/// );
 /// assert_eq!(RULES.rule("/demo.Kv/Ping"), Some(AccessRule::PUBLIC));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AccessTable {
     /// The fully qualified service name, e.g. `"tai.v1.Governor"`.
     pub service: &'static str,
@@ -282,6 +565,12 @@ pub struct AccessTable {
 }
 
 impl AccessTable {
+    /// The table of `service` (its fully qualified name), one entry per method.
+    /// See the type's example.
+    pub const fn new(service: &'static str, methods: &'static [MethodAccess]) -> AccessTable {
+        AccessTable { service, methods }
+    }
+
     /// The rule of the method at `path`, if the table has one.
     pub fn rule(&self, path: &str) -> Option<AccessRule> {
         self.methods
@@ -292,7 +581,21 @@ impl AccessTable {
 }
 
 /// The policy of a whole client: its service name, methods and shared throttle.
+///
+/// ```
+/// use tai_runtime::config::BalancerKind;
+/// use tai_runtime::policy::{MethodKind, MethodPolicy, ServicePolicy, ThrottlePolicy};
+///
+/// static KV: ServicePolicy = ServicePolicy::new(
+///     "demo.Kv",
+///     &[MethodPolicy::new("Get", "get", "/demo.Kv/Get", MethodKind::Unary)],
+/// )
+/// .with_throttle(ThrottlePolicy::new(100, 0.1))
+/// .with_balancer(BalancerKind::LeastLoaded);
+/// assert_eq!(KV.method_index("get"), Some(0));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ServicePolicy {
     /// The fully qualified service name, e.g. `"tai.v1.Governor"`.
     pub name: &'static str,
@@ -306,6 +609,30 @@ pub struct ServicePolicy {
 }
 
 impl ServicePolicy {
+    /// The service `name` (fully qualified) with `methods`, in declaration order; no
+    /// throttle and no balancer of its own until a `with_..` setter adds one. See the
+    /// type's example.
+    pub const fn new(name: &'static str, methods: &'static [MethodPolicy]) -> ServicePolicy {
+        ServicePolicy {
+            name,
+            methods,
+            throttle: None,
+            balancer: None,
+        }
+    }
+
+    /// This policy with retry throttling `throttle`, shared by all its methods.
+    pub const fn with_throttle(mut self, throttle: ThrottlePolicy) -> ServicePolicy {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// This policy naming `balancer` for the generated `connect`.
+    pub const fn with_balancer(mut self, balancer: crate::config::BalancerKind) -> ServicePolicy {
+        self.balancer = Some(balancer);
+        self
+    }
+
     /// The index of a method by its proto name (`"ProposePolicy"`) or its Rust name
     /// (`"propose_policy"`).
     pub fn method_index(&self, name: &str) -> Option<usize> {
@@ -325,17 +652,14 @@ impl MethodPolicy {
     /// use tai_runtime::Code;
     /// use tai_runtime::policy::{CodeSet, MethodKind, MethodPolicy, RetryPolicy};
     ///
-    /// let mut policy = MethodPolicy {
-    ///     name: "Get", rust_name: "get", path: "/demo.Svc/Get", kind: MethodKind::Unary,
-    ///     idempotent: false, timeout: None, max_timeout: None, hedging: None, breaker: None,
-    ///     retry: Some(RetryPolicy {
-    ///         max_attempts: 1,
-    ///         initial_backoff: Duration::from_millis(100),
-    ///         max_backoff: Duration::from_secs(1),
-    ///         multiplier: 2.0,
-    ///         retryable: CodeSet::of(&[Code::Aborted]),
-    ///     }),
-    /// };
+    /// let policy = MethodPolicy::new("Get", "get", "/demo.Svc/Get", MethodKind::Unary)
+    ///     .with_retry(RetryPolicy::new(
+    ///         1,
+    ///         Duration::from_millis(100),
+    ///         Duration::from_secs(1),
+    ///         2.0,
+    ///         CodeSet::of(&[Code::Aborted]),
+    ///     ));
     /// let error = policy.validate().unwrap_err();
     /// assert_eq!(error.problems()[0].problem.field.attr_path(), "retry(max_attempts)");
     /// assert_eq!(error.to_string(), "retry(max_attempts): is 1, but must be at least 2");
@@ -409,6 +733,7 @@ fn check(levels: &[&tai_model::PolicySpec], kind: MethodKind) -> Vec<tai_model::
 /// Displayed one problem per line, each as
 /// `/pkg.Svc/Method: retry(max_attempts): is 1, but must be at least 2`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct PolicyError {
     problems: Vec<PolicyProblem>,
 }

@@ -11,17 +11,15 @@ use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
 use tai_runtime::{ClientState, Code, ServiceConfig, Status};
 
 fn retrying(max_attempts: u32) -> MethodPolicy {
-    MethodPolicy {
-        timeout: Some(Duration::from_secs(5)),
-        retry: Some(RetryPolicy {
+    unary_method()
+        .with_timeout(Duration::from_secs(5))
+        .with_retry(RetryPolicy::new(
             max_attempts,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: CodeSet::of(&[Code::Unavailable]),
-        }),
-        ..unary_method()
-    }
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            1.0,
+            CodeSet::of(&[Code::Unavailable]),
+        ))
 }
 
 fn config(json: &str) -> ServiceConfig {
@@ -88,13 +86,7 @@ fn an_invalid_config_changes_nothing_and_says_why() {
         err.to_string()
     };
     // The compiled method is not idempotent here: retrying on ABORTED is unsafe.
-    let not_idempotent = ClientState::new(service(
-        vec![MethodPolicy {
-            idempotent: false,
-            ..retrying(2)
-        }],
-        None,
-    ));
+    let not_idempotent = ClientState::new(service(vec![retrying(2).with_idempotent(false)], None));
     let err = not_idempotent
         .set_service_config(&config(&entry(UNARY, &retry_policy(3, r#""ABORTED""#))))
         .unwrap_err();

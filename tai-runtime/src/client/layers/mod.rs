@@ -144,7 +144,7 @@ impl<P: Copy> ByMethod<P> {
     /// use tai_runtime::layers::ByMethod;
     /// use tai_runtime::policy::ServicePolicy;
     ///
-    /// let service = ServicePolicy { name: "demo.Kv", methods: &[], throttle: None, balancer: None };
+    /// let service = ServicePolicy::new("demo.Kv", &[]);
     /// let retries = ByMethod::from_service(&service, |m| m.retry);
     /// assert_eq!(retries.get("/demo.Kv/Get"), None);
     /// ```
