@@ -19,13 +19,13 @@ use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use super::ServerLayer;
 use super::accept::{Accept, DynAccept, PlainTcp};
 use super::auth::{AccessLayer, DefaultAccess};
 use super::health::Health;
 use super::keepalive::KeepalivePolicy;
 use super::limits::DEFAULT_MAX_MESSAGE;
 use super::shed::InFlight;
-use super::ServerLayer;
 use crate::policy::AccessTable;
 
 /// Concurrent calls (HTTP/2 streams) a connection may have, by default.
