@@ -43,6 +43,7 @@ use super::{Server, ServerService};
 
 /// How a server's shutdown went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Drained {
     /// Calls in flight when shutdown began.
     pub in_flight: usize,
