@@ -359,11 +359,7 @@ fn run_policies() -> ExitCode {
         SchedulerClient::SERVICE_POLICY,
     ] {
         for policy in service.methods {
-            let view = tai_runtime::PolicyView {
-                service: service.name,
-                policy: *policy,
-                configured: false,
-            };
+            let view = tai_runtime::PolicyView::compiled(service.name, *policy);
             println!("{view}");
         }
     }

@@ -74,18 +74,16 @@ pub fn replicated_config(
     base.balancer = SchedulerClient::SERVICE_POLICY
         .balancer
         .unwrap_or(BalancerKind::PeakEwma);
-    base.health_check = Some(HealthCheckConfig {
-        service: service.to_owned(),
-    });
+    base.health_check = Some(HealthCheckConfig::new(service));
     let one_replica = 100 / u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
-    base.outlier = Some(OutlierConfig {
-        consecutive_failures: policy.eject_after,
-        base_ejection_time: policy.base_ejection,
-        max_ejection_time: policy.max_ejection,
+    base.outlier = Some(OutlierConfig::new(
+        policy.eject_after,
+        policy.base_ejection,
+        policy.max_ejection,
         // Round up to one replica: with three, 34% lets one be ejected at a time.
-        max_ejection_percent: (one_replica + 1).min(100),
-        failure_codes: CodeSet::of(&[Code::Unavailable]),
-    });
+        (one_replica + 1).min(100),
+        CodeSet::of(&[Code::Unavailable]),
+    ));
     base.connection.backoff.base = base.connection.backoff.base.min(Duration::from_millis(100));
     base.connection.backoff.max = policy.max_reconnect_backoff;
     base.connection.connect_timeout = base.connection.connect_timeout.min(Duration::from_secs(2));

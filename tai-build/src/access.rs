@@ -22,16 +22,16 @@ pub(crate) fn access_rules(service: &prost_build::Service, policy: &ServicePolic
         let spec = policy.methods.get(index).unwrap_or(&empty);
         let rule = resolve(&[&policy.file, &policy.service, spec]).auth;
         // The printer writes Rust tokens; should it ever not, the compiler says where.
-        let rule: proc_macro2::TokenStream = match rule {
-            Some(rule) => format!("::core::option::Option::Some({})", rule.rust_expr())
-                .parse()
+        let rule = rule.map(|rule| {
+            rule.rust_expr()
+                .parse::<proc_macro2::TokenStream>()
                 .unwrap_or_else(|_| {
                     quote!(compile_error!("tai-build wrote an invalid access rule"))
-                }),
-            None => quote!(::core::option::Option::None),
-        };
+                })
+        });
+        let rule = rule.map(|rule| quote!(.with_rule(#rule)));
         quote! {
-            ::tai_runtime::policy::MethodAccess { path: #path, rule: #rule }
+            ::tai_runtime::policy::MethodAccess::new(#path) #rule
         }
     });
     let doc = format!(
@@ -41,9 +41,7 @@ pub(crate) fn access_rules(service: &prost_build::Service, policy: &ServicePolic
     );
     syn::parse_quote! {
         #[doc = #doc]
-        pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-            service: #full_name,
-            methods: &[#(#methods),*],
-        };
+        pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable =
+            ::tai_runtime::policy::AccessTable::new(#full_name, &[#(#methods),*]);
     }
 }

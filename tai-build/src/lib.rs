@@ -152,10 +152,13 @@ mod access;
 mod builder;
 mod check;
 mod client;
+mod compile;
 mod error;
 mod format;
 mod generator;
 mod options;
+mod prost_paths;
+mod sources;
 
 use std::path::Path;
 

@@ -22,7 +22,7 @@ use tai_model::{Balancer, MethodKind, ResolvedPolicy, ResolvedThrottle};
 
 use crate::doc::{describe, kind_name};
 use crate::shape::Method;
-use crate::tokens::Data;
+use crate::tokens::Setters;
 
 /// Everything the generated client is made from.
 pub(crate) struct Client<'a> {
@@ -337,7 +337,7 @@ impl Client<'_> {
         format!("/{}/{}", self.service_name, method.name)
     }
 
-    /// `static __TAI_SERVICE_X: ServicePolicy = ServicePolicy { .. };`
+    /// `static __TAI_SERVICE_X: ServicePolicy = ServicePolicy::new(..).with_..(..);`
     fn service_policy(&self) -> TokenStream {
         let statik = self.static_ident();
         let name = &self.service_name;
@@ -346,37 +346,31 @@ impl Client<'_> {
             let rust_name = m.ident.unraw().to_string();
             let path = self.path(m);
             let kind = Ident::new(&format!("{:?}", m.shape.kind), Span::call_site());
-            let idempotent = p.idempotent;
-            let timeout = Data(p.timeout);
-            let max_timeout = Data(p.max_timeout);
-            let retry = Data(p.retry.clone());
-            let hedging = Data(p.hedging.clone());
-            let breaker = Data(p.breaker.clone());
+            let idempotent = p.idempotent.then(|| quote!(.with_idempotent(true)));
+            let setters = Setters(Vec::new())
+                .set("with_timeout", p.timeout.as_ref())
+                .set("with_max_timeout", p.max_timeout.as_ref())
+                .set("with_retry", p.retry.as_ref())
+                .set("with_hedging", p.hedging.as_ref())
+                .set("with_breaker", p.breaker.as_ref());
             quote! {
-                ::tai_runtime::policy::MethodPolicy {
-                    name: #name,
-                    rust_name: #rust_name,
-                    path: #path,
-                    kind: ::tai_runtime::policy::MethodKind::#kind,
-                    idempotent: #idempotent,
-                    timeout: #timeout,
-                    max_timeout: #max_timeout,
-                    retry: #retry,
-                    hedging: #hedging,
-                    breaker: #breaker,
-                }
+                ::tai_runtime::policy::MethodPolicy::new(
+                    #name,
+                    #rust_name,
+                    #path,
+                    ::tai_runtime::policy::MethodKind::#kind,
+                )
+                #idempotent
+                #setters
             }
         });
-        let throttle = Data(self.throttle.clone());
-        let balancer = Data(self.balancer);
+        let setters = Setters(Vec::new())
+            .set("with_throttle", self.throttle.as_ref())
+            .set("with_balancer", self.balancer.as_ref());
         quote! {
             #[doc(hidden)]
-            static #statik: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy {
-                name: #name,
-                methods: &[#(#methods),*],
-                throttle: #throttle,
-                balancer: #balancer,
-            };
+            static #statik: ::tai_runtime::policy::ServicePolicy =
+                ::tai_runtime::policy::ServicePolicy::new(#name, &[#(#methods),*]) #setters;
         }
     }
 

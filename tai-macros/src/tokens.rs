@@ -3,7 +3,11 @@
 //!
 //! Each value the expansion embeds gets a `ToTokens` impl on the [`Data`] wrapper (the
 //! resolved types live in `tai-model`, so they cannot implement `quote`'s trait
-//! themselves), the way tracing-attributes gives each argument its own type. Every
+//! themselves), the way tracing-attributes gives each argument its own type. A
+//! policy is written as its `const fn` constructor with what it always has, then a
+//! `with_..` setter per optional part that is set ([`Setters`]): the runtime's types
+//! are `#[non_exhaustive]`, and a call names each value where a literal of
+//! `None`s would not. Every
 //! path is absolute (`::tai_runtime::...`, `::core::...`) so that the expansion
 //! compiles next to any user item.
 
@@ -18,21 +22,6 @@ use tai_model::{
 
 /// A value of the model, as the tokens of its runtime counterpart.
 pub(crate) struct Data<T>(pub(crate) T);
-
-impl<T> ToTokens for Data<Option<T>>
-where
-    for<'a> Data<&'a T>: ToTokens,
-{
-    fn to_tokens(&self, tokens: &mut TokenStream) {
-        tokens.extend(match &self.0 {
-            Some(value) => {
-                let value = Data(value);
-                quote!(::core::option::Option::Some(#value))
-            }
-            None => quote!(::core::option::Option::None),
-        });
-    }
-}
 
 impl ToTokens for Data<&u32> {
     fn to_tokens(&self, tokens: &mut TokenStream) {
@@ -109,13 +98,13 @@ impl ToTokens for Data<&ResolvedRetry> {
         let multiplier = Data(&r.multiplier);
         let retryable = Data(&r.codes);
         tokens.extend(quote! {
-            ::tai_runtime::policy::RetryPolicy {
-                max_attempts: #max_attempts,
-                initial_backoff: #initial_backoff,
-                max_backoff: #max_backoff,
-                multiplier: #multiplier,
-                retryable: #retryable,
-            }
+            ::tai_runtime::policy::RetryPolicy::new(
+                #max_attempts,
+                #initial_backoff,
+                #max_backoff,
+                #multiplier,
+                #retryable,
+            )
         });
     }
 }
@@ -127,11 +116,7 @@ impl ToTokens for Data<&ResolvedHedging> {
         let delay = Data(&h.delay);
         let non_fatal = Data(&h.non_fatal_codes);
         tokens.extend(quote! {
-            ::tai_runtime::policy::HedgingPolicy {
-                max_attempts: #max_attempts,
-                delay: #delay,
-                non_fatal: #non_fatal,
-            }
+            ::tai_runtime::policy::HedgingPolicy::new(#max_attempts, #delay, #non_fatal)
         });
     }
 }
@@ -143,11 +128,7 @@ impl ToTokens for Data<&ResolvedRateRule> {
         let window = Data(&r.window);
         let min_calls = Data(&r.min_calls);
         tokens.extend(quote! {
-            ::tai_runtime::policy::RateRule {
-                threshold: #threshold,
-                window: #window,
-                min_calls: #min_calls,
-            }
+            ::tai_runtime::policy::RateRule::new(#threshold, #window, #min_calls)
         });
     }
 }
@@ -159,18 +140,20 @@ impl ToTokens for Data<&ResolvedBreaker> {
         let open_timeout = Data(&b.open_timeout);
         let max_open_timeout = Data(&b.max_open_timeout);
         let half_open_max_calls = Data(&b.half_open_max_calls);
-        let rate = Data(b.rate.clone());
         let failure_codes = Data(&b.failure_codes);
         tokens.extend(quote! {
-            ::tai_runtime::policy::BreakerPolicy {
-                failure_threshold: #failure_threshold,
-                open_timeout: #open_timeout,
-                max_open_timeout: #max_open_timeout,
-                half_open_max_calls: #half_open_max_calls,
-                rate: #rate,
-                failure_codes: #failure_codes,
-            }
+            ::tai_runtime::policy::BreakerPolicy::new(
+                #failure_threshold,
+                #open_timeout,
+                #max_open_timeout,
+                #half_open_max_calls,
+                #failure_codes,
+            )
         });
+        if let Some(rate) = &b.rate {
+            let rate = Data(rate);
+            tokens.extend(quote!(.with_rate(#rate)));
+        }
     }
 }
 
@@ -179,11 +162,33 @@ impl ToTokens for Data<&ResolvedThrottle> {
         let max_tokens = Data(&self.0.max_tokens);
         let token_ratio = Data(&self.0.token_ratio);
         tokens.extend(quote! {
-            ::tai_runtime::policy::ThrottlePolicy {
-                max_tokens: #max_tokens,
-                token_ratio: #token_ratio,
-            }
+            ::tai_runtime::policy::ThrottlePolicy::new(#max_tokens, #token_ratio)
         });
+    }
+}
+
+/// `.with_..(value)` for each optional part that is set, in order: a policy's
+/// constructor takes what it always has, and a setter names each part it may have.
+pub(crate) struct Setters(pub(crate) Vec<TokenStream>);
+
+impl Setters {
+    /// A setter `.#name(#value)` if `value` is set.
+    pub(crate) fn set<T>(mut self, name: &str, value: Option<T>) -> Setters
+    where
+        Data<T>: ToTokens,
+    {
+        if let Some(value) = value {
+            let name = Ident::new(name, Span::call_site());
+            let value = Data(value);
+            self.0.push(quote!(.#name(#value)));
+        }
+        self
+    }
+}
+
+impl ToTokens for Setters {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(self.0.iter().cloned());
     }
 }
 
@@ -229,6 +234,5 @@ mod tests {
             show(&CodeSet::EMPTY),
             "::tai_runtime::policy::CodeSet::EMPTY"
         );
-        assert_eq!(show(None::<u32>), "::core::option::Option::None");
     }
 }

@@ -324,31 +324,42 @@ pub struct ResolvedAccess {
 }
 
 impl ResolvedAccess {
-    /// This rule as the Rust expression of its runtime counterpart,
-    /// `::tai_runtime::policy::AccessRule { .. }`: the one printer tai-build and
-    /// tai-macros share, so that generated tables read alike.
+    /// This rule as the Rust expression of its runtime counterpart, written with
+    /// `tai_runtime::policy::AccessRule`'s constants and `const fn`s (the type is
+    /// `#[non_exhaustive]`): the one printer tai-build and tai-macros share, so that
+    /// generated tables read alike.
     ///
     /// ```
     /// use tai_model::ResolvedAccess;
     /// let rule = ResolvedAccess { required: true, scopes: vec!["a.write".into()], ..Default::default() };
-    /// assert_eq!(
-    ///     rule.rust_expr(),
-    ///     "::tai_runtime::policy::AccessRule { required: true, public: false, \
-    ///      scopes: &[\"a.write\"], roles: &[] }"
-    /// );
+    /// assert_eq!(rule.rust_expr(), "::tai_runtime::policy::AccessRule::scopes(&[\"a.write\"])");
+    /// let open = ResolvedAccess { public: true, ..Default::default() };
+    /// assert_eq!(open.rust_expr(), "::tai_runtime::policy::AccessRule::PUBLIC");
     /// ```
     pub fn rust_expr(&self) -> String {
         let list = |names: &[String]| {
             let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
             format!("&[{}]", quoted.join(", "))
         };
-        format!(
-            "::tai_runtime::policy::AccessRule {{ required: {}, public: {}, scopes: {}, roles: {} }}",
-            self.required,
-            self.public,
-            list(&self.scopes),
-            list(&self.roles)
-        )
+        let base = if self.public {
+            "PUBLIC"
+        } else if self.required {
+            "AUTHENTICATED"
+        } else {
+            "OPTIONAL"
+        };
+        let mut expr = format!("::tai_runtime::policy::AccessRule::{base}");
+        // `scopes(..)` and `roles(..)` read as the rule they are; further lists chain.
+        for (names, kind) in [(&self.scopes, "scopes"), (&self.roles, "roles")] {
+            if names.is_empty() {
+                continue;
+            }
+            expr = match expr.strip_suffix("::AUTHENTICATED") {
+                Some(head) => format!("{head}::{kind}({})", list(names)),
+                None => format!("{expr}.with_{kind}({})", list(names)),
+            };
+        }
+        expr
     }
 }
 

@@ -27,7 +27,18 @@ use crate::policy::CodeSet;
 pub use tai_model::Balancer as BalancerKind;
 
 /// Exponential reconnect backoff (the gRPC connection-backoff algorithm).
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::config::{BackoffConfig, ClientConfig};
+///
+/// let mut config = ClientConfig::default();
+/// config.connection.backoff =
+///     BackoffConfig::new(Duration::from_millis(200), 2.0, 0.1, Duration::from_secs(5));
+/// assert_eq!(config.connection.backoff.delay(1, 0.5).as_millis(), 400);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BackoffConfig {
     /// First delay.
     pub base: Duration,
@@ -40,6 +51,17 @@ pub struct BackoffConfig {
 }
 
 impl BackoffConfig {
+    /// A first delay of `base`, growing by `multiplier` per failed attempt up to
+    /// `max`, spread by ±`jitter` (a fraction). See the type's example.
+    pub const fn new(base: Duration, multiplier: f64, jitter: f64, max: Duration) -> BackoffConfig {
+        BackoffConfig {
+            base,
+            multiplier,
+            jitter,
+            max,
+        }
+    }
+
     /// The delay before reconnect attempt `n` (0-based), with `unit` in [0, 1) as the
     /// random draw: `min(base * multiplier^n, max) * (1 + jitter * (2 * unit - 1))`.
     pub fn delay(&self, n: u32, unit: f64) -> Duration {
@@ -56,7 +78,18 @@ impl BackoffConfig {
 /// default (and none without calls in flight) and close a connection that pings
 /// more often with GOAWAY ENHANCE_YOUR_CALM `too_many_pings`. When that happens the
 /// channel doubles `time` for that endpoint's next connections, as A8 specifies.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::config::{ClientConfig, KeepaliveConfig};
+///
+/// let mut config = ClientConfig::default();
+/// config.connection.keepalive =
+///     Some(KeepaliveConfig::new(Duration::from_secs(300), Duration::from_secs(20)));
+/// assert_eq!(config.validate(), Ok(()));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct KeepaliveConfig {
     /// Ping after this long without frames; at least [`KeepaliveConfig::MIN_TIME`].
     pub time: Duration,
@@ -72,6 +105,22 @@ impl KeepaliveConfig {
     /// The longest keepalive time or timeout accepted, and the cap of the doubling
     /// on `too_many_pings` (longer would overflow the HTTP/2 layer's clock).
     pub const MAX_TIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A ping after `time` without frames, answered within `timeout`, only while
+    /// calls are in flight. See the type's example.
+    pub const fn new(time: Duration, timeout: Duration) -> KeepaliveConfig {
+        KeepaliveConfig {
+            time,
+            timeout,
+            while_idle: false,
+        }
+    }
+
+    /// These pings, sent (or not) also when no call is in flight.
+    pub const fn with_while_idle(mut self, while_idle: bool) -> KeepaliveConfig {
+        self.while_idle = while_idle;
+        self
+    }
 }
 
 /// One endpoint's connections.
@@ -105,7 +154,24 @@ pub struct ConnectionConfig {
 }
 
 /// Passive outlier ejection: endpoints that keep failing leave the rotation.
+///
+/// ```
+/// use std::time::Duration;
+/// use tai_runtime::Code;
+/// use tai_runtime::config::OutlierConfig;
+/// use tai_runtime::policy::CodeSet;
+///
+/// let outlier = OutlierConfig::new(
+///     3,
+///     Duration::from_secs(10),
+///     Duration::from_secs(60),
+///     50,
+///     CodeSet::of(&[Code::Unavailable, Code::Internal]),
+/// );
+/// assert_eq!(outlier.consecutive_failures, 3);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct OutlierConfig {
     /// Consecutive failures that eject an endpoint.
     pub consecutive_failures: u32,
@@ -121,10 +187,50 @@ pub struct OutlierConfig {
 }
 
 /// Active `grpc.health.v1` health checking.
+///
+/// ```
+/// use tai_runtime::config::{ClientConfig, HealthCheckConfig};
+///
+/// let mut config = ClientConfig::default();
+/// config.health_check = Some(HealthCheckConfig::new("demo.Kv"));
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HealthCheckConfig {
     /// The service name to check (`""` is the whole server).
     pub service: String,
+}
+
+impl HealthCheckConfig {
+    /// Checks of `service` (`""` checks the whole server).
+    pub fn new(service: impl Into<String>) -> HealthCheckConfig {
+        HealthCheckConfig {
+            service: service.into(),
+        }
+    }
+}
+
+impl OutlierConfig {
+    /// Ejects an endpoint after `consecutive_failures` failures (connection
+    /// failures, and calls failing with a code in `failure_codes`) for
+    /// `base_ejection_time` times the number of its ejections, at most
+    /// `max_ejection_time`, with at most `max_ejection_percent` of endpoints out at
+    /// once. See the type's example.
+    pub const fn new(
+        consecutive_failures: u32,
+        base_ejection_time: Duration,
+        max_ejection_time: Duration,
+        max_ejection_percent: u32,
+        failure_codes: CodeSet,
+    ) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_failures,
+            base_ejection_time,
+            max_ejection_time,
+            max_ejection_percent,
+            failure_codes,
+        }
+    }
 }
 
 /// Everything about how a client connects and balances.

@@ -61,12 +61,10 @@ fn token(scope: &str, roles: &[&str]) -> String {
 
 /// The table of `test.Echo` with `rule` for its unary method.
 fn table(rule: Option<AccessRule>) -> AccessTable {
-    let methods: &'static [MethodAccess] =
-        Box::leak(Box::new([MethodAccess { path: METHOD, rule }]));
-    AccessTable {
-        service: "test.Echo",
-        methods,
-    }
+    let mut method = MethodAccess::new(METHOD);
+    method.rule = rule;
+    let methods: &'static [MethodAccess] = Box::leak(Box::new([method]));
+    AccessTable::new("test.Echo", methods)
 }
 
 /// tai's server on loopback: JWT auth letting token-less calls through, and
@@ -166,12 +164,8 @@ async fn a_method_needing_an_identity_refuses_a_call_without_one() {
 
 #[tokio::test]
 async fn a_missing_scope_or_role_is_permission_denied_naming_it() {
-    const RULE: AccessRule = AccessRule {
-        required: true,
-        public: false,
-        scopes: &["policies.write", "policies.read"],
-        roles: &["admin"],
-    };
+    const RULE: AccessRule =
+        AccessRule::scopes(&["policies.write", "policies.read"]).with_roles(&["admin"]);
     let running = serve(table(Some(RULE)), None).await;
     let reader = token("policies.read", &["operator"]);
     refused(

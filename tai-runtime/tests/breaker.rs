@@ -15,17 +15,15 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 fn with_breaker(rate: Option<RateRule>, failure_threshold: u32) -> MethodPolicy {
-    MethodPolicy {
-        breaker: Some(BreakerPolicy {
-            failure_threshold,
-            open_timeout: Duration::from_secs(10),
-            max_open_timeout: Duration::from_secs(60),
-            half_open_max_calls: 2,
-            rate,
-            failure_codes: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    }
+    let mut breaker = BreakerPolicy::new(
+        failure_threshold,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        2,
+        CodeSet(1 << Code::Unavailable as u32),
+    );
+    breaker.rate = rate;
+    unary_method().with_breaker(breaker)
 }
 
 /// A server that fails while `down` and holds every call until `gate` has a permit.
@@ -145,11 +143,7 @@ async fn failed_probe_reopens_for_longer() {
 async fn rate_rule_waits_for_min_calls() {
     let down = Arc::new(AtomicBool::new(true));
     let script = flaky(down, Arc::new(Semaphore::new(1000)));
-    let rule = RateRule {
-        threshold: 0.5,
-        window: Duration::from_secs(10),
-        min_calls: 10,
-    };
+    let rule = RateRule::new(0.5, Duration::from_secs(10), 10);
     let core = ClientCore::new(
         script.serve_in_memory(),
         service(vec![with_breaker(Some(rule), 100)], None),
@@ -193,14 +187,13 @@ async fn non_failure_codes_keep_it_closed() {
 }
 
 fn probing_once(threshold: u32) -> BreakerPolicy {
-    BreakerPolicy {
-        failure_threshold: threshold,
-        open_timeout: Duration::from_secs(1),
-        max_open_timeout: Duration::from_secs(1),
-        half_open_max_calls: 1,
-        rate: None,
-        failure_codes: CodeSet(1 << Code::Unavailable as u32),
-    }
+    BreakerPolicy::new(
+        threshold,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        1,
+        CodeSet(1 << Code::Unavailable as u32),
+    )
 }
 
 /// A half-open probe whose call is dropped (a caller's timeout around it) never
@@ -218,10 +211,7 @@ async fn a_dropped_probe_releases_its_slot() {
             _ => Ok(echo("healthy")),
         }
     });
-    let policy = MethodPolicy {
-        breaker: Some(probing_once(1)),
-        ..unary_method()
-    };
+    let policy = unary_method().with_breaker(probing_once(1));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let state = || core.state().breaker("Unary").unwrap().state();
     core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
@@ -253,10 +243,7 @@ async fn a_stream_failing_midway_counts_as_a_failure() {
     let script = Script::streaming(|_| async {
         Ok(vec![Ok(echo("first")), Err(Status::unavailable("lost it"))])
     });
-    let policy = MethodPolicy {
-        breaker: Some(probing_once(1)),
-        ..stream_method()
-    };
+    let policy = stream_method().with_breaker(probing_once(1));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let mut stream = core
         .server_streaming::<Echo, Echo>(0, echo("x"))
@@ -289,10 +276,7 @@ async fn a_stream_probe_reports_at_its_end() {
             Ok(vec![Ok(echo("a")), Ok(echo("b"))])
         }
     });
-    let policy = MethodPolicy {
-        breaker: Some(probing_once(1)),
-        ..stream_method()
-    };
+    let policy = stream_method().with_breaker(probing_once(1));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let state = || core.state().breaker("Stream").unwrap().state();
     core.server_streaming::<Echo, Echo>(0, echo("x"))
@@ -329,11 +313,9 @@ async fn a_deadline_while_waiting_for_a_connection_is_no_breaker_failure() {
     let mut breaker = probing_once(1);
     breaker.failure_codes =
         CodeSet(1 << Code::Unavailable as u32 | 1 << Code::DeadlineExceeded as u32);
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_millis(100)),
-        breaker: Some(breaker),
-        ..unary_method()
-    };
+    let policy = unary_method()
+        .with_timeout(Duration::from_millis(100))
+        .with_breaker(breaker);
     let core = ClientCore::new(channel, service(vec![policy], None));
     for _ in 0..3 {
         let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
@@ -353,14 +335,8 @@ async fn clients_of_one_policy_to_one_target_share_breakers_and_throttle() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
     let addr = script.serve_tcp().await;
     let policy = service(
-        vec![MethodPolicy {
-            breaker: Some(probing_once(2)),
-            ..unary_method()
-        }],
-        Some(ThrottlePolicy {
-            max_tokens: 10,
-            token_ratio: 0.1,
-        }),
+        vec![unary_method().with_breaker(probing_once(2))],
+        Some(ThrottlePolicy::new(10, 0.1)),
     );
     let client = || ClientCore::new(Channel::to(addr.to_string()).unwrap(), policy);
     client()

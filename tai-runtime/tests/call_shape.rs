@@ -22,16 +22,13 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 fn retrying(codes: CodeSet) -> MethodPolicy {
-    MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: codes,
-        }),
-        ..unary_method()
-    }
+    unary_method().with_retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        codes,
+    ))
 }
 
 fn unavailable() -> CodeSet {
@@ -91,14 +88,11 @@ async fn metadata_reaches_the_server_on_every_hedge() {
         }
         Ok(e)
     });
-    let policy = MethodPolicy {
-        hedging: Some(HedgingPolicy {
-            max_attempts: 3,
-            delay: Duration::from_millis(100),
-            non_fatal: unavailable(),
-        }),
-        ..unary_method()
-    };
+    let policy = unary_method().with_hedging(HedgingPolicy::new(
+        3,
+        Duration::from_millis(100),
+        unavailable(),
+    ));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     core.unary_retry::<Echo, Echo>(0, with_tenant(echo("x")))
         .await
@@ -193,18 +187,13 @@ async fn the_interceptor_adds_metadata_to_every_attempt() {
 async fn a_refusal_by_the_interceptor_is_final_and_no_breaker_failure() {
     let script = Script::unary(|_, e| async move { Ok(e) });
     let unauthenticated = CodeSet(1 << Code::Unauthenticated as u32);
-    let policy = MethodPolicy {
-        breaker: Some(BreakerPolicy {
-            failure_threshold: 1,
-            open_timeout: Duration::from_secs(10),
-            max_open_timeout: Duration::from_secs(60),
-            half_open_max_calls: 1,
-            rate: None,
-            failure_codes: unauthenticated,
-        }),
-        // Even a code the policy retries is not retried after a refusal.
-        ..retrying(unauthenticated)
-    };
+    let policy = retrying(unauthenticated).with_breaker(BreakerPolicy::new(
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        1,
+        unauthenticated,
+    ));
     let mut core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let asked = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&asked);
@@ -290,12 +279,7 @@ async fn the_decoding_limit_is_the_clients() {
     assert_eq!(script.calls(), 1, "a request over the limit is not sent");
 }
 
-static POLICY: ServicePolicy = ServicePolicy {
-    name: "test.Echo",
-    methods: &[],
-    throttle: None,
-    balancer: None,
-};
+static POLICY: ServicePolicy = ServicePolicy::new("test.Echo", &[]);
 
 /// A loopback address nothing listens on.
 async fn closed_port() -> String {

@@ -26,28 +26,25 @@ use tonic::{Code, Status};
 use tower::discover::Change;
 
 fn retrying() -> MethodPolicy {
-    MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(50),
-            multiplier: 2.0,
-            retryable: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    }
+    unary_method().with_retry(RetryPolicy::new(
+        5,
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+        2.0,
+        CodeSet(1 << Code::Unavailable as u32),
+    ))
 }
 
 fn test_config(balancer: BalancerKind) -> ClientConfig {
     let mut c = ClientConfig::factory();
     c.balancer = balancer;
-    c.outlier = Some(OutlierConfig {
-        consecutive_failures: 3,
-        base_ejection_time: Duration::from_secs(10),
-        max_ejection_time: Duration::from_secs(60),
-        max_ejection_percent: 50,
-        failure_codes: CodeSet(1 << Code::Unavailable as u32),
-    });
+    c.outlier = Some(OutlierConfig::new(
+        3,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        50,
+        CodeSet(1 << Code::Unavailable as u32),
+    ));
     c
 }
 
@@ -439,12 +436,8 @@ impl Connector for Refusing {
 async fn reconnect_backoff_follows_its_schedule() {
     let refusing = Refusing::default();
     let mut config = ClientConfig::factory();
-    config.connection.backoff = BackoffConfig {
-        base: Duration::from_millis(100),
-        multiplier: 1.6,
-        jitter: 0.2,
-        max: Duration::from_secs(2),
-    };
+    config.connection.backoff =
+        BackoffConfig::new(Duration::from_millis(100), 1.6, 0.2, Duration::from_secs(2));
     let ch = Channel::builder(Endpoints::one("down:1"))
         .config(config.clone())
         .connector(refusing.clone())
@@ -484,13 +477,7 @@ async fn connect_errors_burn_no_attempts_or_tokens() {
         test_config(BalancerKind::RoundRobin),
     );
     assert!(ch.ready(Duration::from_secs(1)).await);
-    let policy = service(
-        vec![retrying()],
-        Some(ThrottlePolicy {
-            max_tokens: 10,
-            token_ratio: 0.1,
-        }),
-    );
+    let policy = service(vec![retrying()], Some(ThrottlePolicy::new(10, 0.1)));
     let client = core(ch, policy);
     for _ in 0..50 {
         client
@@ -526,9 +513,7 @@ async fn not_serving_endpoints_leave_rotation_on_the_next_update() {
         let _ = router_b.serve_with_incoming(incoming).await;
     });
     let mut config = test_config(BalancerKind::RoundRobin);
-    config.health_check = Some(HealthCheckConfig {
-        service: String::new(),
-    });
+    config.health_check = Some(HealthCheckConfig::new(""));
     let ch = channel(&net, &["a:1", "b:1"], config);
     assert!(ch.ready(Duration::from_secs(1)).await);
     let client = core(ch.clone(), service(vec![unary_method()], None));
@@ -693,12 +678,8 @@ async fn message_size_limits_apply_both_ways() {
 /// service's balancer.
 #[tokio::test]
 async fn generated_connect_uses_the_service_balancer() {
-    static POLICY: ServicePolicy = ServicePolicy {
-        name: "test.Echo",
-        methods: &[],
-        throttle: None,
-        balancer: Some(BalancerKind::PeakEwma),
-    };
+    static POLICY: ServicePolicy =
+        ServicePolicy::new("test.Echo", &[]).with_balancer(BalancerKind::PeakEwma);
     let channel = tai_runtime::__private::connect_lazy("127.0.0.1:1".to_owned(), &POLICY).unwrap();
     assert_eq!(channel.config().balancer, BalancerKind::PeakEwma);
     let err = tai_runtime::__private::connect_lazy("no port".to_owned(), &POLICY).unwrap_err();
@@ -1003,11 +984,10 @@ async fn too_many_pings_doubles_the_keepalive_time_of_the_next_connection() {
         });
     }
     let mut config = ClientConfig::factory();
-    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
-        time: Duration::from_secs(10),
-        timeout: Duration::from_secs(20),
-        while_idle: true,
-    });
+    config.connection.keepalive = Some(
+        tai_runtime::config::KeepaliveConfig::new(Duration::from_secs(10), Duration::from_secs(20))
+            .with_while_idle(true),
+    );
     let ch = channel(&net, &["policed:1"], config);
     assert!(ch.ready(Duration::from_secs(1)).await);
     // Pings every 10 s, GOAWAY at the third (30 s); then every 20 s (GOAWAY at
@@ -1037,11 +1017,10 @@ async fn too_many_pings_doubles_the_keepalive_time_of_the_next_connection() {
 #[tokio::test]
 async fn a_keepalive_below_ten_seconds_is_refused_at_build() {
     let mut config = ClientConfig::factory();
-    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig {
-        time: Duration::from_secs(5),
-        timeout: Duration::from_secs(20),
-        while_idle: false,
-    });
+    config.connection.keepalive = Some(tai_runtime::config::KeepaliveConfig::new(
+        Duration::from_secs(5),
+        Duration::from_secs(20),
+    ));
     let err = Channel::builder(Endpoints::one("a:1"))
         .config(config)
         .build()
@@ -1083,13 +1062,13 @@ async fn durations_past_what_instant_holds_saturate() {
     let bad = Script::unary(|_, _| async { Err(Status::unavailable("sick")) });
     net.start("bad:1", &bad);
     let mut config = test_config(BalancerKind::RoundRobin);
-    config.outlier = Some(OutlierConfig {
-        consecutive_failures: 1,
-        base_ejection_time: Duration::MAX,
-        max_ejection_time: Duration::MAX,
-        max_ejection_percent: 100,
-        failure_codes: CodeSet(1 << Code::Unavailable as u32),
-    });
+    config.outlier = Some(OutlierConfig::new(
+        1,
+        Duration::MAX,
+        Duration::MAX,
+        100,
+        CodeSet(1 << Code::Unavailable as u32),
+    ));
     let ch = channel(&net, &["bad:1"], config);
     assert!(ch.ready(Duration::from_secs(1)).await);
     let client = core(ch.clone(), service(vec![unary_method()], None));

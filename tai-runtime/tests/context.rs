@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{Echo, Script, echo, service, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::context::{self, CallContext};
-use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
+use tai_runtime::policy::{CodeSet, RetryPolicy};
 use tai_runtime::server::ServerLayer;
 use tai_runtime::{Detached, Request, Response};
 use tokio::sync::mpsc;
@@ -318,16 +318,13 @@ async fn each_attempt_sends_a_fresh_span_id() {
             Ok(message)
         }
     });
-    let policy = MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    };
+    let policy = unary_method().with_retry(RetryPolicy::new(
+        2,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        CodeSet(1 << Code::Unavailable as u32),
+    ));
     let next = ClientCore::new(serve(&hop2), service(vec![policy], None));
     let hop1 = Script::unary(move |_, message| {
         let next = next.clone();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::raw_h2::{Answer, H2Server};
 use support::{Echo, Script, echo, service, unary_method};
 use tai_runtime::__private::ClientCore;
-use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy, ThrottlePolicy};
+use tai_runtime::policy::{CodeSet, RetryPolicy, ThrottlePolicy};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -17,10 +17,7 @@ async fn slow_server_gets_deadline_exceeded_not_cancelled() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         Ok(echo("too late"))
     });
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_secs(2)),
-        ..unary_method()
-    };
+    let policy = unary_method().with_timeout(Duration::from_secs(2));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let start = Instant::now();
     let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
@@ -37,17 +34,15 @@ async fn retries_share_the_deadline() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Err(Status::unavailable("still down"))
     });
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_millis(1500)),
-        retry: Some(RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(400),
-            max_backoff: Duration::from_millis(400),
-            multiplier: 1.0,
-            retryable: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    };
+    let policy = unary_method()
+        .with_timeout(Duration::from_millis(1500))
+        .with_retry(RetryPolicy::new(
+            5,
+            Duration::from_millis(400),
+            Duration::from_millis(400),
+            1.0,
+            CodeSet(1 << Code::Unavailable as u32),
+        ));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     core.state().seed_jitter(3);
     let start = Instant::now();
@@ -92,17 +87,15 @@ async fn deadline_cuts_an_attempt_short() {
             Ok(echo("never"))
         }
     });
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_secs(1)),
-        retry: Some(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(100),
-            multiplier: 1.0,
-            retryable: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    };
+    let policy = unary_method()
+        .with_timeout(Duration::from_secs(1))
+        .with_retry(RetryPolicy::new(
+            3,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+            1.0,
+            CodeSet(1 << Code::Unavailable as u32),
+        ));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let start = Instant::now();
     let err = core
@@ -144,10 +137,7 @@ async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
         .connector(net.connector())
         .build()
         .unwrap();
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_secs(1)),
-        ..unary_method()
-    };
+    let policy = unary_method().with_timeout(Duration::from_secs(1));
     let core = ClientCore::new(channel, service(vec![policy], None));
     let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
@@ -189,11 +179,9 @@ async fn caller_timeout_is_clamped_by_max_timeout() {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok(echo("late"))
     });
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_secs(2)),
-        max_timeout: Some(Duration::from_secs(5)),
-        ..unary_method()
-    };
+    let policy = unary_method()
+        .with_timeout(Duration::from_secs(2))
+        .with_max_timeout(Duration::from_secs(5));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     for (asked, expected) in [
         (Duration::from_millis(300), Duration::from_millis(300)),
@@ -250,26 +238,18 @@ async fn a_deadline_while_reading_is_committed() {
         message: "too late",
         trailers: vec![],
     });
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_millis(200)),
-        retry: Some(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: CodeSet(1 << Code::DeadlineExceeded as u32 | 1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    };
+    let policy = unary_method()
+        .with_timeout(Duration::from_millis(200))
+        .with_retry(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            1.0,
+            CodeSet(1 << Code::DeadlineExceeded as u32 | 1 << Code::Unavailable as u32),
+        ));
     let core = ClientCore::new(
         server.channel(),
-        service(
-            vec![policy],
-            Some(ThrottlePolicy {
-                max_tokens: 10,
-                token_ratio: 0.1,
-            }),
-        ),
+        service(vec![policy], Some(ThrottlePolicy::new(10, 0.1))),
     );
     let err = core
         .unary_retry::<Echo, Echo>(0, echo("x"))
@@ -291,10 +271,7 @@ async fn tonics_own_timer_firing_first_is_deadline_exceeded() {
     });
     // `grpc-timeout` carries whole microseconds: tonic's timer gets 1 s, tai's
     // deadline is half a microsecond later.
-    let policy = MethodPolicy {
-        timeout: Some(Duration::from_nanos(1_000_000_500)),
-        ..unary_method()
-    };
+    let policy = unary_method().with_timeout(Duration::from_nanos(1_000_000_500));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");

@@ -98,16 +98,13 @@ async fn backend() -> Backend {
 
 /// `/test.Echo/Unary`, idempotent, retried on UNAVAILABLE.
 fn retrying() -> MethodPolicy {
-    MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            multiplier: 2.0,
-            retryable: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    }
+    unary_method().with_retry(RetryPolicy::new(
+        5,
+        Duration::from_millis(1),
+        Duration::from_millis(5),
+        2.0,
+        CodeSet::of(&[Code::Unavailable]),
+    ))
 }
 
 fn not_serving(channel: &Channel, addr: SocketAddr) -> bool {
@@ -125,9 +122,7 @@ async fn a_dependency_down_takes_its_endpoint_out_under_load_and_back() {
     config.balancer = BalancerKind::RoundRobin;
     // Only health takes an endpoint out here, not failures.
     config.outlier = None;
-    config.health_check = Some(HealthCheckConfig {
-        service: "test.Echo".to_owned(),
-    });
+    config.health_check = Some(HealthCheckConfig::new("test.Echo"));
     let addresses: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     let channel = Channel::builder(Endpoints::list(addresses.iter().map(String::as_str)))
         .config(config)

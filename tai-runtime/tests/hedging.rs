@@ -12,14 +12,11 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 fn hedged() -> MethodPolicy {
-    MethodPolicy {
-        hedging: Some(HedgingPolicy {
-            max_attempts: 3,
-            delay: Duration::from_millis(100),
-            non_fatal: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..unary_method()
-    }
+    unary_method().with_hedging(HedgingPolicy::new(
+        3,
+        Duration::from_millis(100),
+        CodeSet(1 << Code::Unavailable as u32),
+    ))
 }
 
 #[tokio::test(start_paused = true)]
@@ -110,15 +107,13 @@ async fn all_attempts_failing_returns_the_last_error() {
 }
 
 fn hedged_with(delay_ms: u64, timeout: Option<Duration>) -> MethodPolicy {
-    MethodPolicy {
-        hedging: Some(HedgingPolicy {
-            max_attempts: 3,
-            delay: Duration::from_millis(delay_ms),
-            non_fatal: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        timeout,
-        ..unary_method()
-    }
+    let mut policy = unary_method().with_hedging(HedgingPolicy::new(
+        3,
+        Duration::from_millis(delay_ms),
+        CodeSet(1 << Code::Unavailable as u32),
+    ));
+    policy.timeout = timeout;
+    policy
 }
 
 /// Once retry throttling engages, a hedged call whose attempts have all failed
@@ -132,10 +127,7 @@ async fn throttled_hedging_returns_instead_of_hanging() {
         script.serve_in_memory(),
         service(
             vec![hedged_with(100, Some(Duration::from_secs(1)))],
-            Some(ThrottlePolicy {
-                max_tokens: 10,
-                token_ratio: 0.1,
-            }),
+            Some(ThrottlePolicy::new(10, 0.1)),
         ),
     );
     for n in 0..20 {
@@ -220,17 +212,13 @@ async fn a_refused_hedge_keeps_the_attempt_in_flight() {
             Err(Status::unavailable("down"))
         }
     });
-    let policy = MethodPolicy {
-        breaker: Some(BreakerPolicy {
-            failure_threshold: 1,
-            open_timeout: Duration::from_secs(10),
-            max_open_timeout: Duration::from_secs(10),
-            half_open_max_calls: 1,
-            rate: None,
-            failure_codes: CodeSet(1 << Code::Unavailable as u32),
-        }),
-        ..hedged_with(100, None)
-    };
+    let policy = hedged_with(100, None).with_breaker(BreakerPolicy::new(
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+        1,
+        CodeSet(1 << Code::Unavailable as u32),
+    ));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let slow = tokio::spawn({
         let core = core.clone();

@@ -76,13 +76,13 @@ fn codes(codes: &[Code]) -> CodeSet {
 }
 
 fn retry_policy(max_attempts: u32, retryable: &[Code]) -> RetryPolicy {
-    RetryPolicy {
+    RetryPolicy::new(
         max_attempts,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-        multiplier: 1.0,
-        retryable: codes(retryable),
-    }
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        codes(retryable),
+    )
 }
 
 /// grpc-go `TestRetryUnary` through `RetryLayer`: max_attempts 4,
@@ -172,14 +172,13 @@ trait LayerOn: tower::Layer<tonic::transport::Channel> + Sized {
 impl<L: tower::Layer<tonic::transport::Channel>> LayerOn for L {}
 
 fn breaker_policy(failure_threshold: u32) -> BreakerPolicy {
-    BreakerPolicy {
+    BreakerPolicy::new(
         failure_threshold,
-        open_timeout: Duration::from_secs(1),
-        max_open_timeout: Duration::from_secs(30),
-        half_open_max_calls: 1,
-        rate: None,
-        failure_codes: codes(&[Code::Unavailable, Code::Internal]),
-    }
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        1,
+        codes(&[Code::Unavailable, Code::Internal]),
+    )
 }
 
 /// Three failures trip the breaker; the fourth call fails fast without reaching
@@ -227,10 +226,7 @@ async fn a_refused_attempt_ends_the_retries() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
     let retry = RetryLayer::new(
         retry_policy(5, &[Code::Unavailable]),
-        Some(ThrottlePolicy {
-            max_tokens: 100,
-            token_ratio: 0.1,
-        }),
+        Some(ThrottlePolicy::new(100, 0.1)),
     );
     let throttle = retry.throttle().cloned().unwrap();
     let mut client = EchoClient::new(
@@ -290,11 +286,9 @@ async fn the_deadline_layer_gives_deadline_exceeded_and_sends_grpc_timeout() {
 async fn retries_under_the_deadline_layer_send_what_is_left() {
     let script = Script::unary(|_, _| async { Err(Status::unavailable("down")) });
     // Backoff 56..84ms: a second attempt fits in 100ms, a third never does.
-    let policy = RetryPolicy {
-        initial_backoff: Duration::from_millis(70),
-        max_backoff: Duration::from_millis(70),
-        ..retry_policy(5, &[Code::Unavailable])
-    };
+    let mut policy = retry_policy(5, &[Code::Unavailable]);
+    policy.initial_backoff = Duration::from_millis(70);
+    policy.max_backoff = Duration::from_millis(70);
     let mut client = EchoClient::new(
         ServiceBuilder::new()
             .layer(DeadlineLayer::new(Duration::from_millis(100)))
@@ -321,11 +315,7 @@ async fn retries_under_the_deadline_layer_send_what_is_left() {
 }
 
 fn hedging() -> HedgingPolicy {
-    HedgingPolicy {
-        max_attempts: 3,
-        delay: Duration::from_millis(100),
-        non_fatal: codes(&[Code::Unavailable]),
-    }
+    HedgingPolicy::new(3, Duration::from_millis(100), codes(&[Code::Unavailable]))
 }
 
 /// A slow first attempt is overtaken by the hedge sent 100ms later.

@@ -18,7 +18,7 @@ use tai_runtime::ConnectivityState;
 use tai_runtime::channel::{Channel, Endpoints};
 use tai_runtime::config::{BalancerKind, ClientConfig, OutlierConfig};
 use tai_runtime::metrics::Metrics;
-use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RetryPolicy};
+use tai_runtime::policy::{BreakerPolicy, CodeSet, RetryPolicy};
 use tai_runtime::server::ServerLayer;
 use tai_runtime::server::metrics::MetricsLayer;
 use tai_runtime::{BreakerState, Code, Status, resilient};
@@ -108,21 +108,14 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
         );
     }
     // B's breaker trips after two NOT_FOUNDs and refuses the third call itself.
-    let breaker = BreakerPolicy {
-        failure_threshold: 2,
-        open_timeout: Duration::from_secs(30),
-        max_open_timeout: Duration::from_secs(30),
-        half_open_max_calls: 1,
-        rate: None,
-        failure_codes: CodeSet::of(&[Code::NotFound]),
-    };
-    let policy = service(
-        vec![MethodPolicy {
-            breaker: Some(breaker),
-            ..unary_method()
-        }],
-        None,
+    let breaker = BreakerPolicy::new(
+        2,
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+        1,
+        CodeSet::of(&[Code::NotFound]),
     );
+    let policy = service(vec![unary_method().with_breaker(breaker)], None);
     let client_b = ClientCore::with_metrics(channel(&net, "b:1", &metrics_b), policy, &metrics_b);
     for code in [Code::NotFound, Code::NotFound, Code::Unavailable] {
         let status = client_b
@@ -195,13 +188,13 @@ async fn each_registry_holds_only_the_series_of_what_was_given_it() {
 }
 
 /// A retry policy: 3 attempts on UNAVAILABLE, 10ms backoff.
-const RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: 3,
-    initial_backoff: Duration::from_millis(10),
-    max_backoff: Duration::from_millis(10),
-    multiplier: 1.0,
-    retryable: CodeSet::of(&[Code::Unavailable]),
-};
+const RETRY: RetryPolicy = RetryPolicy::new(
+    3,
+    Duration::from_millis(10),
+    Duration::from_millis(10),
+    1.0,
+    CodeSet::of(&[Code::Unavailable]),
+);
 
 #[tokio::test(start_paused = true)]
 async fn channel_series_and_client_stats_by_endpoint() {
@@ -215,13 +208,13 @@ async fn channel_series_and_client_stats_by_endpoint() {
     net.start("good:1", &Script::unary(|_, e| async move { Ok(e) }));
     let mut config = ClientConfig::default();
     config.balancer = BalancerKind::RoundRobin;
-    config.outlier = Some(OutlierConfig {
-        consecutive_failures: 1,
-        base_ejection_time: Duration::from_secs(600),
-        max_ejection_time: Duration::from_secs(600),
-        max_ejection_percent: 50,
-        failure_codes: CodeSet::of(&[Code::Unavailable]),
-    });
+    config.outlier = Some(OutlierConfig::new(
+        1,
+        Duration::from_secs(600),
+        Duration::from_secs(600),
+        50,
+        CodeSet::of(&[Code::Unavailable]),
+    ));
     let channel = Channel::builder(Endpoints::list(["bad:1", "good:1"]))
         .connector(net.connector())
         .config(config)
@@ -238,13 +231,7 @@ async fn channel_series_and_client_stats_by_endpoint() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let policy = service(
-        vec![MethodPolicy {
-            retry: Some(RETRY),
-            ..unary_method()
-        }],
-        None,
-    );
+    let policy = service(vec![unary_method().with_retry(RETRY)], None);
     let client = ClientCore::with_metrics(channel, policy, &metrics);
     for _ in 0..4 {
         client
@@ -392,13 +379,7 @@ async fn retry_stops_are_counted_by_why() {
             }
         }),
     );
-    let policy = service(
-        vec![MethodPolicy {
-            retry: Some(RETRY),
-            ..unary_method()
-        }],
-        None,
-    );
+    let policy = service(vec![unary_method().with_retry(RETRY)], None);
     let client = ClientCore::with_metrics(channel(&net, "a:1", &metrics), policy, &metrics);
     for msg in ["down", "missing", "stop"] {
         client
@@ -455,11 +436,11 @@ async fn every_reconnect_backoff_is_observed() {
 #[tokio::test]
 async fn a_method_policy_prints_in_the_attribute_grammar() {
     let policy = service(
-        vec![MethodPolicy {
-            retry: Some(RETRY),
-            timeout: Some(Duration::from_secs(2)),
-            ..unary_method()
-        }],
+        vec![
+            unary_method()
+                .with_timeout(Duration::from_secs(2))
+                .with_retry(RETRY),
+        ],
         None,
     );
     let net = Net::default();

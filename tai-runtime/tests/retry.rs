@@ -17,16 +17,13 @@ fn codes(codes: &[Code]) -> CodeSet {
 }
 
 fn retrying(max_attempts: u32, retryable: &[Code]) -> MethodPolicy {
-    MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: codes(retryable),
-        }),
-        ..unary_method()
-    }
+    unary_method().with_retry(RetryPolicy::new(
+        max_attempts,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        codes(retryable),
+    ))
 }
 
 fn status_with_pushback(values: &[&'static str]) -> Status {
@@ -49,10 +46,7 @@ async fn grpc_go_retry_unary_table() {
 /// engine: a real tonic server in memory, the table's policy compiled in.
 async fn run_through_the_engine(table: grpc_go::Table) {
     let script = Script::answering(table.answer);
-    let method = MethodPolicy {
-        retry: Some(table.retry),
-        ..unary_method()
-    };
+    let method = unary_method().with_retry(table.retry);
     let core = ClientCore::new(
         script.serve_in_memory(),
         service(vec![method], table.throttle),
@@ -207,10 +201,8 @@ async fn stream_is_committed_once_headers_arrive() {
             ]),
         }
     });
-    let policy = MethodPolicy {
-        retry: retrying(4, &[Code::Unavailable]).retry,
-        ..stream_method()
-    };
+    let mut policy = stream_method();
+    policy.retry = retrying(4, &[Code::Unavailable]).retry;
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let mut stream = core
         .server_streaming_retry::<Echo, Echo>(0, echo("x"))
@@ -292,13 +284,7 @@ fn hand_built_policies_validate_like_compiled_ones() {
     let mut bad_retry = retrying(1, &[Code::Unavailable]);
     bad_retry.idempotent = false;
     bad_retry.retry.as_mut().unwrap().retryable = codes(&[Code::Aborted]);
-    let bad = service(
-        vec![bad_retry],
-        Some(ThrottlePolicy {
-            max_tokens: 0,
-            token_ratio: 0.5,
-        }),
-    );
+    let bad = service(vec![bad_retry], Some(ThrottlePolicy::new(0, 0.5)));
     let problems: Vec<String> = bad
         .validate()
         .unwrap_err()
@@ -326,10 +312,7 @@ fn hand_built_policies_validate_like_compiled_ones() {
 }
 
 fn throttled(max_tokens: u32) -> Option<ThrottlePolicy> {
-    Some(ThrottlePolicy {
-        max_tokens,
-        token_ratio: 0.1,
-    })
+    Some(ThrottlePolicy::new(max_tokens, 0.1))
 }
 
 /// tonic 0.14 panics on a `grpc-status-details-bin` that is not base64; tai drops

@@ -181,13 +181,7 @@ async fn health_reports_every_service_and_turns_not_serving_before_the_drain() {
     assert_eq!(answered.msg, "in flight");
     let drained = server.drained().await;
     // The held call and the health watch were in flight.
-    assert_eq!(
-        drained,
-        Drained {
-            in_flight: 2,
-            complete: true
-        }
-    );
+    assert_eq!((drained.in_flight, drained.complete), (2, true));
 }
 
 #[tokio::test]
@@ -201,13 +195,7 @@ async fn calls_still_running_after_the_drain_timeout_are_cut_off() {
     let call = tokio::spawn(unary(server.channel().await, echo("stuck")));
     arrival(&mut arrivals).await;
     let drained = server.drained().await;
-    assert_eq!(
-        drained,
-        Drained {
-            in_flight: 1,
-            complete: false
-        }
-    );
+    assert_eq!((drained.in_flight, drained.complete), (1, false));
     let cut = tokio::time::timeout(EVENTUALLY, call)
         .await
         .unwrap()

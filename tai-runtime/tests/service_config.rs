@@ -12,17 +12,15 @@ use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
 use tai_runtime::{BreakerState, ClientState, Code, ServiceConfig, Status};
 
 fn retrying(max_attempts: u32) -> MethodPolicy {
-    MethodPolicy {
-        timeout: Some(Duration::from_secs(5)),
-        retry: Some(RetryPolicy {
+    unary_method()
+        .with_timeout(Duration::from_secs(5))
+        .with_retry(RetryPolicy::new(
             max_attempts,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: CodeSet::of(&[Code::Unavailable]),
-        }),
-        ..unary_method()
-    }
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            1.0,
+            CodeSet::of(&[Code::Unavailable]),
+        ))
 }
 
 fn config(json: &str) -> ServiceConfig {
@@ -89,13 +87,7 @@ fn an_invalid_config_changes_nothing_and_says_why() {
         err.to_string()
     };
     // The compiled method is not idempotent here: retrying on ABORTED is unsafe.
-    let not_idempotent = ClientState::new(service(
-        vec![MethodPolicy {
-            idempotent: false,
-            ..retrying(2)
-        }],
-        None,
-    ));
+    let not_idempotent = ClientState::new(service(vec![retrying(2).with_idempotent(false)], None));
     let err = not_idempotent
         .set_service_config(&config(&entry(UNARY, &retry_policy(3, r#""ABORTED""#))))
         .unwrap_err();
@@ -343,17 +335,13 @@ async fn retry_throttling_set_at_run_time_replaces_the_throttle() {
 
 /// A method whose compiled breaker opens at its first UNAVAILABLE.
 fn breaking() -> MethodPolicy {
-    MethodPolicy {
-        breaker: Some(tai_runtime::policy::BreakerPolicy {
-            failure_threshold: 1,
-            open_timeout: Duration::from_secs(10),
-            max_open_timeout: Duration::from_secs(60),
-            half_open_max_calls: 1,
-            rate: None,
-            failure_codes: CodeSet::of(&[Code::Unavailable]),
-        }),
-        ..unary_method()
-    }
+    unary_method().with_breaker(tai_runtime::policy::BreakerPolicy::new(
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        1,
+        CodeSet::of(&[Code::Unavailable]),
+    ))
 }
 
 /// A breaker set at run time: the config builds the method a new breaker, closed,

@@ -15,7 +15,7 @@ use serde_json::json;
 use support::{Echo, Script, echo, in_memory, service, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::auth::{Token, TokenSource};
-use tai_runtime::policy::{CodeSet, MethodPolicy, RetryPolicy};
+use tai_runtime::policy::{CodeSet, RetryPolicy};
 use tai_runtime::server::auth::{Algorithm, AuthLayer, JwtAuth, JwtKey};
 use tai_runtime::{Request, Status};
 use tonic::Code;
@@ -63,16 +63,13 @@ fn serve(failures: usize) -> (Script, Channel) {
 /// A client of `channel` retrying UNAVAILABLE (and, uselessly, UNAUTHENTICATED)
 /// three times, with `source` as its interceptor.
 fn client(channel: Channel, source: &TokenSource) -> ClientCore<Channel> {
-    let retrying = MethodPolicy {
-        retry: Some(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            multiplier: 1.0,
-            retryable: CodeSet::of(&[Code::Unavailable, Code::Unauthenticated]),
-        }),
-        ..unary_method()
-    };
+    let retrying = unary_method().with_retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        CodeSet::of(&[Code::Unavailable, Code::Unauthenticated]),
+    ));
     let mut core = ClientCore::new(channel, service(vec![retrying], None));
     core.set_interceptor(source.clone());
     core

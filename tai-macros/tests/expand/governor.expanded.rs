@@ -19,117 +19,121 @@ pub trait Governor {
     ) -> impl Future<Output = Result<Receipt, Status>> + Send;
 }
 #[doc(hidden)]
-static __TAI_SERVICE_GOVERNOR: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy {
-    name: "tai.v1.Governor",
-    methods: &[
-        ::tai_runtime::policy::MethodPolicy {
-            name: "ProposePolicy",
-            rust_name: "propose_policy",
-            path: "/tai.v1.Governor/ProposePolicy",
-            kind: ::tai_runtime::policy::MethodKind::Unary,
-            idempotent: true,
-            timeout: ::core::option::Option::Some(::core::time::Duration::from_secs(2)),
-            max_timeout: ::core::option::Option::None,
-            retry: ::core::option::Option::Some(::tai_runtime::policy::RetryPolicy {
-                max_attempts: 4,
-                initial_backoff: ::core::time::Duration::from_millis(100),
-                max_backoff: ::core::time::Duration::from_secs(10),
-                multiplier: 2.0,
-                retryable: ::tai_runtime::policy::CodeSet::of(
-                    &[::tai_runtime::Code::Aborted, ::tai_runtime::Code::Unavailable],
+static __TAI_SERVICE_GOVERNOR: ::tai_runtime::policy::ServicePolicy = ::tai_runtime::policy::ServicePolicy::new(
+        "tai.v1.Governor",
+        &[
+            ::tai_runtime::policy::MethodPolicy::new(
+                    "ProposePolicy",
+                    "propose_policy",
+                    "/tai.v1.Governor/ProposePolicy",
+                    ::tai_runtime::policy::MethodKind::Unary,
+                )
+                .with_idempotent(true)
+                .with_timeout(::core::time::Duration::from_secs(2))
+                .with_retry(
+                    ::tai_runtime::policy::RetryPolicy::new(
+                        4,
+                        ::core::time::Duration::from_millis(100),
+                        ::core::time::Duration::from_secs(10),
+                        2.0,
+                        ::tai_runtime::policy::CodeSet::of(
+                            &[
+                                ::tai_runtime::Code::Aborted,
+                                ::tai_runtime::Code::Unavailable,
+                            ],
+                        ),
+                    ),
+                )
+                .with_breaker(
+                    ::tai_runtime::policy::BreakerPolicy::new(
+                            5,
+                            ::core::time::Duration::from_secs(30),
+                            ::core::time::Duration::from_secs(300),
+                            3,
+                            ::tai_runtime::policy::CodeSet::of(
+                                &[
+                                    ::tai_runtime::Code::Unknown,
+                                    ::tai_runtime::Code::DeadlineExceeded,
+                                    ::tai_runtime::Code::ResourceExhausted,
+                                    ::tai_runtime::Code::Internal,
+                                    ::tai_runtime::Code::Unavailable,
+                                ],
+                            ),
+                        )
+                        .with_rate(
+                            ::tai_runtime::policy::RateRule::new(
+                                0.5,
+                                ::core::time::Duration::from_secs(10),
+                                20,
+                            ),
+                        ),
                 ),
-            }),
-            hedging: ::core::option::Option::None,
-            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
-                failure_threshold: 5,
-                open_timeout: ::core::time::Duration::from_secs(30),
-                max_open_timeout: ::core::time::Duration::from_secs(300),
-                half_open_max_calls: 3,
-                rate: ::core::option::Option::Some(::tai_runtime::policy::RateRule {
-                    threshold: 0.5,
-                    window: ::core::time::Duration::from_secs(10),
-                    min_calls: 20,
-                }),
-                failure_codes: ::tai_runtime::policy::CodeSet::of(
-                    &[
-                        ::tai_runtime::Code::Unknown,
-                        ::tai_runtime::Code::DeadlineExceeded,
-                        ::tai_runtime::Code::ResourceExhausted,
-                        ::tai_runtime::Code::Internal,
-                        ::tai_runtime::Code::Unavailable,
-                    ],
+            ::tai_runtime::policy::MethodPolicy::new(
+                    "WatchPolicies",
+                    "watch_policies",
+                    "/tai.v1.Governor/WatchPolicies",
+                    ::tai_runtime::policy::MethodKind::ServerStreaming,
+                )
+                .with_idempotent(true)
+                .with_timeout(::core::time::Duration::from_secs(30))
+                .with_hedging(
+                    ::tai_runtime::policy::HedgingPolicy::new(
+                        2,
+                        ::core::time::Duration::from_millis(50),
+                        ::tai_runtime::policy::CodeSet::EMPTY,
+                    ),
+                )
+                .with_breaker(
+                    ::tai_runtime::policy::BreakerPolicy::new(
+                        5,
+                        ::core::time::Duration::from_secs(30),
+                        ::core::time::Duration::from_secs(300),
+                        3,
+                        ::tai_runtime::policy::CodeSet::of(
+                            &[
+                                ::tai_runtime::Code::Unknown,
+                                ::tai_runtime::Code::DeadlineExceeded,
+                                ::tai_runtime::Code::ResourceExhausted,
+                                ::tai_runtime::Code::Internal,
+                                ::tai_runtime::Code::Unavailable,
+                            ],
+                        ),
+                    ),
                 ),
-            }),
-        },
-        ::tai_runtime::policy::MethodPolicy {
-            name: "WatchPolicies",
-            rust_name: "watch_policies",
-            path: "/tai.v1.Governor/WatchPolicies",
-            kind: ::tai_runtime::policy::MethodKind::ServerStreaming,
-            idempotent: true,
-            timeout: ::core::option::Option::Some(::core::time::Duration::from_secs(30)),
-            max_timeout: ::core::option::Option::None,
-            retry: ::core::option::Option::None,
-            hedging: ::core::option::Option::Some(::tai_runtime::policy::HedgingPolicy {
-                max_attempts: 2,
-                delay: ::core::time::Duration::from_millis(50),
-                non_fatal: ::tai_runtime::policy::CodeSet::EMPTY,
-            }),
-            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
-                failure_threshold: 5,
-                open_timeout: ::core::time::Duration::from_secs(30),
-                max_open_timeout: ::core::time::Duration::from_secs(300),
-                half_open_max_calls: 3,
-                rate: ::core::option::Option::None,
-                failure_codes: ::tai_runtime::policy::CodeSet::of(
-                    &[
-                        ::tai_runtime::Code::Unknown,
-                        ::tai_runtime::Code::DeadlineExceeded,
-                        ::tai_runtime::Code::ResourceExhausted,
-                        ::tai_runtime::Code::Internal,
-                        ::tai_runtime::Code::Unavailable,
-                    ],
+            ::tai_runtime::policy::MethodPolicy::new(
+                    "Upload",
+                    "upload",
+                    "/tai.v1.Governor/Upload",
+                    ::tai_runtime::policy::MethodKind::ClientStreaming,
+                )
+                .with_timeout(::core::time::Duration::from_secs(30))
+                .with_breaker(
+                    ::tai_runtime::policy::BreakerPolicy::new(
+                            5,
+                            ::core::time::Duration::from_secs(30),
+                            ::core::time::Duration::from_secs(300),
+                            3,
+                            ::tai_runtime::policy::CodeSet::of(
+                                &[
+                                    ::tai_runtime::Code::Unknown,
+                                    ::tai_runtime::Code::DeadlineExceeded,
+                                    ::tai_runtime::Code::ResourceExhausted,
+                                    ::tai_runtime::Code::Internal,
+                                    ::tai_runtime::Code::Unavailable,
+                                ],
+                            ),
+                        )
+                        .with_rate(
+                            ::tai_runtime::policy::RateRule::new(
+                                0.5,
+                                ::core::time::Duration::from_secs(10),
+                                20,
+                            ),
+                        ),
                 ),
-            }),
-        },
-        ::tai_runtime::policy::MethodPolicy {
-            name: "Upload",
-            rust_name: "upload",
-            path: "/tai.v1.Governor/Upload",
-            kind: ::tai_runtime::policy::MethodKind::ClientStreaming,
-            idempotent: false,
-            timeout: ::core::option::Option::Some(::core::time::Duration::from_secs(30)),
-            max_timeout: ::core::option::Option::None,
-            retry: ::core::option::Option::None,
-            hedging: ::core::option::Option::None,
-            breaker: ::core::option::Option::Some(::tai_runtime::policy::BreakerPolicy {
-                failure_threshold: 5,
-                open_timeout: ::core::time::Duration::from_secs(30),
-                max_open_timeout: ::core::time::Duration::from_secs(300),
-                half_open_max_calls: 3,
-                rate: ::core::option::Option::Some(::tai_runtime::policy::RateRule {
-                    threshold: 0.5,
-                    window: ::core::time::Duration::from_secs(10),
-                    min_calls: 20,
-                }),
-                failure_codes: ::tai_runtime::policy::CodeSet::of(
-                    &[
-                        ::tai_runtime::Code::Unknown,
-                        ::tai_runtime::Code::DeadlineExceeded,
-                        ::tai_runtime::Code::ResourceExhausted,
-                        ::tai_runtime::Code::Internal,
-                        ::tai_runtime::Code::Unavailable,
-                    ],
-                ),
-            }),
-        },
-    ],
-    throttle: ::core::option::Option::Some(::tai_runtime::policy::ThrottlePolicy {
-        max_tokens: 20,
-        token_ratio: 0.1,
-    }),
-    balancer: ::core::option::Option::None,
-};
+        ],
+    )
+    .with_throttle(::tai_runtime::policy::ThrottlePolicy::new(20, 0.1));
 /// A resilient client of the `tai.v1.Governor` gRPC service, generated by `#[resilient]` from [`Governor`].
 ///
 /// Each call runs the policy compiled in for its method:

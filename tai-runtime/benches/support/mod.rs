@@ -40,111 +40,89 @@ const fn codes(list: &[Code]) -> CodeSet {
 }
 
 /// tai-build's defaults: A6 retry on UNAVAILABLE.
-pub const RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: 3,
-    initial_backoff: Duration::from_millis(100),
-    max_backoff: Duration::from_secs(10),
-    multiplier: 2.0,
-    retryable: codes(&[Code::Unavailable]),
-};
+pub const RETRY: RetryPolicy = RetryPolicy::new(
+    3,
+    Duration::from_millis(100),
+    Duration::from_secs(10),
+    2.0,
+    codes(&[Code::Unavailable]),
+);
 
 /// tai-build's default breaker: 5 in a row, or 50% of at least 20 calls in 10 s.
-pub const BREAKER: BreakerPolicy = BreakerPolicy {
-    failure_threshold: 5,
-    open_timeout: Duration::from_secs(30),
-    max_open_timeout: Duration::from_secs(300),
-    half_open_max_calls: 3,
-    rate: Some(RateRule {
-        threshold: 0.5,
-        window: Duration::from_secs(10),
-        min_calls: 20,
-    }),
-    failure_codes: codes(&[
+pub const BREAKER: BreakerPolicy = BreakerPolicy::new(
+    5,
+    Duration::from_secs(30),
+    Duration::from_secs(300),
+    3,
+    codes(&[
         Code::Unavailable,
         Code::DeadlineExceeded,
         Code::Internal,
         Code::Unknown,
         Code::ResourceExhausted,
     ]),
-};
+)
+.with_rate(RateRule::new(0.5, Duration::from_secs(10), 20));
 
 /// The default breaker without its failure-rate rule (consecutive failures only).
-pub const BREAKER_CONSECUTIVE: BreakerPolicy = BreakerPolicy {
-    rate: None,
-    ..BREAKER
+pub const BREAKER_CONSECUTIVE: BreakerPolicy = {
+    let mut breaker = BREAKER;
+    breaker.rate = None;
+    breaker
 };
 
-pub const THROTTLE: ThrottlePolicy = ThrottlePolicy {
-    max_tokens: 10,
-    token_ratio: 0.1,
-};
+pub const THROTTLE: ThrottlePolicy = ThrottlePolicy::new(10, 0.1);
 
 const fn method(
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     breaker: Option<BreakerPolicy>,
 ) -> MethodPolicy {
-    MethodPolicy {
-        name: "Echo",
-        rust_name: "echo",
-        path: PATH,
-        kind: MethodKind::Unary,
-        idempotent: true,
-        timeout,
-        max_timeout: None,
-        retry,
-        hedging: None,
-        breaker,
-    }
+    let mut method =
+        MethodPolicy::new("Echo", "echo", PATH, MethodKind::Unary).with_idempotent(true);
+    method.timeout = timeout;
+    method.retry = retry;
+    method.breaker = breaker;
+    method
 }
 
 /// Everything on: 5 s deadline, retry, default breaker, throttle.
-pub static FULL: ServicePolicy = ServicePolicy {
-    name: "tai.bench.Bench",
-    methods: &[method(
+pub static FULL: ServicePolicy = ServicePolicy::new(
+    "tai.bench.Bench",
+    &[method(
         Some(Duration::from_secs(5)),
         Some(RETRY),
         Some(BREAKER),
     )],
-    throttle: Some(THROTTLE),
-    balancer: None,
-};
+)
+.with_throttle(THROTTLE);
 
 /// Everything on, breaker without its rate rule.
-pub static FULL_CONSECUTIVE: ServicePolicy = ServicePolicy {
-    name: "tai.bench.BenchConsecutive",
-    methods: &[method(
+pub static FULL_CONSECUTIVE: ServicePolicy = ServicePolicy::new(
+    "tai.bench.BenchConsecutive",
+    &[method(
         Some(Duration::from_secs(5)),
         Some(RETRY),
         Some(BREAKER_CONSECUTIVE),
     )],
-    throttle: Some(THROTTLE),
-    balancer: None,
-};
+)
+.with_throttle(THROTTLE);
 
 /// A deadline only: against [`BARE`], what the shared deadline timer costs a call.
-pub static DEADLINE: ServicePolicy = ServicePolicy {
-    name: "tai.bench.BenchDeadline",
-    methods: &[method(Some(Duration::from_secs(5)), None, None)],
-    throttle: None,
-    balancer: None,
-};
+pub static DEADLINE: ServicePolicy = ServicePolicy::new(
+    "tai.bench.BenchDeadline",
+    &[method(Some(Duration::from_secs(5)), None, None)],
+);
 
 /// Deadline and breaker, no retry (the engine's `unary` path: no `Arc`).
-pub static NO_RETRY: ServicePolicy = ServicePolicy {
-    name: "tai.bench.BenchNoRetry",
-    methods: &[method(Some(Duration::from_secs(5)), None, Some(BREAKER))],
-    throttle: None,
-    balancer: None,
-};
+pub static NO_RETRY: ServicePolicy = ServicePolicy::new(
+    "tai.bench.BenchNoRetry",
+    &[method(Some(Duration::from_secs(5)), None, Some(BREAKER))],
+);
 
 /// No policy at all: only metrics and tracing.
-pub static BARE: ServicePolicy = ServicePolicy {
-    name: "tai.bench.BenchBare",
-    methods: &[method(None, None, None)],
-    throttle: None,
-    balancer: None,
-};
+pub static BARE: ServicePolicy =
+    ServicePolicy::new("tai.bench.BenchBare", &[method(None, None, None)]);
 
 pub fn transport(yield_once: bool) -> FakeTransport {
     FakeTransport::new(&payload(), yield_once)

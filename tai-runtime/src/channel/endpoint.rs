@@ -34,6 +34,7 @@ pub(crate) enum CallResult {
 
 /// Statistics of one endpoint, read at run time.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct EndpointStats {
     /// The address connected to.
     pub address: String,

@@ -260,8 +260,7 @@ impl ClientState {
     /// ```
     /// # use tai_runtime::__private::ClientState;
     /// # use tai_runtime::policy::ServicePolicy;
-    /// # static POLICY: ServicePolicy = ServicePolicy {
-    /// #     name: "demo.Echo", methods: &[], throttle: None, balancer: None };
+    /// # static POLICY: ServicePolicy = ServicePolicy::new("demo.Echo", &[]);
     /// # let state = ClientState::new(&POLICY);
     /// let throttled = r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#;
     /// state.set_service_config(&throttled.parse()?)?;
@@ -471,6 +470,7 @@ impl std::ops::Deref for EffectivePolicy<'_> {
 ///   ...
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct PolicyView {
     /// The service's full name.
     pub service: &'static str,
@@ -478,6 +478,27 @@ pub struct PolicyView {
     pub policy: MethodPolicy,
     /// Whether a run-time service config put it in place of the compiled one.
     pub configured: bool,
+}
+
+impl PolicyView {
+    /// The view of `policy`, a method of `service` as compiled in (no service
+    /// config), e.g. to print what a generated client's `SERVICE_POLICY` holds.
+    ///
+    /// ```
+    /// use tai_runtime::PolicyView;
+    /// use tai_runtime::policy::{MethodKind, MethodPolicy};
+    ///
+    /// let get = MethodPolicy::new("Get", "get", "/demo.Kv/Get", MethodKind::Unary);
+    /// let view = PolicyView::compiled("demo.Kv", get);
+    /// assert!(view.to_string().starts_with("demo.Kv/Get (compiled)"));
+    /// ```
+    pub const fn compiled(service: &'static str, policy: MethodPolicy) -> PolicyView {
+        PolicyView {
+            service,
+            policy,
+            configured: false,
+        }
+    }
 }
 
 impl std::fmt::Display for PolicyView {

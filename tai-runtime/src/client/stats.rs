@@ -91,6 +91,7 @@ impl MethodRecorder {
 
 /// One method's statistics in a [`ClientStats`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MethodStats {
     /// The method's proto name (`ProposePolicy`).
     pub method: &'static str,
@@ -126,6 +127,7 @@ impl MethodStats {
 ///   127.0.0.1:50051        READY          0      103         2        -
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// The service's full name.
     pub service: &'static str,

@@ -39,7 +39,7 @@ impl RetryThrottle {
     /// use tai_runtime::policy::ThrottlePolicy;
     /// use tai_runtime::throttle::RetryThrottle;
     ///
-    /// let throttle = RetryThrottle::new(&ThrottlePolicy { max_tokens: 10, token_ratio: 0.1239 });
+    /// let throttle = RetryThrottle::new(&ThrottlePolicy::new(10, 0.1239));
     /// throttle.record_failure();
     /// throttle.record_success();
     /// assert_eq!(throttle.tokens(), 9.123);

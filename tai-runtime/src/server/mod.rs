@@ -51,6 +51,7 @@ mod limits;
 pub mod metrics;
 pub mod rate_limit;
 pub mod reflection;
+mod serve;
 mod shed;
 mod signal;
 
@@ -58,12 +59,13 @@ pub use crate::wire::timeout::decode as parse_grpc_timeout;
 pub use accept::{Accept, ConnectInfo, PlainTcp};
 pub use builder::{
     DEFAULT_CONCURRENCY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_CONNECTIONS, Drained, Routed, ServeError, Server, bind,
+    DEFAULT_MAX_CONNECTIONS, Routed, Server,
 };
 pub use context::{ContextLayer, Traced, WithContext};
 pub use health::DependencyHealth;
 pub use keepalive::KeepalivePolicy;
 pub use layer::{ServerFuture, ServerLayer, ServerService};
 pub use limits::DEFAULT_MAX_MESSAGE;
+pub use serve::{Drained, ServeError, bind};
 pub use shed::InFlight;
 pub use signal::shutdown_signal;

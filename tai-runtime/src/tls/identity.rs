@@ -140,6 +140,7 @@ impl fmt::Debug for PeerIdentity {
 /// What tonic puts in each request's extensions for a connection accepted by
 /// [`ServerTls`](super::ServerTls): the addresses and the client's identity.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TlsConnectInfo {
     /// Our address.
     pub local_addr: Option<SocketAddr>,

@@ -26,6 +26,7 @@ use super::pem;
 /// Counts of a [`ServerTls`](super::ServerTls)'s or
 /// [`ClientTls`](super::ClientTls)'s reloads so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReloadStats {
     /// Changed files that loaded and now serve new handshakes.
     pub applied: u64,

@@ -34,6 +34,7 @@ pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Whether clients must present a certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientAuth {
     /// Every client presents a certificate signed by a CA of the bundle (mTLS).
     #[default]

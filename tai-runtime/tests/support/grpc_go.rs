@@ -45,13 +45,13 @@ const fn case(code: Code, last_index: usize, tokens: f64) -> Case {
 }
 
 fn retry_policy(max_attempts: u32, retryable: Code) -> RetryPolicy {
-    RetryPolicy {
+    RetryPolicy::new(
         max_attempts,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-        multiplier: 1.0,
-        retryable: CodeSet::of(&[retryable]),
-    }
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        CodeSet::of(&[retryable]),
+    )
 }
 
 const UNARY_CASES: &[Case] = &[
@@ -100,10 +100,7 @@ pub fn retry_throttling() -> Table {
     Table {
         name: "TestRetryThrottling",
         retry: retry_policy(4, Code::Unavailable),
-        throttle: Some(ThrottlePolicy {
-            max_tokens: 10,
-            token_ratio: 0.5,
-        }),
+        throttle: Some(ThrottlePolicy::new(10, 0.5)),
         answer: |i| match i {
             0 | 3 | 6 | 10 | 11 | 12 | 13 | 14 | 16 | 18 => None,
             _ => Some(Status::unavailable("retryable error")),

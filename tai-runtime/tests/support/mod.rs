@@ -287,29 +287,18 @@ impl tower::Service<http::Request<tonic::body::Body>> for Script {
 
 /// A method policy for `/test.Echo/Unary` with nothing on; tests fill in fields.
 pub const fn unary_method() -> MethodPolicy {
-    MethodPolicy {
-        name: "Unary",
-        rust_name: "unary",
-        path: "/test.Echo/Unary",
-        kind: MethodKind::Unary,
-        idempotent: true,
-        timeout: None,
-        max_timeout: None,
-        retry: None,
-        hedging: None,
-        breaker: None,
-    }
+    MethodPolicy::new("Unary", "unary", "/test.Echo/Unary", MethodKind::Unary).with_idempotent(true)
 }
 
 /// The same for `/test.Echo/Stream`.
 pub const fn stream_method() -> MethodPolicy {
-    MethodPolicy {
-        name: "Stream",
-        rust_name: "stream",
-        path: "/test.Echo/Stream",
-        kind: MethodKind::ServerStreaming,
-        ..unary_method()
-    }
+    MethodPolicy::new(
+        "Stream",
+        "stream",
+        "/test.Echo/Stream",
+        MethodKind::ServerStreaming,
+    )
+    .with_idempotent(true)
 }
 
 /// Leaks a service policy for one test (tests are short-lived processes).
@@ -317,10 +306,7 @@ pub fn service(
     methods: Vec<MethodPolicy>,
     throttle: Option<tai_runtime::policy::ThrottlePolicy>,
 ) -> &'static ServicePolicy {
-    Box::leak(Box::new(ServicePolicy {
-        name: "test.Echo",
-        methods: Box::leak(methods.into_boxed_slice()),
-        throttle,
-        balancer: None,
-    }))
+    let mut policy = ServicePolicy::new("test.Echo", Box::leak(methods.into_boxed_slice()));
+    policy.throttle = throttle;
+    Box::leak(Box::new(policy))
 }

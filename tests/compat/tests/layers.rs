@@ -94,13 +94,9 @@ async fn a_tonic_generated_client_retries_through_tais_retry_layer() {
 
     // Past the policy's attempts the caller gets the server's own status.
     calls.store(0, Ordering::SeqCst);
-    let two_attempts = RetryLayer::new(
-        RetryPolicy {
-            max_attempts: 2,
-            ..retry_policy()
-        },
-        None,
-    );
+    let mut two = retry_policy();
+    two.max_attempts = 2;
+    let two_attempts = RetryLayer::new(two, None);
     let channel = tonic::transport::Endpoint::from_shared(address)
         .unwrap()
         .connect_lazy();
@@ -115,13 +111,13 @@ async fn a_tonic_generated_client_retries_through_tais_retry_layer() {
 }
 
 fn retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-        multiplier: 1.0,
-        retryable: CodeSet::of(&[Code::Unavailable]),
-    }
+    RetryPolicy::new(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+        CodeSet::of(&[Code::Unavailable]),
+    )
 }
 
 /// grpc-go `TestRetryUnary` through `RetryLayer` under tonic's generated client.

@@ -113,6 +113,7 @@ impl BreakerState {
 
 /// What an admitted call turned out to be, for the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The backend answered (OK, or an error that is not a failure code).
     Success,
@@ -134,14 +135,13 @@ pub enum Outcome {
 /// use tai_runtime::breaker::{CircuitBreaker, Outcome};
 /// use tai_runtime::policy::{BreakerPolicy, CodeSet};
 ///
-/// let breaker = CircuitBreaker::new(BreakerPolicy {
-///     failure_threshold: 5,
-///     open_timeout: Duration::from_secs(1),
-///     max_open_timeout: Duration::from_secs(30),
-///     half_open_max_calls: 1,
-///     rate: None,
-///     failure_codes: CodeSet::default(),
-/// });
+/// let breaker = CircuitBreaker::new(BreakerPolicy::new(
+///     5,
+///     Duration::from_secs(1),
+///     Duration::from_secs(30),
+///     1,
+///     CodeSet::default(),
+/// ));
 /// let permit = breaker.admit().expect("a new breaker is closed");
 /// breaker.record(permit, Outcome::Success);
 /// drop(breaker.admit()); // cancelled: neither a success nor a failure

@@ -39,14 +39,13 @@ const MAX_PATHS: usize = 1024;
 /// use tai_runtime::layers::BreakerLayer;
 /// use tai_runtime::policy::{BreakerPolicy, CodeSet};
 ///
-/// let layer = BreakerLayer::new(BreakerPolicy {
-///     failure_threshold: 5,
-///     open_timeout: Duration::from_secs(1),
-///     max_open_timeout: Duration::from_secs(30),
-///     half_open_max_calls: 1,
-///     rate: None,
-///     failure_codes: CodeSet::of(&[Code::Unavailable]),
-/// });
+/// let layer = BreakerLayer::new(BreakerPolicy::new(
+///     5,
+///     Duration::from_secs(1),
+///     Duration::from_secs(30),
+///     1,
+///     CodeSet::of(&[Code::Unavailable]),
+/// ));
 /// assert!(layer.state("/demo.Kv/Get").is_none(), "no breaker until first called");
 /// ```
 #[derive(Clone, Debug)]

@@ -42,11 +42,10 @@ use crate::wire::pushback::Pushback;
 /// use tai_runtime::policy::{CodeSet, HedgingPolicy};
 ///
 /// let layer = HedgeLayer::new(
-///     ByMethod::none().method("/demo.Kv/Get", HedgingPolicy {
-///         max_attempts: 3,
-///         delay: Duration::from_millis(20),
-///         non_fatal: CodeSet::of(&[Code::Unavailable]),
-///     }),
+///     ByMethod::none().method(
+///         "/demo.Kv/Get",
+///         HedgingPolicy::new(3, Duration::from_millis(20), CodeSet::of(&[Code::Unavailable])),
+///     ),
 ///     None,
 /// );
 /// # let _ = layer;

@@ -27,22 +27,21 @@
 //! use tower::ServiceBuilder;
 //!
 //! # fn f(channel: tonic::transport::Channel) {
-//! let retry = RetryPolicy {
-//!     max_attempts: 4,
-//!     initial_backoff: Duration::from_millis(50),
-//!     max_backoff: Duration::from_secs(1),
-//!     multiplier: 2.0,
-//!     retryable: CodeSet::of(&[Code::Unavailable]),
-//! };
-//! let breaker = BreakerPolicy {
-//!     failure_threshold: 5,
-//!     open_timeout: Duration::from_secs(1),
-//!     max_open_timeout: Duration::from_secs(30),
-//!     half_open_max_calls: 1,
-//!     rate: None,
-//!     failure_codes: CodeSet::of(&[Code::Unavailable, Code::Internal]),
-//! };
-//! let throttle = ThrottlePolicy { max_tokens: 10, token_ratio: 0.1 };
+//! let retry = RetryPolicy::new(
+//!     4,
+//!     Duration::from_millis(50),
+//!     Duration::from_secs(1),
+//!     2.0,
+//!     CodeSet::of(&[Code::Unavailable]),
+//! );
+//! let breaker = BreakerPolicy::new(
+//!     5,
+//!     Duration::from_secs(1),
+//!     Duration::from_secs(30),
+//!     1,
+//!     CodeSet::of(&[Code::Unavailable, Code::Internal]),
+//! );
+//! let throttle = ThrottlePolicy::new(10, 0.1);
 //! let stack = ServiceBuilder::new()
 //!     // 2s for every method, 100ms for one of them.
 //!     .layer(DeadlineLayer::new(
@@ -151,7 +150,7 @@ impl<P: Copy> ByMethod<P> {
     /// use tai_runtime::layers::ByMethod;
     /// use tai_runtime::policy::ServicePolicy;
     ///
-    /// let service = ServicePolicy { name: "demo.Kv", methods: &[], throttle: None, balancer: None };
+    /// let service = ServicePolicy::new("demo.Kv", &[]);
     /// let retries = ByMethod::from_service(&service, |m| m.retry);
     /// assert_eq!(retries.get("/demo.Kv/Get"), None);
     /// ```

@@ -47,17 +47,17 @@ use crate::policy::{RetryPolicy, ServicePolicy, ThrottlePolicy};
 /// use tai_runtime::layers::{ByMethod, RetryLayer};
 /// use tai_runtime::policy::{CodeSet, RetryPolicy, ThrottlePolicy};
 ///
-/// let policy = RetryPolicy {
-///     max_attempts: 4,
-///     initial_backoff: Duration::from_millis(100),
-///     max_backoff: Duration::from_secs(1),
-///     multiplier: 2.0,
-///     retryable: CodeSet::of(&[Code::Unavailable]),
-/// };
+/// let policy = RetryPolicy::new(
+///     4,
+///     Duration::from_millis(100),
+///     Duration::from_secs(1),
+///     2.0,
+///     CodeSet::of(&[Code::Unavailable]),
+/// );
 /// // Retry only Get; every other method passes through.
 /// let layer = RetryLayer::new(
 ///     ByMethod::none().method("/demo.Kv/Get", policy),
-///     Some(ThrottlePolicy { max_tokens: 10, token_ratio: 0.1 }),
+///     Some(ThrottlePolicy::new(10, 0.1)),
 /// );
 /// assert_eq!(layer.throttle().map(|t| t.tokens()), Some(10.0));
 /// ```

@@ -47,6 +47,7 @@ const PUBLIC_BY_DEFAULT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflecti
 /// What happens to a call whose method has no rule (not in any table, or
 /// declared without `auth`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DefaultAccess {
     /// Refused as PERMISSION_DENIED: a method must declare who may call it.
     #[default]
@@ -119,10 +120,10 @@ impl fmt::Display for AccessReason {
 /// use tai_runtime::policy::{AccessRule, AccessTable, MethodAccess};
 /// use tai_runtime::server::auth::{AccessLayer, DefaultAccess};
 ///
-/// const RULES: AccessTable = AccessTable {
-///     service: "demo.Kv",
-///     methods: &[MethodAccess { path: "/demo.Kv/Put", rule: Some(AccessRule::scopes(&["kv.write"])) }],
-/// };
+/// const RULES: AccessTable = AccessTable::new(
+///     "demo.Kv",
+///     &[MethodAccess::new("/demo.Kv/Put").with_rule(AccessRule::scopes(&["kv.write"]))],
+/// );
 /// let layer = AccessLayer::new(DefaultAccess::Deny).table(RULES);
 /// assert_eq!(layer.rule("/demo.Kv/Put"), Some(AccessRule::scopes(&["kv.write"])));
 /// assert_eq!(layer.rule("/grpc.health.v1.Health/Check"), Some(AccessRule::PUBLIC));

@@ -604,65 +604,32 @@ pub mod governor_server {
         const NAME: &'static str = SERVICE_NAME;
     }
     /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-        service: "demo.v1.Governor",
-        methods: &[
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/ProposePolicy",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/GetPolicy",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: false,
-                    public: true,
-                    scopes: &[],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/ListPolicies",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Revoke",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.write"],
-                    roles: &["admin"],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Audit",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Sweep",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
+        "demo.v1.Governor",
+        &[
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/ProposePolicy")
+                .with_rule(
+                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
+                ),
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/GetPolicy")
+                .with_rule(::tai_runtime::policy::AccessRule::PUBLIC),
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/ListPolicies")
+                .with_rule(
+                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
+                ),
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Revoke")
+                .with_rule(
+                    ::tai_runtime::policy::AccessRule::scopes(&["policies.write"])
+                        .with_roles(&["admin"]),
+                ),
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Audit")
+                .with_rule(
+                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
+                ),
+            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Sweep")
+                .with_rule(::tai_runtime::policy::AccessRule::scopes(&["policies.read"])),
         ],
-    };
+    );
 }
 /// Generated client of `demo.v1.Ledger`.
 ///
@@ -891,13 +858,8 @@ pub mod ledger_server {
         const NAME: &'static str = SERVICE_NAME;
     }
     /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-        service: "demo.v1.Ledger",
-        methods: &[
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Ledger/Record",
-                rule: ::core::option::Option::None,
-            },
-        ],
-    };
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
+        "demo.v1.Ledger",
+        &[::tai_runtime::policy::MethodAccess::new("/demo.v1.Ledger/Record")],
+    );
 }

@@ -460,25 +460,13 @@ pub mod clock_server {
         const NAME: &'static str = SERVICE_NAME;
     }
     /// Who may call each method of `Clock`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-        service: "Clock",
-        methods: &[
-            ::tai_runtime::policy::MethodAccess {
-                path: "/Clock/Now",
-                rule: ::core::option::Option::None,
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/Clock/Watch",
-                rule: ::core::option::Option::None,
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/Clock/Upload",
-                rule: ::core::option::Option::None,
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/Clock/Sync",
-                rule: ::core::option::Option::None,
-            },
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
+        "Clock",
+        &[
+            ::tai_runtime::policy::MethodAccess::new("/Clock/Now"),
+            ::tai_runtime::policy::MethodAccess::new("/Clock/Watch"),
+            ::tai_runtime::policy::MethodAccess::new("/Clock/Upload"),
+            ::tai_runtime::policy::MethodAccess::new("/Clock/Sync"),
         ],
-    };
+    );
 }

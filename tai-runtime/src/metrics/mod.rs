@@ -57,9 +57,17 @@
 //! # Ok::<(), std::fmt::Error>(())
 //! ```
 
+mod channel;
+mod method;
+
+pub(crate) use channel::EndpointMetrics;
+pub use channel::MAX_ENDPOINT_LABELS;
+#[cfg(feature = "server")]
+pub(crate) use method::ServerMethodMetrics;
+pub(crate) use method::{MethodMetrics, RetryStop};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 /// The `prometheus-client` crate tai records with, for a [`Registry`] of the
 /// version [`Metrics::new`] takes.
@@ -71,7 +79,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tonic::Code;
 
 /// Latency buckets in seconds: 100µs to 10s, roughly ×2.5 apart.
 const BUCKETS: [f64; 12] = [
@@ -102,11 +109,6 @@ struct TlsReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StopLabels {
     service: String,
     method: String,
@@ -117,18 +119,6 @@ struct StopLabels {
 struct RateLimitLabels {
     quota: &'static str,
     method: String,
-}
-
-/// The most distinct `endpoint` label values one [`Metrics`] set keeps; later
-/// endpoints are counted under `endpoint="other"`.
-pub const MAX_ENDPOINT_LABELS: usize = 256;
-
-/// Reconnect backoff buckets in seconds: 100ms to 2 minutes (the production
-/// preset's cap).
-const BACKOFF_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 120.0];
-
-fn new_backoff_histogram() -> Histogram {
-    Histogram::new(BACKOFF_BUCKETS)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,116 +160,10 @@ struct Families {
     server_access_refusals: Family<ReasonLabels, Counter>,
     retry_stops: Family<StopLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
-    channel: ChannelFamilies,
+    channel: channel::ChannelFamilies,
     /// The `endpoint` label values handed out so far (at most
     /// [`MAX_ENDPOINT_LABELS`]).
     endpoints: Mutex<std::collections::HashSet<String>>,
-}
-
-struct ChannelFamilies {
-    connect_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
-    connect_failures: Family<EndpointLabels, Counter>,
-    created: Family<EndpointLabels, Counter>,
-    closed: Family<EndpointLabels, Counter>,
-    open: Family<EndpointLabels, Gauge>,
-    pool_size: Family<EndpointLabels, Gauge>,
-    pool_busy: Family<EndpointLabels, Gauge>,
-    backoff: Family<EndpointLabels, Histogram, fn() -> Histogram>,
-    ejections: Family<EndpointLabels, Counter>,
-    ejected: Family<EndpointLabels, Gauge>,
-    in_flight: Family<EndpointLabels, Gauge>,
-}
-
-impl ChannelFamilies {
-    fn new() -> Self {
-        Self {
-            connect_duration: Family::new_with_constructor(new_histogram),
-            backoff: Family::new_with_constructor(new_backoff_histogram),
-            connect_failures: Family::default(),
-            created: Family::default(),
-            closed: Family::default(),
-            open: Family::default(),
-            pool_size: Family::default(),
-            pool_busy: Family::default(),
-            ejections: Family::default(),
-            ejected: Family::default(),
-            in_flight: Family::default(),
-        }
-    }
-
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "channel_connect_duration_seconds",
-            "Connection establishment time: dial, TLS and the server's HTTP/2 SETTINGS",
-            self.connect_duration.clone(),
-        );
-        r.register(
-            "channel_connect_failures",
-            "Connection attempts that failed or timed out",
-            self.connect_failures.clone(),
-        );
-        r.register(
-            "channel_connections_created",
-            "Connections established",
-            self.created.clone(),
-        );
-        r.register(
-            "channel_connections_closed",
-            "Established connections that ended (closed by the peer, idle, or shut down)",
-            self.closed.clone(),
-        );
-        r.register(
-            "channel_connections_open",
-            "Live HTTP/2 connections",
-            self.open.clone(),
-        );
-        r.register(
-            "channel_pool_size",
-            "Connection slots in the endpoint's pool",
-            self.pool_size.clone(),
-        );
-        r.register(
-            "channel_pool_busy",
-            "Pool connections with at least one call in flight",
-            self.pool_busy.clone(),
-        );
-        r.register(
-            "channel_reconnect_backoff_seconds",
-            "Each wait before dialling an unreachable endpoint again",
-            self.backoff.clone(),
-        );
-        r.register(
-            "channel_ejections",
-            "Outlier ejections of the endpoint",
-            self.ejections.clone(),
-        );
-        r.register(
-            "channel_ejected",
-            "1 while the endpoint is ejected",
-            self.ejected.clone(),
-        );
-        r.register(
-            "channel_in_flight",
-            "Calls in flight on the endpoint",
-            self.in_flight.clone(),
-        );
-    }
-
-    fn endpoint(&self, labels: &EndpointLabels) -> EndpointMetrics {
-        EndpointMetrics {
-            connect_duration: self.connect_duration.get_or_create(labels).clone(),
-            connect_failures: self.connect_failures.get_or_create(labels).clone(),
-            created: self.created.get_or_create(labels).clone(),
-            closed: self.closed.get_or_create(labels).clone(),
-            open: self.open.get_or_create(labels).clone(),
-            pool_size: self.pool_size.get_or_create(labels).clone(),
-            pool_busy: self.pool_busy.get_or_create(labels).clone(),
-            backoff: self.backoff.get_or_create(labels).clone(),
-            ejections: self.ejections.get_or_create(labels).clone(),
-            ejected: self.ejected.get_or_create(labels).clone(),
-            in_flight: self.in_flight.get_or_create(labels).clone(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -339,7 +223,7 @@ impl Metrics {
                 server_access_refusals: Family::default(),
                 retry_stops: Family::default(),
                 rate_limited: Family::default(),
-                channel: ChannelFamilies::new(),
+                channel: channel::ChannelFamilies::new(),
                 endpoints: Mutex::default(),
             }),
         };
@@ -464,23 +348,6 @@ impl Metrics {
             .clone()
     }
 
-    /// Handles for one endpoint of a channel, labelled by its `address` (or
-    /// `other` once the set holds [`MAX_ENDPOINT_LABELS`] endpoints).
-    pub(crate) fn endpoint(&self, address: &str) -> EndpointMetrics {
-        let endpoint = {
-            let mut seen = crate::sync::lock(&self.families.endpoints);
-            if seen.contains(address) {
-                address.to_owned()
-            } else if seen.len() < MAX_ENDPOINT_LABELS {
-                seen.insert(address.to_owned());
-                address.to_owned()
-            } else {
-                "other".to_owned()
-            }
-        };
-        self.families.channel.endpoint(&EndpointLabels { endpoint })
-    }
-
     /// The counter of calls refused by the rate limit's `quota` (`client`,
     /// `global`, `method`); `method` is the path of a method with a quota of its
     /// own (server configuration), empty for the others.
@@ -500,33 +367,6 @@ impl Metrics {
         self.families.id
     }
 
-    /// Handles for one client method.
-    pub(crate) fn client_method(&self, service: &str, method: &str) -> MethodMetrics {
-        let labels = MethodLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        };
-        let m = &*self.families;
-        MethodMetrics {
-            calls: codes(&m.client_calls, service, method),
-            latency: m.client_latency.get_or_create(&labels).clone(),
-            retries: m.client_retries.get_or_create(&labels).clone(),
-            hedges: m.client_hedges.get_or_create(&labels).clone(),
-            rejections: m.breaker_rejections.get_or_create(&labels).clone(),
-            open: m.breaker_open.get_or_create(&labels).clone(),
-            stops: Box::new(RetryStop::ALL.map(|stop| {
-                m.retry_stops
-                    .get_or_create(&StopLabels {
-                        service: service.to_owned(),
-                        method: method.to_owned(),
-                        reason: stop.as_str(),
-                    })
-                    .clone()
-            })),
-            stats: Arc::default(),
-        }
-    }
-
     /// The counter of calls a Redis-backed rate limit with key `prefix` decided
     /// locally (the prefix is server configuration, not peer input).
     #[cfg(feature = "redis")]
@@ -537,142 +377,5 @@ impl Metrics {
                 prefix: prefix.to_owned(),
             })
             .clone()
-    }
-
-    /// Handles for one server method.
-    #[cfg(feature = "server")]
-    pub(crate) fn server_method(&self, service: &str, method: &str) -> ServerMethodMetrics {
-        let labels = MethodLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        };
-        let m = &*self.families;
-        ServerMethodMetrics {
-            calls: codes(&m.server_calls, service, method),
-            latency: m.server_latency.get_or_create(&labels).clone(),
-        }
-    }
-}
-
-fn codes(family: &Family<CodeLabels, Counter>, service: &str, method: &str) -> Box<[Counter; 17]> {
-    Box::new(std::array::from_fn(|i| {
-        family
-            .get_or_create(&CodeLabels {
-                service: service.to_owned(),
-                method: method.to_owned(),
-                code: format!("{:?}", Code::from_i32(i as i32)),
-            })
-            .clone()
-    }))
-}
-
-/// Pre-resolved metric handles of one client method.
-#[derive(Debug, Clone)]
-pub(crate) struct MethodMetrics {
-    calls: Box<[Counter; 17]>,
-    latency: Histogram,
-    pub(crate) retries: Counter,
-    pub(crate) hedges: Counter,
-    pub(crate) rejections: Counter,
-    pub(crate) open: Gauge,
-    stops: Box<[Counter; RetryStop::ALL.len()]>,
-    /// This client's own statistics, for [`ClientState::snapshot`](crate::ClientState::snapshot).
-    pub(crate) stats: Arc<crate::client::stats::MethodRecorder>,
-}
-
-impl MethodMetrics {
-    pub(crate) fn record(&self, code: Code, elapsed: Duration) {
-        self.calls[(code as usize).min(16)].inc();
-        self.latency.observe(elapsed.as_secs_f64());
-        self.stats.record(code == Code::Ok, elapsed);
-    }
-
-    /// Counts one retry attempt sent.
-    pub(crate) fn retried(&self) {
-        self.retries.inc();
-        self.stats.retried();
-    }
-
-    /// Counts a failed call that was not retried further, and why.
-    pub(crate) fn retry_stopped(&self, why: RetryStop) {
-        self.stops[why as usize].inc();
-    }
-}
-
-/// Why a call under a retry policy made no further attempt after a failure: the
-/// `reason` label of `tai_client_retry_stops_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RetryStop {
-    /// The policy's attempts (at most 5, gRFC A6) are used up.
-    Exhausted,
-    /// The retry throttle has too few tokens left.
-    Throttled,
-    /// The response had begun to reach the caller (headers or a message), so a
-    /// retry could no longer be hidden.
-    Committed,
-    /// The server said not to retry (`grpc-retry-pushback-ms` negative or invalid).
-    Pushback,
-    /// The backoff would end past the call's deadline.
-    Deadline,
-    /// The status code is not one the policy retries.
-    NotRetryable,
-    /// The circuit breaker refused the attempt.
-    Breaker,
-}
-
-impl RetryStop {
-    const ALL: [RetryStop; 7] = [
-        RetryStop::Exhausted,
-        RetryStop::Throttled,
-        RetryStop::Committed,
-        RetryStop::Pushback,
-        RetryStop::Deadline,
-        RetryStop::NotRetryable,
-        RetryStop::Breaker,
-    ];
-
-    /// The label value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RetryStop::Exhausted => "exhausted",
-            RetryStop::Throttled => "throttled",
-            RetryStop::Committed => "committed",
-            RetryStop::Pushback => "pushback",
-            RetryStop::Deadline => "deadline",
-            RetryStop::NotRetryable => "not_retryable",
-            RetryStop::Breaker => "breaker",
-        }
-    }
-}
-
-/// Pre-resolved metric handles of one endpoint of a channel.
-#[derive(Debug, Clone)]
-pub(crate) struct EndpointMetrics {
-    pub(crate) connect_duration: Histogram,
-    pub(crate) connect_failures: Counter,
-    pub(crate) created: Counter,
-    pub(crate) closed: Counter,
-    pub(crate) open: Gauge,
-    pub(crate) pool_size: Gauge,
-    pub(crate) pool_busy: Gauge,
-    pub(crate) backoff: Histogram,
-    pub(crate) ejections: Counter,
-    pub(crate) ejected: Gauge,
-    pub(crate) in_flight: Gauge,
-}
-
-/// Pre-resolved metric handles of one server method.
-#[cfg(feature = "server")]
-#[derive(Debug, Clone)]
-pub(crate) struct ServerMethodMetrics {
-    calls: Box<[Counter; 17]>,
-    latency: Histogram,
-}
-
-#[cfg(feature = "server")]
-impl ServerMethodMetrics {
-    pub(crate) fn record(&self, code: Code, elapsed: Duration) {
-        self.calls[(code as usize).min(16)].inc();
-        self.latency.observe(elapsed.as_secs_f64());
     }
 }
