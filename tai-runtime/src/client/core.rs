@@ -247,6 +247,11 @@ impl<T: Transport> ClientCore<T> {
         policy: &'static crate::policy::ServicePolicy,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
+        // What only a tai `Channel` knows (its message limits, its target for
+        // sharing breakers, its endpoint statistics). A downcast, not a method of
+        // `Transport`: that trait is implemented for every `GrpcService` by one
+        // blanket impl (so any tower stack is a transport), and without
+        // specialization `Channel` could not override a default method under it.
         let channel = (&transport as &dyn std::any::Any).downcast_ref::<crate::Channel>();
         let limits = channel.map_or(MessageLimits::DEFAULT, |c| MessageLimits {
             send: c.config().connection.max_send_message_size,
