@@ -603,66 +603,8 @@ pub mod governor_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for GovernorServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-    /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-        service: "demo.v1.Governor",
-        methods: &[
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/ProposePolicy",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/GetPolicy",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: false,
-                    public: true,
-                    scopes: &[],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/ListPolicies",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Revoke",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.write"],
-                    roles: &["admin"],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Audit",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Governor/Sweep",
-                rule: ::core::option::Option::Some(::tai_runtime::policy::AccessRule {
-                    required: true,
-                    public: false,
-                    scopes: &["policies.read"],
-                    roles: &[],
-                }),
-            },
-        ],
-    };
+    /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., governor_server::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = super::governor_client::GovernorClient::ACCESS_RULES;
 }
 /// Generated client of `demo.v1.Ledger`.
 ///
@@ -890,14 +832,6 @@ pub mod ledger_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for LedgerServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-    /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable {
-        service: "demo.v1.Ledger",
-        methods: &[
-            ::tai_runtime::policy::MethodAccess {
-                path: "/demo.v1.Ledger/Record",
-                rule: ::core::option::Option::None,
-            },
-        ],
-    };
+    /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ledger_server::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = super::ledger_client::LedgerClient::ACCESS_RULES;
 }
