@@ -249,3 +249,22 @@ impl<C: Clock> ShrinkableKeyedStateStore<ClientKey> for ClientStore<C> {
         self.0.map.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys of different kinds with the same bytes are different clients, and a
+    /// digest depends on its table's seed (a peer cannot compute it).
+    #[test]
+    fn digests_tell_kinds_apart_and_depend_on_the_seed() {
+        let seed = RandomState::new();
+        let id = ClientKey::id(b"10.0.0.7").unwrap();
+        let identity = ClientKey::identity("10.0.0.7").unwrap();
+        let peer = ClientKey::peer("10.0.0.7".parse().unwrap());
+        let digests = [&id, &identity, &peer].map(|k| Digest::of(k, &seed));
+        assert!(digests[0] != digests[1] && digests[1] != digests[2] && digests[0] != digests[2]);
+        assert!(Digest::of(&id, &seed) == digests[0], "a digest is stable");
+        assert!(Digest::of(&id, &RandomState::new()) != digests[0]);
+    }
+}
