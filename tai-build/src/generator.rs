@@ -57,7 +57,7 @@ impl prost_build::ServiceGenerator for TaiServiceGenerator {
             buf.push_str(&client::client_module(&service, &policy));
         }
         if let Some(server) = &mut self.server {
-            let access_rules = access::access_rules(&service, &policy);
+            let access_rules = access::access_rules(&service, &policy, self.clients);
             let mut server_code = String::new();
             server.generate(service, &mut server_code);
             match syn::parse_file(&server_code) {

@@ -140,9 +140,31 @@ fn server_and_client_knobs() {
     let code = p.read("shop.v1.rs");
     assert!(code.contains("pub mod orders_client") && !code.contains("orders_server"));
 
+    // Both: the server's access rules are the generated client's table.
+    p.builder().compile().unwrap();
+    let code = p.read_flat("shop.v1.rs");
+    assert!(
+        code.contains(
+            "pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = \
+             super::orders_client::OrdersClient::ACCESS_RULES;"
+        ),
+        "{code}"
+    );
+
+    // Without clients the server module holds the table itself.
     p.builder().build_client(false).compile().unwrap();
     let code = p.read("shop.v1.rs");
     assert!(!code.contains("orders_client") && code.contains("pub mod orders_server"));
+    let code = p.read_flat("shop.v1.rs");
+    assert!(
+        code.contains(
+            "pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = \
+             ::tai_runtime::policy::AccessTable { service: \"shop.v1.Orders\", methods: &[ \
+             ::tai_runtime::policy::MethodAccess { path: \"/shop.v1.Orders/Place\", \
+             rule: ::core::option::Option::None, }, ], };"
+        ),
+        "{code}"
+    );
 
     p.builder()
         .build_client(false)

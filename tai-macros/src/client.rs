@@ -1,6 +1,7 @@
 //! The generated client: a struct over a transport, one inherent method per RPC
 //! (each a single call into `tai_runtime::__private::ClientCore`), the trait impl
-//! that forwards to them, and the `static` policy data they index into.
+//! that forwards to them, the `static` policy data they index into, and the access
+//! rules (`ACCESS_RULES`) a server of the trait enforces.
 //!
 //! The expansion is small on purpose: everything that behaves lives in the runtime,
 //! and the data is written by `tokens.rs`. tonic users find tonic's habits here:
@@ -218,6 +219,7 @@ impl Client<'_> {
             }
         });
         let doc = self.client_doc();
+        let access_rules = self.access_rules(&client);
 
         quote! {
             #data
@@ -260,6 +262,8 @@ impl Client<'_> {
                 /// The policy compiled into this client, for building a channel
                 /// before the client (its `balancer`, say).
                 pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &#statik;
+
+                #access_rules
 
                 #(#connect)*
             }
@@ -371,6 +375,36 @@ impl Client<'_> {
             #[doc(hidden)]
             static #statik: ::tai_runtime::policy::ServicePolicy =
                 ::tai_runtime::policy::ServicePolicy::new(#name, &[#(#methods),*]) #setters;
+        }
+    }
+
+    /// `pub const ACCESS_RULES: AccessTable`: who may call each method, for the
+    /// server. Printed by the model's one table printer, which tai-build uses too.
+    fn access_rules(&self, client: &Ident) -> TokenStream {
+        let paths: Vec<String> = self.methods.iter().map(|m| self.path(m)).collect();
+        let table = tai_model::access_table_expr(
+            &self.service_name,
+            paths
+                .iter()
+                .zip(self.policies)
+                .map(|(path, p)| (path.as_str(), p.auth.as_ref())),
+        );
+        // The printer writes Rust tokens; should it ever not, the compiler says where.
+        let table: TokenStream = table.parse().unwrap_or_else(|_| {
+            quote!(::core::compile_error!(
+                "#[resilient] wrote an invalid access table"
+            ))
+        });
+        let doc = format!(
+            " Who may call each method of `{}`, as the `auth(..)` of the trait and its methods \
+             declare; a method with no rule follows the server's default. A server enforces it \
+             when it serves the trait's implementation with \
+             `Server::builder().add_service_with_rules(service, {client}::ACCESS_RULES)`.",
+            self.service_name
+        );
+        quote! {
+            #[doc = #doc]
+            pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = #table;
         }
     }
 

@@ -86,6 +86,7 @@
 //! | `hedging` | `hedging = default`, `hedging = none`, `hedging(..)` | gRFC A6 hedging: send again after `delay` without waiting for a failure. |
 //! | `breaker` | `breaker = default`, `breaker = none`, `breaker(..)` | Circuit breaker per method. |
 //! | `throttle` | `throttle = default`, `throttle = none`, `throttle(..)` | A6 retry throttling, shared by the whole client: **trait only**. |
+//! | `auth` | `auth(required)`, `auth(scopes = ["kv.write"], roles = ["admin"])`, `auth(public)` | Who may call: the server checks it (`ACCESS_RULES`, below). Scopes or roles imply `required`; `public` opens a method up and takes nothing else. |
 //!
 //! Inside the parentheses (every field optional; an unset one is inherited, else
 //! defaulted):
@@ -164,6 +165,14 @@
 //!   and the compiled-in policy.
 //! - A hidden `static` of plain policy data, which the client reads; the methods
 //!   refer to it by index.
+//! - `GovernorClient::ACCESS_RULES`, a `tai_runtime::policy::AccessTable`: each
+//!   method's resolved `auth(..)` rule, for the server that implements the trait.
+//!   Serve it with `Server::builder().add_service_with_rules(service,
+//!   GovernorClient::ACCESS_RULES)`: a call without an identity where one is
+//!   required is refused UNAUTHENTICATED, one lacking a scope or role
+//!   PERMISSION_DENIED naming it, and a method without a rule follows the
+//!   server's default. (tai-build's `governor_server::ACCESS_RULES` is this
+//!   same table.)
 //!
 //! # Errors
 //!

@@ -38,6 +38,7 @@ pub use service_config::{
 pub use spec::{
     AuthSpec, Balancer, BreakerSpec, Defaults, HedgingSpec, MethodKind, PolicySpec, RateRuleSpec,
     ResolvedAccess, ResolvedBreaker, ResolvedHedging, ResolvedPolicy, ResolvedRateRule,
-    ResolvedRetry, ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, merge, resolve,
+    ResolvedRetry, ResolvedThrottle, RetrySpec, ThrottleSpec, Toggle, access_table_expr, merge,
+    resolve,
 };
 pub use validate::{MAX_ATTEMPTS_CAP, check_access_name, check_level, validate};

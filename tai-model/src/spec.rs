@@ -363,6 +363,42 @@ impl ResolvedAccess {
     }
 }
 
+/// A service's access rules as the Rust expression of its runtime counterpart,
+/// `::tai_runtime::policy::AccessTable::new(..)`: one entry per method, given as its
+/// HTTP/2 path and resolved rule (`None` follows the server's default). The one
+/// printer of the table: `#[resilient]` writes it for every trait, and tai-build
+/// only when it writes no annotated trait to take it from.
+///
+/// ```
+/// use tai_model::{ResolvedAccess, access_table_expr};
+/// let public = ResolvedAccess { public: true, ..Default::default() };
+/// assert_eq!(
+///     access_table_expr("demo.Kv", [("/demo.Kv/Ping", Some(&public)), ("/demo.Kv/Get", None)]),
+///     "::tai_runtime::policy::AccessTable::new(\"demo.Kv\", &[\
+///      ::tai_runtime::policy::MethodAccess::new(\"/demo.Kv/Ping\")\
+///      .with_rule(::tai_runtime::policy::AccessRule::PUBLIC), \
+///      ::tai_runtime::policy::MethodAccess::new(\"/demo.Kv/Get\")])"
+/// );
+/// ```
+pub fn access_table_expr<'a>(
+    service: &str,
+    methods: impl IntoIterator<Item = (&'a str, Option<&'a ResolvedAccess>)>,
+) -> String {
+    let methods: Vec<String> = methods
+        .into_iter()
+        .map(|(path, rule)| {
+            let rule = rule.map_or_else(String::new, |rule| {
+                format!(".with_rule({})", rule.rust_expr())
+            });
+            format!("::tai_runtime::policy::MethodAccess::new({path:?}){rule}")
+        })
+        .collect();
+    format!(
+        "::tai_runtime::policy::AccessTable::new({service:?}, &[{}])",
+        methods.join(", ")
+    )
+}
+
 /// The policy of one method after its levels are combined and defaults filled in.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ResolvedPolicy {

@@ -2,11 +2,13 @@
 //! signed with `jsonwebtoken`): a public method takes calls without a token, a
 //! method that needs an identity refuses them as UNAUTHENTICATED, a missing
 //! scope or role is PERMISSION_DENIED naming it, and a method with no rule
-//! follows the server's default. The handler's call counter proves a refused
-//! call never ran.
+//! follows the server's default; a hand-written `#[resilient]` trait's `auth(..)`
+//! is enforced the same way. The handler's call counter proves a refused call
+//! never ran.
 
 mod support;
 
+use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::uri::PathAndQuery;
@@ -16,6 +18,7 @@ use support::{Echo, Script, echo};
 use tai_runtime::policy::{AccessRule, AccessTable, MethodAccess};
 use tai_runtime::server::Server;
 use tai_runtime::server::auth::{Algorithm, AuthLayer, DefaultAccess, JwtAuth, JwtKey};
+use tai_runtime::{ResponseStream, resilient};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
@@ -101,7 +104,11 @@ async fn serve(rules: AccessTable, default: Option<DefaultAccess>) -> Running {
     }
 }
 
-async fn call(channel: &Channel, authorization: Option<&str>) -> Result<Echo, Status> {
+/// A ready gRPC client over `channel`, and a request carrying `authorization`.
+async fn prepare(
+    channel: &Channel,
+    authorization: Option<&str>,
+) -> Result<(tonic::client::Grpc<Channel>, tonic::Request<Echo>), Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
         .await
@@ -112,6 +119,11 @@ async fn call(channel: &Channel, authorization: Option<&str>) -> Result<Echo, St
             .metadata_mut()
             .insert("authorization", value.parse().unwrap());
     }
+    Ok((grpc, request))
+}
+
+async fn call(channel: &Channel, authorization: Option<&str>) -> Result<Echo, Status> {
+    let (mut grpc, request) = prepare(channel, authorization).await?;
     grpc.unary(
         request,
         PathAndQuery::from_static(METHOD),
@@ -119,6 +131,20 @@ async fn call(channel: &Channel, authorization: Option<&str>) -> Result<Echo, St
     )
     .await
     .map(tonic::Response::into_inner)
+}
+
+/// A call of the server-streaming `/test.Echo/Stream`, up to its first message.
+async fn call_stream(channel: &Channel, authorization: Option<&str>) -> Result<(), Status> {
+    let (mut grpc, request) = prepare(channel, authorization).await?;
+    let codec = tonic_prost::ProstCodec::<Echo, Echo>::default();
+    let response = grpc
+        .server_streaming(
+            request,
+            PathAndQuery::from_static("/test.Echo/Stream"),
+            codec,
+        )
+        .await?;
+    response.into_inner().message().await.map(drop)
 }
 
 /// The call is refused with `code` and `message`, and the handler did not run.
@@ -211,4 +237,56 @@ async fn health_is_public_under_default_deny() {
         answer.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+}
+
+/// `test.Echo` as a service owner writes it by hand: a write scope for the
+/// whole service, and a public unary method. `#[resilient]` turns the `auth(..)`
+/// into `EchoServiceClient::ACCESS_RULES`, which the server enforces as it
+/// would a table tai-build wrote.
+#[resilient(service = "test.Echo", auth(scopes = ["echo.write"]))]
+pub trait EchoService {
+    /// Open to anyone.
+    #[resilient(auth(public))]
+    fn unary(&self, request: Echo) -> impl Future<Output = Result<Echo, Status>> + Send;
+    /// Needs `echo.write`, from the trait.
+    fn stream(
+        &self,
+        request: Echo,
+    ) -> impl Future<Output = Result<ResponseStream<Echo>, Status>> + Send;
+}
+
+#[tokio::test]
+async fn a_hand_written_traits_rules_are_enforced() {
+    let running = serve(EchoServiceClient::ACCESS_RULES, None).await;
+    let status = call_stream(&running.channel, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "this method needs an identity: send a bearer token"
+    );
+    let reader = token("echo.read", &[]);
+    let status = call_stream(&running.channel, Some(&reader))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "the caller lacks scope echo.write");
+    assert_eq!(
+        running.script.calls(),
+        0,
+        "a refused call reached the handler"
+    );
+
+    // With the scope the call reaches the handler (which streams nothing here).
+    let writer = token("echo.write", &[]);
+    let status = call_stream(&running.channel, Some(&writer))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unimplemented, "no stream")
+    );
+    assert_eq!(running.script.calls(), 1);
+
+    // The public method takes a call without a token.
+    assert_eq!(call(&running.channel, None).await.unwrap().msg, "hello");
 }

@@ -4,6 +4,7 @@
 
 pub mod foreign_certs;
 pub mod process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -315,6 +315,21 @@ impl GovernorClient<::tai_runtime::Channel> {
     /// The policy compiled into this client, for building a channel
     /// before the client (its `balancer`, say).
     pub const SERVICE_POLICY: &'static ::tai_runtime::policy::ServicePolicy = &__TAI_SERVICE_GOVERNOR;
+    /// Who may call each method of `tai.v1.Governor`, as the `auth(..)` of the trait and its methods declare; a method with no rule follows the server's default. A server enforces it when it serves the trait's implementation with `Server::builder().add_service_with_rules(service, GovernorClient::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
+        "tai.v1.Governor",
+        &[
+            ::tai_runtime::policy::MethodAccess::new("/tai.v1.Governor/ProposePolicy")
+                .with_rule(
+                    ::tai_runtime::policy::AccessRule::scopes(&["policies.write"])
+                        .with_roles(&["admin"]),
+                ),
+            ::tai_runtime::policy::MethodAccess::new("/tai.v1.Governor/WatchPolicies")
+                .with_rule(::tai_runtime::policy::AccessRule::PUBLIC),
+            ::tai_runtime::policy::MethodAccess::new("/tai.v1.Governor/Upload")
+                .with_rule(::tai_runtime::policy::AccessRule::scopes(&["policies.read"])),
+        ],
+    );
     /// Connects to `dst` (e.g. `"http://127.0.0.1:50051"`) over a new
     /// `tai_runtime::Channel` (production preset, the service's balancer),
     /// and waits until the channel is ready.

@@ -126,9 +126,10 @@ impl MethodAccess {
     }
 }
 
-/// The access rules of one service, by method: tai-build writes one per service
-/// as `ACCESS_RULES` in the generated server module (`governor_server::ACCESS_RULES`),
-/// and [`Server::add_service_with_rules`](crate::server::Server::add_service_with_rules)
+/// The access rules of one service, by method: `#[resilient]` writes one per trait
+/// as `GovernorClient::ACCESS_RULES` (from its `auth(..)`), tai-build names it
+/// `governor_server::ACCESS_RULES` in the generated server module, and
+/// [`Server::add_service_with_rules`](crate::server::Server::add_service_with_rules)
 /// enforces it.
 ///
 /// ```

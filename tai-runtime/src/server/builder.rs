@@ -153,8 +153,9 @@ impl Server {
     }
 
     /// Serves a tonic service and enforces `rules`, the access rules its
-    /// `.proto` file declares (tai-build writes them as `ACCESS_RULES` in the
-    /// generated server module): a call without an identity to a method that
+    /// `.proto` file or `#[resilient]` trait declares (`#[resilient]` writes them
+    /// as `FooClient::ACCESS_RULES`, and tai-build names the same table
+    /// `foo_server::ACCESS_RULES` in the generated server module): a call without an identity to a method that
     /// needs one is refused as UNAUTHENTICATED, one whose identity lacks a
     /// listed scope or role as PERMISSION_DENIED naming them, before the
     /// handler runs. See [`AccessLayer`] for the audit events.

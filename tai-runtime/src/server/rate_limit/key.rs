@@ -1,10 +1,10 @@
 //! How the rate limit tells clients apart: a [`ClientKey`] per request.
 //!
 //! A key is a small value, not a string: an IPv4 address, an IPv6 /64 network, an
-//! id or an authenticated identity of at most [`MAX_KEY_LEN`] bytes, or "unknown". Peers choose the values that
-//! end up here, so keys are bounded in size, hashed with one short write (the
-//! table's hasher costs by the byte), and shown in refusals as a person would
-//! name them. Grouping IPv6 by /64 is why a key is not simply the peer's address:
+//! id or an authenticated identity of at most [`MAX_KEY_LEN`] bytes, or "unknown".
+//! Peers choose the values that end up here, so keys are bounded in size, hashed
+//! by kind and value (the table keeps only a keyed digest of them), and shown in
+//! refusals as a person would name them. Grouping IPv6 by /64 is why a key is not simply the peer's address:
 //! one host usually holds a whole /64 and could otherwise pick a fresh key per
 //! call.
 
@@ -90,16 +90,33 @@ impl ClientKey {
     }
 }
 
-/// One short write per key: the table's hasher (SipHash, keyed per process, since
-/// keys come from peers) costs by the byte.
+/// A kind byte, then the value in one write: the store hashes keys into the
+/// digests it keeps instead of them (`store.rs`), so keys of different kinds must
+/// never feed the hasher the same bytes (`id "a"` and `identity "a"` are two
+/// clients).
 impl Hash for ClientKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
-            Repr::Ip(IpAddr::V4(a)) => state.write_u64(1 << 32 | u64::from(a.to_bits())),
-            Repr::Ip(IpAddr::V6(a)) => state.write_u128(a.to_bits()),
-            Repr::Ipv6Net(a) => state.write_u64((a.to_bits() >> 64) as u64),
-            Repr::Id(id) => state.write(id),
-            Repr::Identity(id) => state.write(id.as_bytes()),
+            Repr::Ip(IpAddr::V4(a)) => {
+                state.write_u8(1);
+                state.write_u32(a.to_bits());
+            }
+            Repr::Ip(IpAddr::V6(a)) => {
+                state.write_u8(2);
+                state.write_u128(a.to_bits());
+            }
+            Repr::Ipv6Net(a) => {
+                state.write_u8(3);
+                state.write_u64((a.to_bits() >> 64) as u64);
+            }
+            Repr::Id(id) => {
+                state.write_u8(4);
+                state.write(id);
+            }
+            Repr::Identity(id) => {
+                state.write_u8(5);
+                state.write(id.as_bytes());
+            }
             Repr::Unknown => state.write_u8(0),
         }
     }

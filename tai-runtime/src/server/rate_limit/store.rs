@@ -8,8 +8,18 @@
 //! call sweep), and where a client that still does not fit is sent to one shared
 //! overflow bucket. Known clients keep their own buckets, so such a flood cannot
 //! take their share.
+//!
+//! An entry is 24 bytes, whatever the key: the table holds a [`Digest`] of the
+//! key (128 bits of SipHash under a secret seed drawn once per table) and GCRA's
+//! one word, the theoretical arrival time in nanoseconds since the limiter's
+//! start. Storing the keys themselves (up to [`MAX_KEY_LEN`](super::MAX_KEY_LEN)
+//! bytes each, on the heap) cost about 112 MiB per million clients; digests cost
+//! about 50. Two clients share a bucket only if their digests collide, which a
+//! peer cannot aim at without the seed, and which by chance is a 2^-89 event
+//! among a million clients.
 
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +32,8 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use super::key::ClientKey;
 use crate::sync::lock;
 
-/// Clients tracked by default, each with its own bucket (a few dozen bytes, plus
-/// the id for header keys).
+/// Clients tracked by default, each with its own bucket (about 50 bytes of table
+/// per client).
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 
 /// Bounds on how often a full table of clients is swept for stale ones.
@@ -36,7 +46,9 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// does; only new clients take `inserts`, which also serialises every insert and
 /// sweep, so `len` is exact and the table never exceeds `max`.
 struct StoreInner<C: Clock> {
-    map: DashMapStateStore<ClientKey>,
+    map: DashMapStateStore<Digest, BuildHasherDefault<DigestHasher>>,
+    /// The secret the table's digests are keyed with.
+    seed: RandomState,
     overflow: InMemoryState,
     max: usize,
     inserts: Mutex<Inserts>,
@@ -58,6 +70,7 @@ impl<C: Clock> StoreInner<C> {
         let t = quota.replenish_interval().max(Duration::from_nanos(1));
         Self {
             map: DashMapStateStore::default(),
+            seed: RandomState::new(),
             overflow: InMemoryState::default(),
             max,
             inserts: Mutex::new(Inserts {
@@ -73,24 +86,24 @@ impl<C: Clock> StoreInner<C> {
 
     #[cold]
     #[inline(never)]
-    fn measure_new<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
+    fn measure_new<T, F, E>(&self, key: Digest, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut inserts = lock(&self.inserts);
         // Another call may have inserted it since the lookup.
-        if !self.map.contains_key(key) {
+        if !self.map.contains_key(&key) {
             if inserts.len >= self.max {
                 self.sweep_if_due(&mut inserts);
             }
             if inserts.len >= self.max {
                 return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
             }
-            self.map.insert(key.clone(), InMemoryState::default());
+            self.map.insert(key, InMemoryState::default());
             inserts.len += 1;
         }
         // Measured under the lock: no sweep can drop the new entry meanwhile.
-        match self.map.get(key) {
+        match self.map.get(&key) {
             Some(state) => state.measure_and_replace(&NotKeyed::NonKey, f),
             None => self.overflow.measure_and_replace(&NotKeyed::NonKey, f),
         }
@@ -125,6 +138,52 @@ impl<C: Clock> StoreInner<C> {
     }
 }
 
+/// What the table keeps of a client's key: 128 bits of SipHash keyed with the
+/// table's secret seed, as two halves of one key under two domain bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest(u64, u64);
+
+impl Digest {
+    fn of(key: &ClientKey, seed: &RandomState) -> Self {
+        let half = |domain: u8| {
+            let mut hasher = seed.build_hasher();
+            hasher.write_u8(domain);
+            key.hash(&mut hasher);
+            hasher.finish()
+        };
+        Self(half(1), half(2))
+    }
+}
+
+/// A digest is already a keyed hash: the table uses one half of it as is.
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// The table's hasher: passes a [`Digest`]'s half through.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, half: u64) {
+        self.0 = half;
+    }
+
+    /// Only [`Digest`]s are hashed here, through `write_u64`; this keeps any
+    /// other input well defined.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+}
+
 /// [`StoreInner`] behind an `Arc`, so the layer can ask it questions governor's
 /// `RateLimiter` does not pass on.
 pub(super) struct ClientStore<C: Clock>(Arc<StoreInner<C>>);
@@ -137,7 +196,7 @@ impl<C: Clock> ClientStore<C> {
 
     /// Whether `key` has a bucket of its own (rather than the shared overflow).
     pub(super) fn is_tracked(&self, key: &ClientKey) -> bool {
-        self.0.map.contains_key(key)
+        self.0.map.contains_key(&Digest::of(key, &self.0.seed))
     }
 }
 
@@ -163,7 +222,8 @@ impl<C: Clock> StateStore for ClientStore<C> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        if let Some(state) = self.0.map.get(key) {
+        let key = Digest::of(key, &self.0.seed);
+        if let Some(state) = self.0.map.get(&key) {
             return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
         self.0.measure_new(key, f)
@@ -187,5 +247,24 @@ impl<C: Clock> ShrinkableKeyedStateStore<ClientKey> for ClientStore<C> {
 
     fn is_empty(&self) -> bool {
         self.0.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys of different kinds with the same bytes are different clients, and a
+    /// digest depends on its table's seed (a peer cannot compute it).
+    #[test]
+    fn digests_tell_kinds_apart_and_depend_on_the_seed() {
+        let seed = RandomState::new();
+        let id = ClientKey::id(b"10.0.0.7").unwrap();
+        let identity = ClientKey::identity("10.0.0.7").unwrap();
+        let peer = ClientKey::peer("10.0.0.7".parse().unwrap());
+        let digests = [&id, &identity, &peer].map(|k| Digest::of(k, &seed));
+        assert!(digests[0] != digests[1] && digests[1] != digests[2] && digests[0] != digests[2]);
+        assert!(Digest::of(&id, &seed) == digests[0], "a digest is stable");
+        assert!(Digest::of(&id, &RandomState::new()) != digests[0]);
     }
 }

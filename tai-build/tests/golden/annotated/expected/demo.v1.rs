@@ -603,33 +603,8 @@ pub mod governor_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for GovernorServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-    /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
-        "demo.v1.Governor",
-        &[
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/ProposePolicy")
-                .with_rule(
-                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
-                ),
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/GetPolicy")
-                .with_rule(::tai_runtime::policy::AccessRule::PUBLIC),
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/ListPolicies")
-                .with_rule(
-                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
-                ),
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Revoke")
-                .with_rule(
-                    ::tai_runtime::policy::AccessRule::scopes(&["policies.write"])
-                        .with_roles(&["admin"]),
-                ),
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Audit")
-                .with_rule(
-                    ::tai_runtime::policy::AccessRule::scopes(&["policies.read"]),
-                ),
-            ::tai_runtime::policy::MethodAccess::new("/demo.v1.Governor/Sweep")
-                .with_rule(::tai_runtime::policy::AccessRule::scopes(&["policies.read"])),
-        ],
-    );
+    /// Who may call each method of `demo.v1.Governor`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., governor_server::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = super::governor_client::GovernorClient::ACCESS_RULES;
 }
 /// Generated client of `demo.v1.Ledger`.
 ///
@@ -857,9 +832,6 @@ pub mod ledger_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for LedgerServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-    /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
-        "demo.v1.Ledger",
-        &[::tai_runtime::policy::MethodAccess::new("/demo.v1.Ledger/Record")],
-    );
+    /// Who may call each method of `demo.v1.Ledger`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ledger_server::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = super::ledger_client::LedgerClient::ACCESS_RULES;
 }

@@ -459,14 +459,6 @@ pub mod clock_server {
     impl<T> ::tai_runtime::__private::tonic::server::NamedService for ClockServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-    /// Who may call each method of `Clock`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., ACCESS_RULES)`.
-    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = ::tai_runtime::policy::AccessTable::new(
-        "Clock",
-        &[
-            ::tai_runtime::policy::MethodAccess::new("/Clock/Now"),
-            ::tai_runtime::policy::MethodAccess::new("/Clock/Watch"),
-            ::tai_runtime::policy::MethodAccess::new("/Clock/Upload"),
-            ::tai_runtime::policy::MethodAccess::new("/Clock/Sync"),
-        ],
-    );
+    /// Who may call each method of `Clock`, as its `.proto` file declares (`option (tai.v1.method).auth`); a method with no rule follows the server's default. Serve it with `Server::builder().add_service_with_rules(.., clock_server::ACCESS_RULES)`.
+    pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = super::clock_client::ClockClient::ACCESS_RULES;
 }
