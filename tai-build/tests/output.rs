@@ -159,9 +159,8 @@ fn server_and_client_knobs() {
     assert!(
         code.contains(
             "pub const ACCESS_RULES: ::tai_runtime::policy::AccessTable = \
-             ::tai_runtime::policy::AccessTable { service: \"shop.v1.Orders\", methods: &[ \
-             ::tai_runtime::policy::MethodAccess { path: \"/shop.v1.Orders/Place\", \
-             rule: ::core::option::Option::None, }, ], };"
+             ::tai_runtime::policy::AccessTable::new( \"shop.v1.Orders\", \
+             &[::tai_runtime::policy::MethodAccess::new(\"/shop.v1.Orders/Place\")], );"
         ),
         "{code}"
     );
