@@ -111,9 +111,9 @@ macro_rules! include_descriptor_set {
 /// public API: it changes with the macro.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::client::core::{
-        ClientCore, RequestMessage, ResponseMessage, Transport, connect, connect_lazy,
-    };
+    pub use crate::client::connect::{connect, connect_lazy};
+    pub use crate::client::contract::{RequestMessage, ResponseMessage, Transport};
+    pub use crate::client::core::ClientCore;
     pub use crate::client::forward::into_inner;
     pub use crate::client::state::ClientState;
     pub use prost;

@@ -79,7 +79,7 @@ pub(super) fn connection_status(address: &str, error: hyper::Error) -> Status {
     }
 }
 
-/// The response body of a call on a [`Channel`]: tracks the call until it ends and
+/// The response body of a call on a [`Channel`](super::Channel): tracks the call until it ends and
 /// reads its final status for the endpoint's health.
 pub struct ResponseBody {
     pub(super) inner: Incoming,

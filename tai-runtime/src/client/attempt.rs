@@ -29,8 +29,10 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use super::breaker::{Permit, Rejected};
-use super::core::{ClientCore, Compression, Exchange, MessageLimits, Transport};
+use super::contract::Transport;
+use super::core::{ClientCore, Exchange};
 use super::deadline::{self, CallDeadline};
+use super::options::{Compression, MessageLimits};
 use super::state::ClientState;
 use super::stream::{RequestStream, ResponseStream, StreamOutcome};
 use super::timer::{DeadlineTimer, Registration};

@@ -12,139 +12,26 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use tokio::time::Instant;
-use tonic::client::GrpcService;
-use tonic::codec::{Codec, CompressionEncoding, Streaming};
+use tonic::codec::{Codec, Streaming};
 use tonic::metadata::MetadataMap;
-use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use super::attempt::{Answering, Failure, Head, open_stream, read_unary, send_one, send_stream};
 use super::codec::{SharedCodec, SharedRequest};
+use super::contract::{RequestMessage, ResponseMessage, Transport};
 use super::deadline::{self, CallDeadline};
 use super::observed::Observed;
+use super::options::{Compression, MessageLimits, SharedInterceptor};
 use super::state::{ClientState, EffectivePolicy};
 use super::stream::{RequestStream, ResponseStream};
 use crate::policy::MethodPolicy;
 use crate::wire;
-
-use crate::BoxError;
-
-/// Anything a tai client can send calls over: a tonic `Channel`, or any tower
-/// service speaking gRPC over HTTP/2 (with layers of your own around it).
-pub trait Transport:
-    GrpcService<
-        tonic::body::Body,
-        Error: Into<BoxError>,
-        ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-        Future: Send,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> Transport for T where
-    T: GrpcService<
-            tonic::body::Body,
-            Error: Into<BoxError>,
-            ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-            Future: Send,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// A message a tai client can send. Every prost message qualifies; the check exists
-/// so that a type that does not gets an error at the user's type, not deep inside
-/// an expansion.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be sent by a tai client",
-    label = "this request type must be a prost message that is Send + Sync + 'static",
-    note = "derive it with `#[derive(Clone, PartialEq, prost::Message)]`, or generate it with tai-build"
-)]
-pub trait RequestMessage: prost::Message + Send + Sync + 'static {}
-
-impl<T: prost::Message + Send + Sync + 'static> RequestMessage for T {}
-
-/// A response message a tai client can receive.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be received by a tai client",
-    label = "this response type must be a prost message that is Default + Send + Sync + 'static",
-    note = "derive it with `#[derive(Clone, PartialEq, prost::Message)]`, or generate it with tai-build"
-)]
-pub trait ResponseMessage: prost::Message + Default + Send + Sync + 'static {}
-
-impl<T: prost::Message + Default + Send + Sync + 'static> ResponseMessage for T {}
-
-/// Largest messages sent and accepted: explicit, never unlimited (tonic's own
-/// default sends messages of any size).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct MessageLimits {
-    pub(super) send: usize,
-    pub(super) receive: usize,
-}
-
-impl MessageLimits {
-    pub(super) const DEFAULT: MessageLimits = MessageLimits {
-        send: 4 << 20,
-        receive: 4 << 20,
-    };
-}
-
-impl MessageLimits {
-    /// Refuses a request larger than the send limit before anything is sent, with
-    /// RESOURCE_EXHAUSTED as gRPC specifies (a body error mid-send would reach the
-    /// caller as an opaque HTTP/2 reset).
-    pub(super) fn check_send<M: prost::Message>(
-        &self,
-        message: &M,
-        path: &str,
-    ) -> Result<(), Status> {
-        let size = message.encoded_len();
-        if size > self.send {
-            return Err(Status::resource_exhausted(format!(
-                "{path}: request of {size} bytes is larger than the {} byte send limit",
-                self.send
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// How a client compresses what it sends and which compressions it accepts, as
-/// tonic's `send_compressed` / `accept_compressed` set them.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Compression {
-    pub(super) send: Option<CompressionEncoding>,
-    /// gzip and zstd: at most two encodings to accept.
-    pub(super) accept: [Option<CompressionEncoding>; 2],
-}
-
-impl Compression {
-    fn accept(&mut self, encoding: CompressionEncoding) {
-        if self.accept.contains(&Some(encoding)) {
-            return;
-        }
-        if let Some(slot) = self.accept.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(encoding);
-        }
-    }
-}
-
-/// A client's interceptor, shared by its clones (tonic's `Interceptor` takes
-/// `&mut self`, so the calls of all clones take turns; an interceptor runs for
-/// microseconds, before anything is sent).
-pub(super) type SharedInterceptor = Arc<Mutex<dyn Interceptor + Send>>;
 
 /// The engine behind one generated client: the transport, the shared state, and
 /// the client's own options (message limits, compression, interceptor).
@@ -266,37 +153,6 @@ impl<T: Transport> ClientCore<T> {
             compression: Compression::default(),
             interceptor: None,
         }
-    }
-
-    /// Runs `interceptor` on every attempt of every call, after the attempt's
-    /// metadata is written and before it is sent (tonic's `with_interceptor`).
-    /// It may add metadata and extensions, or refuse the attempt with a status:
-    /// the call then ends with that status, is not retried, and costs no breaker
-    /// failure (nothing was sent).
-    pub fn set_interceptor(&mut self, interceptor: impl Interceptor + Send + 'static) {
-        self.interceptor = Some(Arc::new(Mutex::new(interceptor)));
-    }
-
-    /// Compresses requests with `encoding` (tonic's `send_compressed`).
-    pub fn send_compressed(&mut self, encoding: CompressionEncoding) {
-        self.compression.send = Some(encoding);
-    }
-
-    /// Accepts responses compressed with `encoding` (tonic's
-    /// `accept_compressed`); may be called for gzip and for zstd.
-    pub fn accept_compressed(&mut self, encoding: CompressionEncoding) {
-        self.compression.accept(encoding);
-    }
-
-    /// The largest response message accepted (tonic's
-    /// `max_decoding_message_size`).
-    pub fn max_decoding_message_size(&mut self, limit: usize) {
-        self.limits.receive = limit;
-    }
-
-    /// The largest request message sent (tonic's `max_encoding_message_size`).
-    pub fn max_encoding_message_size(&mut self, limit: usize) {
-        self.limits.send = limit;
     }
 
     /// The shared run-time state.
@@ -620,41 +476,4 @@ fn boxed_stream<Req>(
     requests
         .into_streaming_request()
         .map(|s| Box::pin(s) as RequestStream<Req>)
-}
-
-/// Builds a channel to `dst` for the generated `connect`: the production preset
-/// with the service's balancer. With `wait`, returns once the channel is ready,
-/// or fails after the connect timeout with the address and why (tonic's
-/// `connect`); without, returns at once (tonic's `connect_lazy`), and the first
-/// call waits for the connection.
-pub async fn connect(
-    dst: String,
-    policy: &'static crate::policy::ServicePolicy,
-) -> Result<crate::Channel, crate::ConnectError> {
-    let channel = connect_lazy(dst.clone(), policy)?;
-    let timeout = channel.config().connection.connect_timeout;
-    if channel.ready(timeout).await {
-        return Ok(channel);
-    }
-    Err(crate::ConnectError::new(
-        &dst,
-        format!(
-            "not ready after the connect timeout ({timeout:?}): {}",
-            channel.unready_reason()
-        ),
-    ))
-}
-
-/// Builds a channel to `dst` without waiting for it (see [`connect`]).
-pub fn connect_lazy(
-    dst: String,
-    policy: &'static crate::policy::ServicePolicy,
-) -> Result<crate::Channel, crate::ConnectError> {
-    let mut config = crate::config::ClientConfig::default();
-    if let Some(balancer) = policy.balancer {
-        config.balancer = balancer;
-    }
-    crate::Channel::builder(crate::channel::Endpoints::one(dst))
-        .config(config)
-        .build()
 }

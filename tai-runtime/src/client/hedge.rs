@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::attempt::{Answering, Failure};
-use super::core::{ClientCore, Transport};
+use super::contract::Transport;
+use super::core::ClientCore;
 use super::deadline::{self, CallDeadline};
 use super::retry::MAX_ATTEMPTS;
 use super::throttle::RetryThrottle;

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::attempt::Failure;
-use super::core::{ClientCore, Transport};
+use super::contract::Transport;
+use super::core::ClientCore;
 use super::deadline::{self, CallDeadline};
 use super::throttle::RetryThrottle;
 use crate::metrics::RetryStop;

@@ -18,7 +18,8 @@ use tonic::codec::Streaming;
 use tonic::{Request, Response, Status};
 
 use super::attempt::Head;
-use super::core::{ClientCore, RequestMessage, ResponseMessage, Transport};
+use super::contract::{RequestMessage, ResponseMessage, Transport};
+use super::core::ClientCore;
 
 impl<T: Transport> ClientCore<T> {
     /// A single-request call of a method compiled without retry or hedging: one
