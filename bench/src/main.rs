@@ -134,7 +134,7 @@ enum Cmd {
     Count {
         /// A variant of the harness (`--variants`).
         variant: String,
-        /// Calls to make (after 1000 of warm-up).
+        /// Calls to make (after 1000 of warm-up; 20 for streams).
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
         /// Calls in flight.
@@ -143,6 +143,10 @@ enum Cmd {
         /// Send the nested ~200-byte message instead of the 100-byte payload.
         #[arg(long)]
         nested: bool,
+        /// Make server-streaming calls of 1000 × 100-byte messages instead (each
+        /// stream counts as one call; the `stream` scenario runs 4 at once).
+        #[arg(long, conflicts_with = "nested")]
+        stream: bool,
     },
 }
 
@@ -176,7 +180,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             calls,
             concurrency,
             nested,
-        }) => return count(variant, calls, concurrency, nested, args.threads),
+            stream,
+        }) => {
+            let op = match (nested, stream) {
+                (true, _) => Op::nested(),
+                (_, true) => Op::stream(1000, 100),
+                _ => Op::echo(100),
+            };
+            return count(variant, calls, concurrency, op, args.threads);
+        }
         None => {}
     }
     let plan = Plan::from_args(&args)?;
@@ -200,7 +212,7 @@ fn count(
     variant: &str,
     calls: u64,
     concurrency: u64,
-    nested: bool,
+    op: Op,
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let variant =
@@ -210,7 +222,6 @@ fn count(
     let servers = Servers::start(&[variant], threads, two_cores)?;
     runtime(threads)?.block_on(async {
         let client = make_client(variant, &servers).await?;
-        let op = if nested { Op::nested() } else { Op::echo(100) };
         let run = |n: u64| {
             let tasks: Vec<_> = (0..concurrency)
                 .map(|i| {
@@ -231,7 +242,13 @@ fn count(
                 Ok::<_, Box<dyn std::error::Error>>(())
             }
         };
-        run(1000).await?;
+        // Warm-up: connections, buffers, metric handles (a stream is 1000 messages).
+        let warmup = if matches!(op, Op::Stream(_)) {
+            20
+        } else {
+            1000
+        };
+        run(warmup).await?;
         let start = Instant::now();
         run(calls).await?;
         println!(
