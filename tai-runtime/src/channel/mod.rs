@@ -34,6 +34,7 @@
 
 mod balance;
 mod builder;
+mod coalesce;
 #[cfg(feature = "bench")]
 pub(crate) use balance::bench as balance_bench;
 mod connection;
@@ -42,6 +43,7 @@ mod connector;
 mod discovery;
 mod endpoint;
 mod endpoint_set;
+mod first_frame;
 mod health;
 mod response;
 mod rng;
