@@ -42,12 +42,7 @@ fn main() {
     assert_eq!(RULES.rule("/demo.v1.Kv/Get"), Some(AccessRule::scopes(&["kv.read"])));
     assert_eq!(
         RULES.rule("/demo.v1.Kv/Put"),
-        Some(AccessRule {
-            required: true,
-            public: false,
-            scopes: &["kv.write"],
-            roles: &["admin"],
-        })
+        Some(AccessRule::scopes(&["kv.write"]).with_roles(&["admin"]))
     );
     assert_eq!(RULES.rule("/demo.v1.Kv/Ping"), Some(AccessRule::PUBLIC));
     assert_eq!(OpenClient::ACCESS_RULES.rule("/demo.v1.Open/Echo"), None);
