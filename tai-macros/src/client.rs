@@ -72,8 +72,9 @@ impl Client<'_> {
             unless(
                 "new",
                 quote! {
-                    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
-                    /// or any tower service that speaks gRPC.
+                    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`,
+                    /// a tonic `Channel`, or any tower service that speaks gRPC wrapped in
+                    /// `tai_runtime::Tower`.
                     pub fn new(transport: #t) -> Self {
                         <Self as ::core::convert::From<#t>>::from(transport)
                     }

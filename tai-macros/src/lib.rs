@@ -155,7 +155,8 @@
 //!   visibility, documented with each method's resolved policy. Cloning it is cheap;
 //!   clones share breakers and the throttle.
 //! - `GovernorClient::connect(address)` (with the default channel), `new(transport)`
-//!   and `From<T>` for any `T` that is a gRPC transport (a tower service). An RPC
+//!   and `From<T>` for any `T: tai_runtime::Transport` (a tai or tonic `Channel`, or
+//!   any tower service speaking gRPC wrapped in `tai_runtime::Tower`). An RPC
 //!   named `new` or `connect` takes precedence over the constructor of that name;
 //!   `From` always works.
 //! - One inherent method per RPC, with the trait's name and request type, and `impl

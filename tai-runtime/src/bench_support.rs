@@ -137,6 +137,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for FakeTransport {
     }
 }
 
+impl crate::Transport for FakeTransport {}
+
 /// The future of a [`FakeTransport`] call.
 #[derive(Debug)]
 pub struct FakeCall {

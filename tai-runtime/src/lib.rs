@@ -63,6 +63,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use channel::{Channel, ConnectivityState, Endpoints};
 pub use client::breaker::{self, BreakerState, TripReason};
 pub use client::config::{ConfigError, ServiceConfig};
+pub use client::contract::{Tower, Transport};
 pub use client::layers;
 pub use client::state::{ClientState, EffectivePolicy, PolicyView, Resilient};
 pub use client::stats::{ClientStats, MethodStats};

@@ -674,6 +674,66 @@ async fn message_size_limits_apply_both_ways() {
         .into_inner();
 }
 
+/// A transport of the application's that wraps a tai `Channel` says so through
+/// `Transport::channel`, and its clients take the channel's limits; the same
+/// channel behind `Tower`, which names no channel, gets the 4 MiB defaults.
+#[tokio::test(start_paused = true)]
+async fn a_transport_naming_its_channel_gets_the_channel_limits() {
+    #[derive(Clone)]
+    struct Wrapped(Channel);
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Wrapped {
+        type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
+        type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
+        type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            self.0.call(request)
+        }
+    }
+
+    impl tai_runtime::Transport for Wrapped {
+        fn channel(&self) -> Option<&Channel> {
+            Some(&self.0)
+        }
+    }
+
+    let net = Net::default();
+    let server = Script::unary(|_, req: Echo| async move { Ok(req) });
+    net.start("w:1", &server);
+    let mut config = test_config(BalancerKind::RoundRobin);
+    config.connection.max_send_message_size = 1000;
+    let ch = channel(&net, &["w:1"], config);
+    let policy = service(vec![unary_method()], None);
+
+    let wrapped = ClientCore::new(Wrapped(ch.clone()), policy);
+    let err = wrapped
+        .unary::<Echo, Echo>(0, echo(&"x".repeat(1200)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("1000 byte send limit"), "{err}");
+    assert_eq!(server.calls(), 0);
+    assert_eq!(wrapped.state().snapshot().endpoints.len(), 1);
+
+    let hidden = ClientCore::new(tai_runtime::Tower(ch), policy);
+    let reply = hidden
+        .unary::<Echo, Echo>(0, echo(&"x".repeat(1200)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.msg.len(), 1200);
+    assert_eq!(server.calls(), 1);
+    assert!(hidden.state().snapshot().endpoints.is_empty());
+}
+
 /// The generated `connect_lazy` (and so `connect`) builds its channel with the
 /// service's balancer.
 #[tokio::test]

@@ -152,8 +152,9 @@ pub struct GovernorClient<T = ::tai_runtime::Channel> {
 }
 #[allow(dead_code)]
 impl<T: ::tai_runtime::__private::Transport> GovernorClient<T> {
-    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`
-    /// or any tower service that speaks gRPC.
+    /// A client that sends its calls over `transport`: a `tai_runtime::Channel`,
+    /// a tonic `Channel`, or any tower service that speaks gRPC wrapped in
+    /// `tai_runtime::Tower`.
     pub fn new(transport: T) -> Self {
         <Self as ::core::convert::From<T>>::from(transport)
     }

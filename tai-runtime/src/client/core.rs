@@ -115,8 +115,9 @@ pub(super) struct Exchange<M, C, S> {
 
 impl<T: Transport> ClientCore<T> {
     /// A client core over `transport` running `policy`. Over a tai
-    /// [`Channel`](crate::Channel) the message size limits come from its
-    /// configuration; over any other transport they are 4 MiB each way.
+    /// [`Channel`](crate::Channel) (a transport whose [`Transport::channel`] names
+    /// one) the message size limits come from its configuration; over any other
+    /// transport they are 4 MiB each way.
     ///
     /// Over a tai `Channel` to named addresses, the breakers and the retry
     /// throttle are shared with every other client of `policy` to the same
@@ -134,12 +135,9 @@ impl<T: Transport> ClientCore<T> {
         policy: &'static crate::policy::ServicePolicy,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
-        // What only a tai `Channel` knows (its message limits, its target for
-        // sharing breakers, its endpoint statistics). A downcast, not a method of
-        // `Transport`: that trait is implemented for every `GrpcService` by one
-        // blanket impl (so any tower stack is a transport), and without
-        // specialization `Channel` could not override a default method under it.
-        let channel = (&transport as &dyn std::any::Any).downcast_ref::<crate::Channel>();
+        // What only a tai `Channel` knows: its message limits, its target (for
+        // sharing breakers), its endpoint statistics.
+        let channel = transport.channel();
         let limits = channel.map_or(MessageLimits::DEFAULT, |c| MessageLimits {
             send: c.config().connection.max_send_message_size,
             receive: c.config().connection.max_receive_message_size,
