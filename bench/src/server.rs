@@ -145,8 +145,13 @@ pub fn serve(
                 server.serve_with_incoming(listener, stop).await?;
             }
             ServerKind::Plain | ServerKind::Layers | ServerKind::TonicTls => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+                // As tonic's own `serve(addr)` accepts: with TCP_NODELAY. Its
+                // builder's `tcp_nodelay` is ignored by `serve_with_incoming*`, so a
+                // plain listener stream would leave Nagle's algorithm on, batching
+                // the server's writes as no tonic server a user starts does.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                let mut builder = tonic::transport::Server::builder();
                 if kind == ServerKind::TonicTls {
                     let dir = tls_dir()?;
                     let read = |file| std::fs::read(dir.join(file));
