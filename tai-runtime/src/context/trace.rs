@@ -109,12 +109,18 @@ impl TraceContext {
     /// digits is taken as the trace id; else a new trace starts here. Whatever
     /// `x-trace-id` came is kept and forwarded; nothing a peer sends is an error.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        // Looked up by `HeaderName`, not by `&str`: a string name is parsed and
+        // checked on every lookup, and every call a server takes comes here.
+        const X_TRACE_ID: http::HeaderName = http::HeaderName::from_static(crate::wire::X_TRACE_ID);
+        const TRACEPARENT: http::HeaderName =
+            http::HeaderName::from_static(crate::wire::TRACEPARENT);
+        const TRACESTATE: http::HeaderName = http::HeaderName::from_static(crate::wire::TRACESTATE);
         let legacy_id = headers
-            .get(crate::wire::X_TRACE_ID)
+            .get(X_TRACE_ID)
             .filter(|v| !v.is_empty() && v.len() <= MAX_LEGACY_ID)
             .cloned();
         if let Some((trace_id, parent_id, flags)) = headers
-            .get(crate::wire::TRACEPARENT)
+            .get(TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()))
         {
             return Self {
@@ -122,7 +128,7 @@ impl TraceContext {
                 parent_id: Some(parent_id),
                 flags,
                 tracestate: headers
-                    .get(crate::wire::TRACESTATE)
+                    .get(TRACESTATE)
                     .filter(|v| v.len() <= MAX_TRACESTATE)
                     .cloned(),
                 legacy_id,

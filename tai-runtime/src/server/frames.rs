@@ -80,17 +80,27 @@ impl Frames {
                 return None;
             }
             let start = (total - bytes.len()).saturating_sub(self.have);
-            let n = (self.shape.header_len - self.have).min(bytes.len());
-            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-            self.have += n;
-            bytes = &bytes[n..];
-            if self.have == self.shape.header_len {
-                self.have = 0;
-                let header = &self.header[..self.shape.header_len];
-                self.payload = (self.shape.payload_len)(header);
-                if !on_header(header) {
-                    return Some(start);
+            let len = self.shape.header_len;
+            let header = if self.have == 0 && bytes.len() >= len {
+                // The common case: the whole header is in this piece; read it
+                // in place rather than through the partial-header buffer.
+                let (header, rest) = bytes.split_at(len);
+                bytes = rest;
+                header
+            } else {
+                let n = (len - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have < len {
+                    return None;
                 }
+                self.have = 0;
+                &self.header[..len]
+            };
+            self.payload = (self.shape.payload_len)(header);
+            if !on_header(header) {
+                return Some(start);
             }
         }
     }
