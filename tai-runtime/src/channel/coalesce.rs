@@ -107,6 +107,12 @@ where
 {
     fn execute(&self, future: F) {
         let conn = Arc::clone(&self.0);
+        // Boxed: hyper hands every task of a connection over as one enum, as big
+        // as its largest variant (the whole HTTP/2 connection, kilobytes), and a
+        // request body's pipe is spawned per call. Unboxed, each spawn would copy
+        // those kilobytes several times over (into the task, into its cell): one
+        // allocation costs less.
+        let future = Box::pin(future);
         tokio::spawn(async move { coalesced(future, &conn).await });
     }
 }
