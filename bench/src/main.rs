@@ -82,8 +82,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Variants to run besides `raw`, comma-separated [default: all]:
-    /// raw+deadline, tai, tai/tonic-channel, tonic+resilience, tai-server,
-    /// tai-server-builder, tonic-tls, tai-server-tls, raw(A/A).
+    /// raw+deadline, tai, tai/tonic-channel, tonic+resilience, tonic-server,
+    /// tai-server, tai-server-builder, tonic-tls, tai-server-tls, raw(A/A).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Requests per second of the fixed-rate scenario [default: half of raw's
@@ -277,6 +277,7 @@ async fn make_client(
             deadline: None,
         },
         Variant::RawDeadline
+        | Variant::TonicServer
         | Variant::TaiServer
         | Variant::TaiServerBuilder
         | Variant::TonicTls
@@ -424,6 +425,7 @@ enum Variant {
     Tai,
     TaiTonicChannel,
     TonicResilience,
+    TonicServer,
     TaiServer,
     TaiServerBuilder,
     TonicTls,
@@ -432,12 +434,13 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 10] = [
+    const ALL: [Variant; 11] = [
         Variant::Raw,
         Variant::RawDeadline,
         Variant::Tai,
         Variant::TaiTonicChannel,
         Variant::TonicResilience,
+        Variant::TonicServer,
         Variant::TaiServer,
         Variant::TaiServerBuilder,
         Variant::TonicTls,
@@ -452,6 +455,7 @@ impl Variant {
             Variant::Tai => "tai",
             Variant::TaiTonicChannel => "tai/tonic-channel",
             Variant::TonicResilience => "tonic+resilience",
+            Variant::TonicServer => "tonic-server",
             Variant::TaiServer => "tai-server",
             Variant::TaiServerBuilder => "tai-server-builder",
             Variant::TonicTls => "tonic-tls",
@@ -463,6 +467,7 @@ impl Variant {
     /// The server this variant calls.
     fn server(self) -> ServerKind {
         match self {
+            Variant::TonicServer => ServerKind::Tonic,
             Variant::TaiServer => ServerKind::Layers,
             Variant::TaiServerBuilder => ServerKind::Builder,
             Variant::TonicTls => ServerKind::TonicTls,
@@ -485,6 +490,9 @@ impl Variant {
             Variant::TaiTonicChannel => "tai's generated client on a tonic Channel",
             Variant::TonicResilience => {
                 "tonic's generated client behind tower-resilience: circuit breaker, retry on UNAVAILABLE, 5 s time limit"
+            }
+            Variant::TonicServer => {
+                "raw+deadline client; tonic server accepting with TCP_NODELAY, as serve(addr) does: the server variants' baseline"
             }
             Variant::TaiServer => {
                 "raw+deadline client; tonic server with tai's layers: ServerLayer (deadline + metrics) and per-client rate limiting"
@@ -1131,8 +1139,8 @@ const PAIRS: [(Variant, Variant, &str); 6] = [
     ),
     (
         Variant::TaiServerBuilder,
-        Variant::RawDeadline,
-        "tai-server-builder/raw+deadline",
+        Variant::TonicServer,
+        "tai-server-builder/tonic-server",
     ),
     (
         Variant::TaiServerTls,
@@ -1141,8 +1149,8 @@ const PAIRS: [(Variant, Variant, &str); 6] = [
     ),
     (
         Variant::TaiServer,
-        Variant::RawDeadline,
-        "tai-server/raw+deadline",
+        Variant::TonicServer,
+        "tai-server/tonic-server",
     ),
     (
         Variant::Tai,
@@ -1242,10 +1250,10 @@ fn print_report(results: &[ScenarioResult], machine: &Value, plan: &Plan) {
             }
         }
         for (tai, tonic, what) in [
-            (Variant::TaiServer, Variant::RawDeadline, "server layers"),
+            (Variant::TaiServer, Variant::TonicServer, "server layers"),
             (
                 Variant::TaiServerBuilder,
-                Variant::RawDeadline,
+                Variant::TonicServer,
                 "server builder",
             ),
             (

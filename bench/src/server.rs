@@ -28,8 +28,15 @@ const UNREACHED: Quota = Quota::per_second(std::num::NonZeroU32::new(100_000_000
 /// How a server process hosts the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ServerKind {
-    /// tonic's `Server`, nothing added: what `raw` calls.
+    /// tonic's `Server`, nothing added, started as the harness always started it
+    /// for the client variants: `serve_with_incoming` over a plain listener, which
+    /// leaves Nagle's algorithm on (tonic ignores its `tcp_nodelay` there). Its
+    /// writes are batched, so at concurrency 64 it stays ahead of every client
+    /// and the client comparisons measure the clients.
     Plain,
+    /// tonic's `Server`, nothing added, accepting with TCP_NODELAY as tonic's own
+    /// `serve(addr)` does: the baseline of the server variants.
+    Tonic,
     /// tonic's `Server` with tai's layers: [`ServerLayer`] (deadline, metrics)
     /// and a per-client [`RateLimitLayer`].
     Layers,
@@ -47,8 +54,9 @@ pub enum ServerKind {
 
 impl ServerKind {
     /// Every kind, in the order the harness starts them.
-    pub const ALL: [ServerKind; 5] = [
+    pub const ALL: [ServerKind; 6] = [
         ServerKind::Plain,
+        ServerKind::Tonic,
         ServerKind::Layers,
         ServerKind::Builder,
         ServerKind::TonicTls,
@@ -59,6 +67,7 @@ impl ServerKind {
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::Plain => "plain",
+            ServerKind::Tonic => "tonic",
             ServerKind::Layers => "layers",
             ServerKind::Builder => "builder",
             ServerKind::TonicTls => "tonic-tls",
@@ -144,13 +153,13 @@ pub fn serve(
                 }
                 server.serve_with_incoming(listener, stop).await?;
             }
-            ServerKind::Plain | ServerKind::Layers | ServerKind::TonicTls => {
-                // As tonic's own `serve(addr)` accepts: with TCP_NODELAY. Its
-                // builder's `tcp_nodelay` is ignored by `serve_with_incoming*`, so a
-                // plain listener stream would leave Nagle's algorithm on, batching
-                // the server's writes as no tonic server a user starts does.
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            ServerKind::Plain | ServerKind::Tonic | ServerKind::Layers | ServerKind::TonicTls => {
+                // The servers compared with tai's accept as tonic's own
+                // `serve(addr)` does: with TCP_NODELAY, as tai's builder does. (Its
+                // builder's `tcp_nodelay` is ignored by `serve_with_incoming*`.)
+                let nodelay = kind != ServerKind::Plain;
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(nodelay));
                 let mut builder = tonic::transport::Server::builder();
                 if kind == ServerKind::TonicTls {
                     let dir = tls_dir()?;

@@ -24,7 +24,7 @@ fn quick_run_writes_the_documented_json() {
             "--rate",
             "400",
             "--variants",
-            "tai,raw+deadline,tonic+resilience,tai-server-builder,tonic-tls,tai-server-tls",
+            "tai,raw+deadline,tonic+resilience,tonic-server,tai-server-builder,tonic-tls,tai-server-tls",
             "--no-pin",
             "--json",
         ])
@@ -43,6 +43,7 @@ fn quick_run_writes_the_documented_json() {
         "raw+deadline",
         "tai",
         "tonic+resilience",
+        "tonic-server",
         "tai-server-builder",
         "tonic-tls",
         "tai-server-tls",
@@ -60,7 +61,7 @@ fn quick_run_writes_the_documented_json() {
         "raw+deadline/raw",
         "tai/raw+deadline",
         "tai/tonic+resilience",
-        "tai-server-builder/raw+deadline",
+        "tai-server-builder/tonic-server",
         "tai-server-tls/tonic-tls",
     ] {
         assert!(
