@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -169,7 +169,7 @@ impl Server {
                 response: Limit::response(self.max_send),
             }),
             http2: {
-                let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let mut http2 = hyper::server::conn::http2::Builder::new(BoxingExecutor);
                 http2
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(self.max_concurrent_streams);
@@ -273,6 +273,23 @@ impl Server {
     }
 }
 
+/// hyper's executor for a connection's streams: tokio's, each stream's task
+/// boxed. hyper spawns one task per call, holding the call's whole future (the
+/// layers', the handler's); boxed, spawning moves a pointer, not the future,
+/// through tokio's spawn path.
+#[derive(Clone, Copy, Debug)]
+struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
+
 /// The routes, behind tai's server layer or not.
 type Inner = Either<ServerService<Routed>, Routed>;
 
@@ -280,7 +297,7 @@ type Inner = Either<ServerService<Routed>, Routed>;
 struct Connections {
     inner: Inner,
     calls: Arc<Calls>,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<BoxingExecutor>,
     keepalive: Option<KeepalivePolicy>,
     acceptor: Arc<dyn DynAccept>,
 }
