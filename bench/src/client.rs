@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tonic::{Request, Status};
 
 use crate::pb::{Item, Nested, Payload, StreamRequest};
@@ -199,8 +198,9 @@ async fn tai_run<T: tai_runtime::__private::Transport>(
         Op::Stream(m) => {
             let mut stream = client.stream(*m).await?.into_inner();
             let mut n = 0;
-            while let Some(message) = stream.next().await {
-                std::hint::black_box(message?);
+            // The same call site as raw's: `message()`, as a tonic user reads.
+            while let Some(message) = stream.message().await? {
+                std::hint::black_box(message);
                 n += 1;
             }
             Ok(n)

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use support::raw_h2::{Answer, H2Server};
-use support::{Echo, Script, echo, service, unary_method};
+use support::{Echo, Script, echo, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{CodeSet, RetryPolicy, ThrottlePolicy};
 use tokio::time::Instant;
@@ -275,4 +275,59 @@ async fn tonics_own_timer_firing_first_is_deadline_exceeded() {
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let err = core.unary::<Echo, Echo>(0, echo("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+}
+
+/// A server stream ends with the call's deadline even when the server keeps it
+/// open: the client, waiting for the next message, gets DEADLINE_EXCEEDED at
+/// the deadline, then the end of the stream.
+#[tokio::test(start_paused = true)]
+async fn a_stream_held_open_ends_at_the_deadline() {
+    let script = Script::streaming_held_open(|_| async { Ok(vec![Ok(echo("first"))]) });
+    let policy = stream_method().with_timeout(Duration::from_millis(300));
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let start = Instant::now();
+    let mut stream = core
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    assert!(stream.message().await.unwrap().is_none());
+}
+
+/// A server that keeps messages coming without pause cannot outrun the
+/// deadline: the messages already there are read at most 32 past it (the
+/// deadline is looked at before every 32nd message that needed no wait), then
+/// DEADLINE_EXCEEDED ends the stream.
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_never_pauses_still_ends_at_the_deadline() {
+    let script = Script::streaming_held_open(|_| async {
+        Ok((0..1000).map(|i| Ok(echo(&i.to_string()))).collect())
+    });
+    let policy = stream_method().with_timeout(Duration::from_millis(300));
+    let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
+    let mut stream = core
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "0");
+    tokio::time::advance(Duration::from_millis(301)).await;
+    let mut past_the_deadline = 0;
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => past_the_deadline += 1,
+            Ok(None) => panic!("the stream ended without DEADLINE_EXCEEDED"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        past_the_deadline <= 32,
+        "{past_the_deadline} messages past the deadline"
+    );
+    assert!(stream.message().await.unwrap().is_none());
 }

@@ -32,7 +32,10 @@ pub type RequestStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 ///
 /// It ends with the call's deadline: once the deadline passes it yields one
 /// `DEADLINE_EXCEEDED` error and then ends, even if the server keeps the stream
-/// open. The deadline is one timer per stream, never a clock read per message.
+/// open. The deadline is one timer per stream, never a clock read per message;
+/// it is looked at whenever the stream would wait for the server, and before
+/// every 32nd message that was already there, so a server that keeps messages
+/// coming without pause cannot outrun it by more than 32 messages.
 ///
 /// The call's circuit breaker counts the stream's final status (an error in the
 /// middle of a stream is a failure, even though its headers were fine); a stream
@@ -40,6 +43,8 @@ pub type RequestStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 pub struct ResponseStream<T> {
     inner: Streaming<T>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Messages handed out since the deadline was last looked at.
+    unchecked: u32,
     method: &'static str,
     done: bool,
     /// Ended by the call's deadline, not by the server.
@@ -57,6 +62,7 @@ impl<T> ResponseStream<T> {
         Self {
             inner,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            unchecked: 0,
             method,
             done: false,
             expired: false,
@@ -82,8 +88,11 @@ impl<T> ResponseStream<T> {
     /// # Ok(()) }
     /// ```
     pub async fn message(&mut self) -> Result<Option<T>, Status> {
-        use futures_util::StreamExt;
-        self.next().await.transpose()
+        // Polled directly rather than through `StreamExt::next`, whose adapter
+        // is one more call per message.
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
     }
 
     /// The trailers the server ended the stream with, once it has ended; the
@@ -110,6 +119,34 @@ impl<T> ResponseStream<T> {
 
 impl<T> Unpin for ResponseStream<T> {}
 
+/// Messages a [`ResponseStream`] hands out, when the server had them there
+/// already, before it looks at the call's deadline again.
+///
+/// Polling the deadline's timer registers the task's waker with it: done per
+/// message, that was an eighth of the client's work per streamed message
+/// (callgrind: 172 of 1,200 instructions). A stream that has to wait for the
+/// server looks at it every time, so only a server keeping messages coming
+/// without pause is read up to this many messages past the deadline.
+pub(crate) const DEADLINE_CHECK_INTERVAL: u32 = 32;
+
+impl<T> ResponseStream<T> {
+    /// Whether the call's deadline has passed (and, when it has not, its timer
+    /// will wake this task when it does).
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.unchecked = 0;
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+    }
+
+    /// Ends the stream at its deadline.
+    fn expire(&mut self) -> Poll<Option<Result<T, Status>>> {
+        self.expired = true;
+        self.finish(Code::DeadlineExceeded);
+        Poll::Ready(Some(Err(crate::client::deadline::exceeded(self.method))))
+    }
+}
+
 impl<T> Stream for ResponseStream<T> {
     type Item = Result<T, Status>;
 
@@ -118,14 +155,22 @@ impl<T> Stream for ResponseStream<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            this.expired = true;
-            this.finish(Code::DeadlineExceeded);
-            return Poll::Ready(Some(Err(crate::client::deadline::exceeded(this.method))));
+        if this.unchecked >= DEADLINE_CHECK_INTERVAL && this.deadline_passed(cx) {
+            return this.expire();
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Pending => {
+                // About to wait for the server: the deadline's timer must be
+                // able to wake this task.
+                if this.deadline_passed(cx) {
+                    return this.expire();
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(message))) => {
+                this.unchecked += 1;
+                Poll::Ready(Some(Ok(message)))
+            }
             Poll::Ready(None) => {
                 // tonic ends the stream after OK trailers; any other status is an
                 // error item first.
@@ -136,7 +181,6 @@ impl<T> Stream for ResponseStream<T> {
                 this.finish(status.code());
                 Poll::Ready(Some(Err(status)))
             }
-            other => other,
         }
     }
 }

@@ -72,6 +72,9 @@ type StreamFn = dyn Fn(usize) -> BoxFut<Result<Vec<Result<Echo, Status>>, Status
 pub struct Script {
     unary: Arc<UnaryFn>,
     stream: Arc<StreamFn>,
+    /// Streams stay open after their scripted messages (a server that never ends
+    /// them).
+    hold_open: bool,
     calls: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -85,6 +88,7 @@ impl Script {
         Self {
             unary: Arc::new(move |i, e| Box::pin(f(i, e))),
             stream: Arc::new(|_| Box::pin(async { Err(Status::unimplemented("no stream")) })),
+            hold_open: false,
             calls: Arc::default(),
             seen: Arc::default(),
         }
@@ -98,6 +102,20 @@ impl Script {
         let mut s = Script::unary(|_, _| async { Err(Status::unimplemented("no unary")) });
         s.stream = Arc::new(move |i| Box::pin(f(i)));
         s
+    }
+
+    /// As [`streaming`](Self::streaming), but each stream stays open after its
+    /// messages, as a server that never ends it.
+    #[allow(dead_code)]
+    pub fn streaming_held_open<F, Fut>(f: F) -> Self
+    where
+        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<Echo, Status>>, Status>> + Send + 'static,
+    {
+        Self {
+            hold_open: true,
+            ..Self::streaming(f)
+        }
     }
 
     /// A server that answers its `i`-th call as `answer(i)` says (`None`: an
@@ -249,9 +267,17 @@ impl ServerStreamingService<Echo> for StreamCall {
     fn call(&mut self, request: Request<Echo>) -> Self::Future {
         let index = self.0.record(&request);
         let fut = (self.0.stream)(index);
+        let hold_open = self.0.hold_open;
         Box::pin(async move {
-            let items = fut.await?;
-            let s: EchoStream = Box::pin(futures_util::stream::iter(items));
+            let items = futures_util::stream::iter(fut.await?);
+            let s: EchoStream = if hold_open {
+                Box::pin(futures_util::StreamExt::chain(
+                    items,
+                    futures_util::stream::pending(),
+                ))
+            } else {
+                Box::pin(items)
+            };
             Ok(Response::new(s))
         })
     }
