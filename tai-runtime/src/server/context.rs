@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::context::{self, CallContext, DEFAULT_DEADLINE_MARGIN, Scoped, TraceContext};
-use crate::wire::GRPC_TIMEOUT;
 
 /// Runs every call's handler inside the call's [`CallContext`], so that the
 /// tai calls it makes carry the trace and end by the caller's deadline (see
@@ -63,18 +62,15 @@ impl ContextLayer {
         self
     }
 
-    /// The context of `request`, its deadline counted from `start()` (called
-    /// only if the caller sent `grpc-timeout`).
+    /// The context of `request`, whose `grpc-timeout` is `timeout`, its deadline
+    /// counted from `start()` (called only if there is one).
     pub(super) fn read<B>(
         &self,
         request: &http::Request<B>,
+        timeout: Option<Duration>,
         start: impl FnOnce() -> Instant,
     ) -> CallContext {
-        let deadline = request
-            .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| crate::wire::timeout::decode(v.as_bytes()))
-            .and_then(|timeout| start().checked_add(timeout));
+        let deadline = timeout.and_then(|timeout| start().checked_add(timeout));
         CallContext::new(TraceContext::from_headers(request.headers()), deadline)
             .with_margin(self.margin)
     }
@@ -111,7 +107,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let context = self.layer.read(&request, Instant::now);
+        let timeout = crate::wire::timeout::of(request.headers());
+        let context = self.layer.read(&request, timeout, Instant::now);
         serve(context, request, |request| self.inner.call(request))
     }
 }

@@ -39,7 +39,6 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::client::timer::{DeadlineTimer, Registration};
-use crate::wire::GRPC_TIMEOUT;
 
 /// How much earlier than the caller's deadline the server gives up.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
@@ -83,21 +82,20 @@ impl<S> Deadline<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
 {
-    /// Calls the service under the deadline `request` carries, counted from
-    /// `start()` (called only if there is one). [`ServerLayer`] passes the
-    /// instant its metrics read, so a call reads the clock once.
+    /// Calls the service under `timeout`, the deadline `request` carries (its
+    /// `grpc-timeout`), counted from `start()` (called only if there is one).
+    /// [`ServerLayer`] passes the timeout the call's context read and the
+    /// instant its metrics read, so a call decodes the header and reads the
+    /// clock once.
     ///
     /// [`ServerLayer`]: super::ServerLayer
     pub(super) fn call_from(
         &mut self,
         request: http::Request<tonic::body::Body>,
+        timeout: Option<Duration>,
         start: impl FnOnce() -> Instant,
     ) -> ResponseFuture<S::Future> {
-        let limit = request
-            .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| crate::wire::timeout::decode(v.as_bytes()))
-            .map(|timeout| Limit {
+        let limit = timeout.map(|timeout| Limit {
                 at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
                 timeout,
                 deadlines: Some(Arc::clone(&self.deadlines)),
@@ -125,7 +123,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        self.call_from(request, Instant::now)
+        let timeout = crate::wire::timeout::of(request.headers());
+        self.call_from(request, timeout, Instant::now)
     }
 }
 

@@ -135,9 +135,10 @@ where
             None => Recorder::Off,
         };
         let start = Instant::now();
-        let context = self.context.read(&request, || start);
+        let timeout = crate::wire::timeout::of(request.headers());
+        let context = self.context.read(&request, timeout, || start);
         let call = serve(context, request, |request| {
-            self.inner.call_from(request, || start)
+            self.inner.call_from(request, timeout, || start)
         });
         metrics::ResponseFuture::new(call, start, recorder)
     }

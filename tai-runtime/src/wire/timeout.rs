@@ -41,6 +41,14 @@ pub(crate) fn encode(left: Duration) -> Option<http::HeaderValue> {
     http::HeaderValue::from_bytes(&buf[at..]).ok()
 }
 
+/// The timeout a request's `grpc-timeout` header carries, if it carries a valid
+/// one.
+pub(crate) fn of(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(super::GRPC_TIMEOUT)
+        .and_then(|v| decode(v.as_bytes()))
+}
+
 /// Parses a `grpc-timeout` header value (`"100m"`, `"2S"`, ...): one to eight
 /// ASCII digits and a unit, as the gRPC HTTP/2 protocol spec writes it; anything
 /// else (a sign, a space, a ninth digit) is no timeout.

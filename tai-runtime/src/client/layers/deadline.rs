@@ -44,10 +44,7 @@ pub(crate) fn of<B>(request: &http::Request<B>) -> Option<Instant> {
     if let Some(CallDeadline(at)) = request.extensions().get() {
         return Some(*at);
     }
-    let own = request
-        .headers()
-        .get(wire::GRPC_TIMEOUT)
-        .and_then(|timeout| wire::timeout::decode(timeout.as_bytes()))
+    let own = wire::timeout::of(request.headers())
         .and_then(|timeout| Instant::now().checked_add(timeout));
     sooner(
         own,
@@ -145,10 +142,7 @@ where
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         crate::context::write_trace_http(request.headers_mut());
         // The caller's own timeout (tonic's `Request::set_timeout` writes it here).
-        let caller = request
-            .headers()
-            .get(wire::GRPC_TIMEOUT)
-            .and_then(|header| wire::timeout::decode(header.as_bytes()));
+        let caller = wire::timeout::of(request.headers());
         let timeout = match (caller, self.timeouts.get(request.uri().path())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
