@@ -96,13 +96,13 @@ where
         start: impl FnOnce() -> Instant,
     ) -> ResponseFuture<S::Future> {
         let limit = timeout.map(|timeout| Limit {
-                at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
-                timeout,
-                deadlines: Some(Arc::clone(&self.deadlines)),
-                timer: None,
-                // For the message. A `Uri` clone shares its bytes.
-                uri: request.uri().clone(),
-            });
+            at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
+            timeout,
+            deadlines: Some(Arc::clone(&self.deadlines)),
+            timer: None,
+            // For the message. A `Uri` clone shares its bytes.
+            uri: request.uri().clone(),
+        });
         ResponseFuture {
             call: self.inner.call(request),
             limit,
