@@ -195,11 +195,7 @@ fn failed<B>(failure: TransportFailure) -> http::Response<PeerBody<B>> {
     response
 }
 
-/// Maps with at most this many values are scanned rather than hashed into.
-const SCAN_LIMIT: usize = 8;
-
 /// What the screen reads of a head (headers or trailers).
-#[derive(Default)]
 struct Head {
     /// `grpc-status` is present (a trailers-only response, or trailers).
     status: bool,
@@ -211,30 +207,20 @@ struct Head {
 
 impl Head {
     fn scan(headers: &HeaderMap) -> Self {
-        let grpc = |v: &HeaderValue| v.as_bytes().starts_with(b"application/grpc");
-        if headers.len() > SCAN_LIMIT {
-            return Self {
-                status: headers.contains_key(wire::GRPC_STATUS),
-                grpc_content: headers.get(http::header::CONTENT_TYPE).is_some_and(grpc),
-                invalid_details: headers
-                    .get(wire::GRPC_STATUS_DETAILS)
-                    .is_some_and(invalid_details),
-            };
+        let [status, content_type, details] = wire::find(
+            headers,
+            [
+                &wire::GRPC_STATUS,
+                &http::header::CONTENT_TYPE,
+                &wire::GRPC_STATUS_DETAILS,
+            ],
+        );
+        Self {
+            status: status.is_some(),
+            grpc_content: content_type
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            invalid_details: details.is_some_and(invalid_details),
         }
-        let mut head = Self::default();
-        let (mut content_type, mut details) = (false, false);
-        for (name, value) in headers {
-            if name == http::header::CONTENT_TYPE {
-                if !std::mem::replace(&mut content_type, true) {
-                    head.grpc_content = grpc(value);
-                }
-            } else if name == wire::GRPC_STATUS {
-                head.status = true;
-            } else if name == wire::GRPC_STATUS_DETAILS && !std::mem::replace(&mut details, true) {
-                head.invalid_details = invalid_details(value);
-            }
-        }
-        head
     }
 }
 
@@ -374,7 +360,7 @@ mod tests {
 
     #[test]
     fn scanned_and_hashed_heads_read_the_same() {
-        for extra in [0, SCAN_LIMIT] {
+        for extra in [0, wire::SCAN_LIMIT] {
             let bad = Head::scan(&head(extra, "!!!"));
             assert!(
                 bad.status && bad.grpc_content && bad.invalid_details,

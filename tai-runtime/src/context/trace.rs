@@ -109,28 +109,35 @@ impl TraceContext {
     /// digits is taken as the trace id; else a new trace starts here. Whatever
     /// `x-trace-id` came is kept and forwarded; nothing a peer sends is an error.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
-        // Looked up by `HeaderName`, not by `&str`: a string name is parsed and
-        // checked on every lookup, and every call a server takes comes here.
-        const X_TRACE_ID: http::HeaderName = http::HeaderName::from_static(crate::wire::X_TRACE_ID);
-        const TRACEPARENT: http::HeaderName =
-            http::HeaderName::from_static(crate::wire::TRACEPARENT);
-        const TRACESTATE: http::HeaderName = http::HeaderName::from_static(crate::wire::TRACESTATE);
-        let legacy_id = headers
-            .get(X_TRACE_ID)
+        let [traceparent, tracestate, legacy_id] = crate::wire::find(
+            headers,
+            [
+                &crate::wire::TRACEPARENT_HEADER,
+                &crate::wire::TRACESTATE_HEADER,
+                &crate::wire::X_TRACE_ID_HEADER,
+            ],
+        );
+        Self::from_values(traceparent, tracestate, legacy_id)
+    }
+
+    /// The same, from the three headers' values (a server reads them in one
+    /// walk with the call's other headers).
+    pub(crate) fn from_values(
+        traceparent: Option<&HeaderValue>,
+        tracestate: Option<&HeaderValue>,
+        legacy_id: Option<&HeaderValue>,
+    ) -> Self {
+        let legacy_id = legacy_id
             .filter(|v| !v.is_empty() && v.len() <= MAX_LEGACY_ID)
             .cloned();
-        if let Some((trace_id, parent_id, flags)) = headers
-            .get(TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()))
+        if let Some((trace_id, parent_id, flags)) =
+            traceparent.and_then(|v| parse_traceparent(v.as_bytes()))
         {
             return Self {
                 trace_id,
                 parent_id: Some(parent_id),
                 flags,
-                tracestate: headers
-                    .get(TRACESTATE)
-                    .filter(|v| v.len() <= MAX_TRACESTATE)
-                    .cloned(),
+                tracestate: tracestate.filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
                 legacy_id,
             };
         }

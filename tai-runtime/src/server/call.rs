@@ -81,10 +81,6 @@ where
         };
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(self.info.tcp());
-        #[cfg(feature = "tls")]
-        if let Some(identity) = self.info.identity() {
-            parts.extensions.insert(identity.clone());
-        }
         parts.extensions.insert(self.info.clone());
         let body = Body::new(RequestBody::new(body, self.calls.request));
         let call =

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::context::{self, CallContext, DEFAULT_DEADLINE_MARGIN, Scoped, TraceContext};
+use crate::wire;
 
 /// Runs every call's handler inside the call's [`CallContext`], so that the
 /// tai calls it makes carry the trace and end by the caller's deadline (see
@@ -62,18 +63,34 @@ impl ContextLayer {
         self
     }
 
-    /// The context of `request`, whose `grpc-timeout` is `timeout`, its deadline
-    /// counted from `start()` (called only if there is one).
-    pub(super) fn read<B>(
+    /// The context of a call with `trace` whose `grpc-timeout` is `timeout`, its
+    /// deadline counted from `start()` (called only if there is one).
+    pub(super) fn at(
         &self,
-        request: &http::Request<B>,
+        trace: TraceContext,
         timeout: Option<Duration>,
         start: impl FnOnce() -> Instant,
     ) -> CallContext {
         let deadline = timeout.and_then(|timeout| start().checked_add(timeout));
-        CallContext::new(TraceContext::from_headers(request.headers()), deadline)
-            .with_margin(self.margin)
+        CallContext::new(trace, deadline).with_margin(self.margin)
     }
+}
+
+/// A call's `grpc-timeout` and trace, read in one walk over its headers.
+pub(super) fn read_headers(headers: &http::HeaderMap) -> (Option<Duration>, TraceContext) {
+    let [timeout, traceparent, tracestate, legacy_id] = wire::find(
+        headers,
+        [
+            &wire::GRPC_TIMEOUT,
+            &wire::TRACEPARENT_HEADER,
+            &wire::TRACESTATE_HEADER,
+            &wire::X_TRACE_ID_HEADER,
+        ],
+    );
+    (
+        timeout.and_then(|v| wire::timeout::decode(v.as_bytes())),
+        TraceContext::from_values(traceparent, tracestate, legacy_id),
+    )
 }
 
 impl<S> Layer<S> for ContextLayer {
@@ -107,8 +124,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let timeout = crate::wire::timeout::of(request.headers());
-        let context = self.layer.read(&request, timeout, Instant::now);
+        let (timeout, trace) = read_headers(request.headers());
+        let context = self.layer.at(trace, timeout, Instant::now);
         serve(context, request, |request| self.inner.call(request))
     }
 }

@@ -8,52 +8,70 @@
 //! copied. Pieces may split a header anywhere, so a partial header is kept (at
 //! most 9 bytes) until the rest comes.
 
-/// The shape of one kind of frame header.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Shape {
+/// The shape of one kind of frame header: a type, so that reading a header's
+/// length compiles to a few loads rather than a call through a pointer (every
+/// frame of every call passes here).
+pub(crate) trait Shape {
     /// Bytes in a header.
-    pub(crate) header_len: usize,
-    /// The payload length a header declares.
-    pub(crate) payload_len: fn(&[u8]) -> u64,
+    const HEADER_LEN: usize;
+    /// The payload length a header (`HEADER_LEN` bytes) declares.
+    fn payload_len(header: &[u8]) -> u64;
 }
 
 /// HTTP/2 (RFC 9113 §4.1): length (24 bits), type, flags, stream id.
-pub(crate) const HTTP2: Shape = Shape {
-    header_len: 9,
-    payload_len: |h| u64::from(u32::from_be_bytes([0, h[0], h[1], h[2]])),
-};
+#[derive(Debug)]
+pub(crate) struct Http2;
+
+impl Shape for Http2 {
+    const HEADER_LEN: usize = 9;
+    fn payload_len(h: &[u8]) -> u64 {
+        u64::from(u32::from_be_bytes([0, h[0], h[1], h[2]]))
+    }
+}
 
 /// A gRPC message on HTTP/2: compressed flag, length (32 bits).
-pub(crate) const GRPC: Shape = Shape {
-    header_len: 5,
-    payload_len: |h| u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]])),
-};
+#[derive(Debug)]
+pub(crate) struct Grpc;
+
+impl Shape for Grpc {
+    const HEADER_LEN: usize = 5;
+    fn payload_len(h: &[u8]) -> u64 {
+        u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]]))
+    }
+}
+
+/// Takes up to `available` bytes off `left`; answers how many.
+fn pass(left: &mut u64, available: usize) -> usize {
+    let passed = usize::try_from(*left).map_or(available, |left| left.min(available));
+    *left -= passed as u64;
+    passed
+}
 
 /// Where a stream of frames is: in a header, or in a payload.
 #[derive(Debug)]
-pub(crate) struct Frames {
-    shape: Shape,
+pub(crate) struct Frames<S> {
     /// Bytes to pass over before the first header (HTTP/2's client preface).
     skip: u64,
     header: [u8; 9],
     have: usize,
     /// Payload bytes of the current frame not seen yet.
     payload: u64,
+    shape: std::marker::PhantomData<S>,
 }
 
-impl Frames {
-    pub(crate) const fn new(shape: Shape) -> Self {
-        Self::after(shape, 0)
+impl<S: Shape> Frames<S> {
+    pub(crate) const fn new() -> Self {
+        Self::after(0)
     }
 
     /// Frames that start after `skip` bytes.
-    pub(crate) const fn after(shape: Shape, skip: u64) -> Self {
+    pub(crate) const fn after(skip: u64) -> Self {
         Self {
-            shape,
             skip,
             header: [0; 9],
             have: 0,
             payload: 0,
+            shape: std::marker::PhantomData,
         }
     }
 
@@ -67,38 +85,36 @@ impl Frames {
     ) -> Option<usize> {
         let total = bytes.len();
         loop {
-            let passed = usize::try_from(self.skip.max(self.payload))
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
             if self.skip > 0 {
-                self.skip -= passed as u64;
-            } else {
-                self.payload -= passed as u64;
+                let passed = pass(&mut self.skip, bytes.len());
+                bytes = &bytes[passed..];
             }
-            bytes = &bytes[passed..];
+            if self.payload > 0 {
+                let passed = pass(&mut self.payload, bytes.len());
+                bytes = &bytes[passed..];
+            }
             if bytes.is_empty() {
                 return None;
             }
             let start = (total - bytes.len()).saturating_sub(self.have);
-            let len = self.shape.header_len;
-            let header = if self.have == 0 && bytes.len() >= len {
+            let header = if self.have == 0 && bytes.len() >= S::HEADER_LEN {
                 // The common case: the whole header is in this piece; read it
                 // in place rather than through the partial-header buffer.
-                let (header, rest) = bytes.split_at(len);
+                let (header, rest) = bytes.split_at(S::HEADER_LEN);
                 bytes = rest;
                 header
             } else {
-                let n = (len - self.have).min(bytes.len());
+                let n = (S::HEADER_LEN - self.have).min(bytes.len());
                 self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
                 self.have += n;
                 bytes = &bytes[n..];
-                if self.have < len {
+                if self.have < S::HEADER_LEN {
                     return None;
                 }
                 self.have = 0;
-                &self.header[..len]
+                &self.header[..S::HEADER_LEN]
             };
-            self.payload = (self.shape.payload_len)(header);
+            self.payload = S::payload_len(header);
             if !on_header(header) {
                 return Some(start);
             }
@@ -126,11 +142,11 @@ mod tests {
     fn headers_are_found_however_the_bytes_are_cut() {
         let stream: Vec<u8> = [grpc(3), grpc(0), grpc(300)].concat();
         for cut in 1..stream.len() {
-            let mut frames = Frames::new(GRPC);
+            let mut frames = Frames::<Grpc>::new();
             let mut lengths = Vec::new();
             for piece in stream.chunks(cut) {
                 frames.feed(piece, |h| {
-                    lengths.push((GRPC.payload_len)(h));
+                    lengths.push(Grpc::payload_len(h));
                     true
                 });
             }
@@ -142,9 +158,9 @@ mod tests {
     #[test]
     fn a_refused_header_gives_where_it_began() {
         let stream: Vec<u8> = [grpc(3), grpc(9)].concat();
-        let mut frames = Frames::new(GRPC);
+        let mut frames = Frames::<Grpc>::new();
         assert_eq!(frames.feed(&stream, |h| h[4] != 9), Some(8));
-        let mut frames = Frames::new(GRPC);
+        let mut frames = Frames::<Grpc>::new();
         assert_eq!(frames.feed(&stream[..10], |_| true), None);
         assert!(!frames.at_boundary());
         assert_eq!(frames.feed(&stream[10..], |h| h[4] != 9), Some(0));
@@ -152,7 +168,7 @@ mod tests {
 
     #[test]
     fn the_http2_preface_is_passed_over() {
-        let mut frames = Frames::after(HTTP2, 24);
+        let mut frames = Frames::<Http2>::after(24);
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         bytes.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
         bytes.extend_from_slice(&[1; 8]);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::frames::{Frames, HTTP2};
+use super::frames::{Frames, Http2};
 
 /// How often a client may ping (gRFC A8's server-side `PERMIT_KEEPALIVE_TIME`
 /// and `PERMIT_KEEPALIVE_WITHOUT_CALLS`).
@@ -93,8 +93,8 @@ pub(crate) struct Policed<Io> {
     /// Calls in flight on this connection.
     calls: Arc<AtomicUsize>,
     judge: Judge,
-    inbound: Frames,
-    outbound: Frames,
+    inbound: Frames<Http2>,
+    outbound: Frames<Http2>,
     /// The highest stream the client opened, for the GOAWAY.
     last_stream: u32,
     /// A GOAWAY still to write.
@@ -140,8 +140,8 @@ impl<Io> Policed<Io> {
             calls,
             judge: Judge::default(),
             // The client's connection preface: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
-            inbound: Frames::after(HTTP2, 24),
-            outbound: Frames::new(HTTP2),
+            inbound: Frames::after(24),
+            outbound: Frames::new(),
             last_stream: 0,
             goaway: Vec::new(),
             closed: false,

@@ -135,8 +135,8 @@ where
             None => Recorder::Off,
         };
         let start = Instant::now();
-        let timeout = crate::wire::timeout::of(request.headers());
-        let context = self.context.read(&request, timeout, || start);
+        let (timeout, trace) = super::context::read_headers(request.headers());
+        let context = self.context.at(trace, timeout, || start);
         let call = serve(context, request, |request| {
             self.inner.call_from(request, timeout, || start)
         });

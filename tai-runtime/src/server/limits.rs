@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Status;
 
-use super::frames::{Frames, GRPC};
+use super::frames::{Frames, Grpc, Shape};
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, percent_encode_message};
 
 /// The largest message a server receives and sends unless told otherwise: 4 MiB,
@@ -61,10 +61,10 @@ impl Limit {
 
     /// Reads `data`; `Err((offset, status))` if a message starting at `offset`
     /// is over the limit.
-    fn check(self, frames: &mut Frames, data: &[u8]) -> Result<(), (usize, Status)> {
+    fn check(self, frames: &mut Frames<Grpc>, data: &[u8]) -> Result<(), (usize, Status)> {
         let mut over = None;
         let at = frames.feed(data, |header| {
-            let len = (GRPC.payload_len)(header);
+            let len = Grpc::payload_len(header);
             if len > self.max as u64 {
                 over = Some(len);
             }
@@ -83,7 +83,7 @@ pin_project! {
         #[pin]
         body: B,
         limit: Limit,
-        frames: Frames,
+        frames: Frames<Grpc>,
         failed: bool,
     }
 }
@@ -93,7 +93,7 @@ impl<B> RequestBody<B> {
         Self {
             body,
             limit,
-            frames: Frames::new(GRPC),
+            frames: Frames::new(),
             failed: false,
         }
     }
@@ -145,7 +145,7 @@ pin_project! {
         #[pin]
         body: B,
         limit: Limit,
-        frames: Frames,
+        frames: Frames<Grpc>,
         // Trailers to send in place of the rest of the body.
         refused: Option<HeaderMap>,
         hold: Option<H>,
@@ -158,7 +158,7 @@ impl<B, H> ResponseBody<B, H> {
         Self {
             body,
             limit,
-            frames: Frames::new(GRPC),
+            frames: Frames::new(),
             refused: None,
             hold,
             done: false,
@@ -238,8 +238,9 @@ fn trailers(status: &Status) -> HeaderMap {
 pub(crate) fn too_large_is_resource_exhausted(headers: &mut HeaderMap) {
     const OUT_OF_RANGE: &str = "11";
     const TONIC_TOO_LARGE: &[u8] = b"message%20length%20too%20large";
-    let too_large = headers.get(GRPC_STATUS).is_some_and(|s| s == OUT_OF_RANGE)
-        && headers.get(GRPC_MESSAGE).is_some_and(|m| {
+    let [status, message] = crate::wire::find(headers, [&GRPC_STATUS, &GRPC_MESSAGE]);
+    let too_large = status.is_some_and(|s| s == OUT_OF_RANGE)
+        && message.is_some_and(|m| {
             m.as_bytes()
                 .windows(TONIC_TOO_LARGE.len())
                 .any(|w| w == TONIC_TOO_LARGE)

@@ -207,10 +207,8 @@ pub(super) enum Recorder {
 impl Recorder {
     fn record<B>(&self, response: &http::Response<B>, start: Instant) {
         let code = || {
-            response
-                .headers()
-                .get(GRPC_STATUS)
-                .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+            let [status] = crate::wire::find(response.headers(), [&GRPC_STATUS]);
+            status.map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
         };
         match self {
             Recorder::Off => {}

@@ -80,10 +80,19 @@ impl PeerIdentity {
     /// The identity in `extensions` (of a `tonic::Request` or, in a tower layer,
     /// of an `http::Request`).
     pub fn from_extensions(extensions: &http::Extensions) -> Option<&PeerIdentity> {
+        // tai's `Server` puts it in the connection's `ConnectInfo` (one
+        // extension fewer per call: a request's fourth makes its map grow);
+        // tonic's `serve_with_incoming` over `ServerTls` in `TlsConnectInfo`.
+        #[cfg(feature = "server")]
+        if let Some(identity) = extensions
+            .get::<crate::server::ConnectInfo>()
+            .and_then(crate::server::ConnectInfo::identity)
+        {
+            return Some(identity);
+        }
         extensions
             .get::<TlsConnectInfo>()
             .and_then(|info| info.identity.as_ref())
-            .or_else(|| extensions.get::<PeerIdentity>())
     }
 
     /// The verified chain, leaf first, as the peer sent it.

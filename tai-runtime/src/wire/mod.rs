@@ -8,7 +8,7 @@ pub(crate) mod pushback;
 pub(crate) mod timeout;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use http::{HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tonic::Code;
 
 /// The time a call has left, sent by the client (`grpc-timeout`).
@@ -31,6 +31,13 @@ pub(crate) const TRACESTATE: &str = "tracestate";
 /// The trace id header of older tai clients, accepted and forwarded.
 pub(crate) const X_TRACE_ID: &str = "x-trace-id";
 
+/// [`TRACEPARENT`] as a header name, for reading a request's headers.
+pub(crate) const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+/// [`TRACESTATE`] as a header name.
+pub(crate) const TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
+/// [`X_TRACE_ID`] as a header name.
+pub(crate) const X_TRACE_ID_HEADER: HeaderName = HeaderName::from_static(X_TRACE_ID);
+
 /// The server's word on retrying, in milliseconds (gRFC A6); a metadata key.
 pub(crate) const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 
@@ -40,6 +47,36 @@ pub(crate) const STATUS_DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+
+/// Maps with at most this many values are walked rather than hashed into.
+///
+/// A gRPC call's headers and trailers hold a handful of values, most of them
+/// standard names (`content-type`, `te`), and every call reads a few of them. A
+/// lookup hashes the name and probes (callgrind: about 180 instructions on the
+/// server); comparing two names of different kinds or lengths is a few.
+pub(crate) const SCAN_LIMIT: usize = 8;
+
+/// The first value of each of `names` in `headers`, as [`HeaderMap::get`]
+/// finds it, read in one walk over a small map (see [`SCAN_LIMIT`]); a larger
+/// map (a peer may send many headers) is looked up name by name.
+pub(crate) fn find<'h, const N: usize>(
+    headers: &'h HeaderMap,
+    names: [&HeaderName; N],
+) -> [Option<&'h HeaderValue>; N] {
+    if headers.len() > SCAN_LIMIT {
+        return names.map(|name| headers.get(name));
+    }
+    let mut found = [None; N];
+    // A name's values come in insertion order: the first one seen is `get`'s.
+    for (name, value) in headers {
+        for (slot, wanted) in found.iter_mut().zip(names) {
+            if slot.is_none() && name == wanted {
+                *slot = Some(value);
+            }
+        }
+    }
+    found
+}
 
 /// The code of a response that has no `grpc-status`, from its HTTP status, as
 /// grpc-go maps it (`HTTPStatusConvTab`): the proxy errors that mean "try again"
@@ -93,6 +130,30 @@ mod tests {
     fn messages_are_percent_encoded() {
         assert_eq!(percent_encode_message("50% ok"), "50%25 ok");
         assert_eq!(percent_encode_message("é\n"), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn find_answers_as_get_does_in_small_and_large_maps() {
+        for filler in [0, SCAN_LIMIT] {
+            let mut headers = HeaderMap::new();
+            for i in 0..filler {
+                headers.insert(
+                    HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                    HeaderValue::from(i),
+                );
+            }
+            headers.append(GRPC_STATUS, HeaderValue::from_static("0"));
+            headers.append(GRPC_STATUS, HeaderValue::from_static("14"));
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                "application/grpc".parse().unwrap(),
+            );
+            let names = [&GRPC_STATUS, &http::header::CONTENT_TYPE, &GRPC_MESSAGE];
+            let found = find(&headers, names);
+            assert_eq!(found, names.map(|n| headers.get(n)), "{filler} more");
+            assert_eq!(found[0].unwrap(), "0", "the first value");
+            assert_eq!(found[2], None);
+        }
     }
 
     #[test]
