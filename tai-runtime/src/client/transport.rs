@@ -196,6 +196,7 @@ fn failed<B>(failure: TransportFailure) -> http::Response<PeerBody<B>> {
 }
 
 /// What the screen reads of a head (headers or trailers).
+#[derive(Default)]
 struct Head {
     /// `grpc-status` is present (a trailers-only response, or trailers).
     status: bool,
@@ -206,21 +207,35 @@ struct Head {
 }
 
 impl Head {
+    /// Walks a small head once, judging each header as it passes, rather than
+    /// collecting the three with [`wire::find`] and judging them after: every
+    /// response passes here twice, and the walk is 75 instructions cheaper per
+    /// call (callgrind, `tai-bench path tai_bare`).
     fn scan(headers: &HeaderMap) -> Self {
-        let [status, content_type, details] = wire::find(
-            headers,
-            [
-                &wire::GRPC_STATUS,
-                &http::header::CONTENT_TYPE,
-                &wire::GRPC_STATUS_DETAILS,
-            ],
-        );
-        Self {
-            status: status.is_some(),
-            grpc_content: content_type
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
-            invalid_details: details.is_some_and(invalid_details),
+        let grpc = |v: &HeaderValue| v.as_bytes().starts_with(b"application/grpc");
+        if headers.len() > wire::SCAN_LIMIT {
+            return Self {
+                status: headers.contains_key(wire::GRPC_STATUS),
+                grpc_content: headers.get(http::header::CONTENT_TYPE).is_some_and(grpc),
+                invalid_details: headers
+                    .get(wire::GRPC_STATUS_DETAILS)
+                    .is_some_and(invalid_details),
+            };
         }
+        let mut head = Self::default();
+        let (mut content_type, mut details) = (false, false);
+        for (name, value) in headers {
+            if name == http::header::CONTENT_TYPE {
+                if !std::mem::replace(&mut content_type, true) {
+                    head.grpc_content = grpc(value);
+                }
+            } else if name == wire::GRPC_STATUS {
+                head.status = true;
+            } else if name == wire::GRPC_STATUS_DETAILS && !std::mem::replace(&mut details, true) {
+                head.invalid_details = invalid_details(value);
+            }
+        }
+        head
     }
 }
 

@@ -59,6 +59,12 @@ pub(crate) const SCAN_LIMIT: usize = 8;
 /// The first value of each of `names` in `headers`, as [`HeaderMap::get`]
 /// finds it, read in one walk over a small map (see [`SCAN_LIMIT`]); a larger
 /// map (a peer may send many headers) is looked up name by name.
+///
+/// Inlined, so that the comparisons with the callers' `const` names compile to
+/// a length check and a few loads, as a hand-written walk's would (callgrind:
+/// the client's response screen took 235 instructions more per call through an
+/// outlined `find`).
+#[inline(always)]
 pub(crate) fn find<'h, const N: usize>(
     headers: &'h HeaderMap,
     names: [&HeaderName; N],
@@ -69,9 +75,11 @@ pub(crate) fn find<'h, const N: usize>(
     let mut found = [None; N];
     // A name's values come in insertion order: the first one seen is `get`'s.
     for (name, value) in headers {
+        // The names are distinct: a header is at most one of them.
         for (slot, wanted) in found.iter_mut().zip(names) {
-            if slot.is_none() && name == wanted {
-                *slot = Some(value);
+            if name == wanted {
+                slot.get_or_insert(value);
+                break;
             }
         }
     }
