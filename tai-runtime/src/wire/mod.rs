@@ -61,9 +61,10 @@ pub(crate) const SCAN_LIMIT: usize = 8;
 /// map (a peer may send many headers) is looked up name by name.
 ///
 /// Inlined, so that the comparisons with the callers' `const` names compile to
-/// a length check and a few loads, as a hand-written walk's would (callgrind:
-/// the client's response screen took 235 instructions more per call through an
-/// outlined `find`).
+/// a length check and a few loads rather than calls to `memcmp` (callgrind, on
+/// a response screen: an outlined `find` cost 235 instructions per call more
+/// than a hand-written walk, an inlined one 75; the client's screen, which runs
+/// twice per call, keeps its own walk for that reason).
 #[inline(always)]
 pub(crate) fn find<'h, const N: usize>(
     headers: &'h HeaderMap,
