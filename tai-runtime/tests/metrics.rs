@@ -24,7 +24,7 @@ use tai_runtime::server::metrics::MetricsLayer;
 use tai_runtime::{BreakerState, Code, Status, resilient};
 
 use support::net::Net;
-use support::{Echo, Script, echo, service, unary_method};
+use support::{Echo, Script, echo, service, stream_method, unary_method};
 
 /// `test.Echo` as a service owner declares it: the generated client.
 #[resilient(service = "test.Echo")]
@@ -478,4 +478,84 @@ async fn a_method_policy_prints_in_the_attribute_grammar() {
     );
     assert!(text.contains("  timeout = \"5s\"\n"), "{text}");
     assert!(client.state().method_policy_view("Nope").is_none());
+}
+
+const STREAM: &str = r#"service="test.Echo",method="Stream""#;
+
+/// A server counts a call under the status its response ends with. A stream
+/// that fails after its messages carries its status in the trailers, after the
+/// headers: it counts under that error, not as OK. A stream the client abandons
+/// counts as CANCELLED, and a stream is timed to its end, not to its headers.
+#[tokio::test(start_paused = true)]
+async fn server_streams_are_counted_by_how_they_end() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let net = Net::default();
+    let failing = tonic::transport::Server::builder()
+        .layer(ServerLayer::with_metrics(&metrics))
+        .add_service(Script::streaming(|_| async {
+            Ok(vec![
+                Ok(echo("1")),
+                Ok(echo("2")),
+                Err(Status::data_loss("disk gone")),
+            ])
+        }));
+    net.serve("failing:1", |incoming| async move {
+        let _ = failing.serve_with_incoming(incoming).await;
+    });
+    let open = tonic::transport::Server::builder()
+        .layer(ServerLayer::with_metrics(&metrics))
+        .add_service(Script::streaming_held_open(|_| async {
+            Ok(vec![Ok(echo("1"))])
+        }));
+    net.serve("open:1", |incoming| async move {
+        let _ = open.serve_with_incoming(incoming).await;
+    });
+    let policy = service(vec![stream_method()], None);
+    let stream_from = |address: &str| ClientCore::new(channel(&net, address, &metrics), policy);
+
+    let failing = stream_from("failing:1");
+    let mut stream = failing
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "1");
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "2");
+    assert_eq!(stream.message().await.unwrap_err().code(), Code::DataLoss);
+
+    let open = stream_from("open:1");
+    let mut stream = open
+        .server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(stream);
+    // The reset reaches the server, which drops the response.
+    let family = "tai_server_calls_total";
+    let stream_calls = |code: &str| {
+        value(
+            &text(&registry),
+            family,
+            &format!(r#"{STREAM},code="{code}""#),
+        )
+    };
+    for _ in 0..100 {
+        if stream_calls("Cancelled") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let text = text(&registry);
+    assert_eq!(stream_calls("DataLoss"), Some(1.0), "{text}");
+    assert_eq!(stream_calls("Cancelled"), Some(1.0), "{text}");
+    assert_eq!(stream_calls("Ok"), Some(0.0), "{text}");
+    let seconds = value(&text, "tai_server_call_duration_seconds_sum", STREAM).unwrap();
+    assert!(
+        seconds >= 3.0,
+        "the held stream is timed to its end: {seconds} s; {text}"
+    );
 }

@@ -271,7 +271,7 @@ impl Metrics {
         );
         r.register(
             "server_call_duration_seconds",
-            "Server handling time to response headers",
+            "Server handling time, to the end of the response",
             m.server_latency.clone(),
         );
         r.register(

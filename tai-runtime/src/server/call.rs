@@ -21,7 +21,12 @@ use tower::util::Oneshot;
 
 use super::accept::ConnectInfo;
 use super::limits::{self, Limit, RequestBody, ResponseBody};
+use super::metrics;
 use super::shed::{Admission, Ticket};
+
+/// A response body as the routes answer it: metered, or not when metrics are
+/// off.
+pub(crate) type Answer = metrics::ResponseBody<Body>;
 
 /// What every connection of a server shares.
 #[derive(Debug)]
@@ -58,11 +63,11 @@ impl<S> CallService<S> {
 }
 
 /// A response as this service sends it.
-pub(crate) type CallResponse = http::Response<ResponseBody<Body, Ticket>>;
+pub(crate) type CallResponse = http::Response<ResponseBody<Answer, Ticket>>;
 
 impl<S> hyper::service::Service<http::Request<Incoming>> for CallService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone,
+    S: Service<http::Request<Body>, Response = http::Response<Answer>, Error = Infallible> + Clone,
 {
     type Response = CallResponse;
     type Error = Infallible;
@@ -112,7 +117,7 @@ pin_project! {
 
 impl<S> Future for CallFuture<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S: Service<http::Request<Body>, Response = http::Response<Answer>, Error = Infallible>,
 {
     type Output = Result<CallResponse, Infallible>;
 
@@ -122,7 +127,11 @@ where
                 let response = response.take().expect("polled after completion");
                 // Refused before a ticket: nothing held, nothing limited.
                 let (parts, body) = response.into_parts();
-                let body = ResponseBody::new(body, Limit::response(usize::MAX), None);
+                let body = ResponseBody::new(
+                    metrics::ResponseBody::unmetered(body),
+                    Limit::response(usize::MAX),
+                    None,
+                );
                 Poll::Ready(Ok(http::Response::from_parts(parts, body)))
             }
             CallProjection::Admitted {

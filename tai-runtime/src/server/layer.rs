@@ -113,15 +113,15 @@ pub struct ServerService<S> {
 }
 
 /// The future of a call through [`ServerService`]: the handler's future under the
-/// caller's deadline, inside the call's context, with the call's metrics recorded
-/// when it answers.
+/// caller's deadline, inside the call's context, its answer's body recording the
+/// call's metrics when it ends.
 pub type ServerFuture<F> = metrics::ResponseFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
 
 impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<metrics::ResponseBody<tonic::body::Body>>;
     type Error = S::Error;
     type Future = ServerFuture<S::Future>;
 
@@ -163,9 +163,9 @@ mod tests {
     /// Calls `/{name}/Slow` with a 100 ms deadline and checks that the answer is
     /// DEADLINE_EXCEEDED, a millisecond early; with `counted`, that the call is in
     /// the metrics.
-    async fn overdue<S>(service: S, name: &str, counted: bool)
+    async fn overdue<S, B>(service: S, name: &str, counted: bool)
     where
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
     {
         let request = http::Request::builder()
             .uri(format!("http://server/{name}/Slow"))

@@ -1,7 +1,14 @@
 //! Server metrics: every call counted by method and status code, and timed to
-//! its response headers (`tai_server_calls`, `tai_server_call_duration_seconds`
+//! the end of its response (`tai_server_calls`, `tai_server_call_duration_seconds`
 //! in [`Metrics::global`], or in the [`Metrics`] given to
 //! [`MetricsLayer::with_metrics`]).
+//!
+//! A call's status is where gRPC puts it: in the response headers of an answer
+//! without messages (trailers-only), otherwise in the trailers after the last
+//! message. So a call is recorded when its response ends: a stream that fails
+//! after some messages counts under its error, not as OK, and a stream's
+//! duration is its whole length. A response the peer abandons before its status
+//! (a client cancelling, a connection lost) counts as CANCELLED.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +30,7 @@
 //! `unknown/unknown`. Looking the handles up is on every call, so the table is
 //! read without a lock (an `ArcSwap` snapshot and a fast hash) and written
 //! copy-on-write, once per method; recording is then a few atomic additions,
-//! from a concrete future (no `Box` per call).
+//! from a concrete future and body (no `Box` per call).
 //!
 //! Put it outside the [deadline](super::deadline) and
 //! [rate limit](super::rate_limit) layers (add it first), so that the answers
@@ -38,6 +45,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Code;
@@ -180,7 +189,7 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -205,16 +214,11 @@ pub(super) enum Recorder {
 }
 
 impl Recorder {
-    fn record<B>(&self, response: &http::Response<B>, start: Instant) {
-        let code = || {
-            let [status] = crate::wire::find(response.headers(), [&GRPC_STATUS]);
-            status.map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
-        };
+    fn record(&self, code: Code, start: Instant) {
         match self {
             Recorder::Off => {}
-            Recorder::Known(m) => m.record(code(), start.elapsed()),
+            Recorder::Known(m) => m.record(code, start.elapsed()),
             Recorder::FirstSeen(table, uri) => {
-                let code = code();
                 table
                     .resolve(uri.path(), code)
                     .record(code, start.elapsed());
@@ -223,14 +227,33 @@ impl Recorder {
     }
 }
 
+/// The status code in `headers` (response headers or trailers), if any.
+fn status_in(headers: &http::HeaderMap) -> Option<Code> {
+    let [status] = crate::wire::find(headers, [&GRPC_STATUS]);
+    status.map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+/// A call not recorded yet: its status comes at the end of its response.
+#[derive(Debug)]
+struct Pending {
+    recorder: Recorder,
+    start: Instant,
+}
+
+impl Pending {
+    fn record(self, code: Code) {
+        self.recorder.record(code, self.start);
+    }
+}
+
 pin_project! {
-    /// The future of a call through [`Metered`]: the inner future, with the call's
-    /// status code and latency recorded when it answers.
+    /// The future of a call through [`Metered`]: the inner future, whose answer's
+    /// body records the call's status code and latency when it ends.
     pub struct ResponseFuture<F> {
         #[pin]
         call: F,
         start: Instant,
-        recorder: Recorder,
+        recorder: Option<Recorder>,
     }
 }
 
@@ -240,7 +263,7 @@ impl<F> ResponseFuture<F> {
         Self {
             call,
             start,
-            recorder,
+            recorder: Some(recorder),
         }
     }
 }
@@ -249,15 +272,97 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<ResponseBody<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.call.poll(cx));
-        if let Ok(response) = &result {
-            this.recorder.record(response, *this.start);
+        let response = ready!(this.call.poll(cx))?;
+        let pending = match this.recorder.take() {
+            None | Some(Recorder::Off) => None,
+            Some(recorder) => {
+                let pending = Pending {
+                    recorder,
+                    start: *this.start,
+                };
+                match status_in(response.headers()) {
+                    // Trailers-only: the answer is complete.
+                    Some(code) => {
+                        pending.record(code);
+                        None
+                    }
+                    None => Some(pending),
+                }
+            }
+        };
+        Poll::Ready(Ok(response.map(|body| ResponseBody { body, pending })))
+    }
+}
+
+pin_project! {
+    /// The body of a response through [`Metered`]: the inner body, recording its
+    /// call when it ends (see the [module docs](self)).
+    pub struct ResponseBody<B> {
+        #[pin]
+        body: B,
+        pending: Option<Pending>,
+    }
+
+    impl<B> PinnedDrop for ResponseBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its status was sent: the peer is gone, or reset
+            // the stream.
+            if let Some(pending) = this.project().pending.take() {
+                pending.record(Code::Cancelled);
+            }
         }
-        Poll::Ready(result)
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// `body`, recording nothing (a server without metrics).
+    pub(crate) fn unmetered(body: B) -> Self {
+        Self {
+            body,
+            pending: None,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        if this.pending.is_some() {
+            let code = match &frame {
+                Some(Ok(frame)) => frame
+                    .trailers_ref()
+                    .map(|t| status_in(t).unwrap_or(Code::Unknown)),
+                // Ended without a status: the client sees no status either.
+                None => Some(Code::Unknown),
+                // The body failed: hyper resets the stream.
+                Some(Err(_)) => Some(Code::Internal),
+            };
+            if let Some(code) = code
+                && let Some(pending) = this.pending.take()
+            {
+                pending.record(code);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

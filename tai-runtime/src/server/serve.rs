@@ -29,12 +29,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tonic::body::Body;
 use tower::Layer;
-use tower::util::{BoxCloneSyncService, Either};
+use tower::util::{BoxCloneSyncService, Either, MapResponse};
 
 use super::accept::{ConnectInfo, DynAccept};
 use super::builder::Routed;
-use super::call::{CallService, Calls};
+use super::call::{Answer, CallService, Calls};
 use super::keepalive::{KeepalivePolicy, Policed};
 use super::limits::Limit;
 use super::reflection::{Reflection, ReflectionError};
@@ -159,7 +160,7 @@ impl Server {
         let routes = self.routes()?;
         let inner = match self.layer.take() {
             Some(layer) => Either::Left(layer.layer(routes)),
-            None => Either::Right(routes),
+            None => Either::Right(MapResponse::new(routes, unmetered as Unmetered)),
         };
         let connections = Connections {
             inner,
@@ -291,7 +292,15 @@ where
 }
 
 /// The routes, behind tai's server layer or not.
-type Inner = Either<ServerService<Routed>, Routed>;
+type Inner = Either<ServerService<Routed>, MapResponse<Routed, Unmetered>>;
+
+/// The routes' answers without tai's server layer: in the body type the layer's
+/// answers have, recording nothing.
+type Unmetered = fn(http::Response<Body>) -> http::Response<Answer>;
+
+fn unmetered(response: http::Response<Body>) -> http::Response<Answer> {
+    response.map(Answer::unmetered)
+}
 
 /// What each connection is served with.
 struct Connections {
