@@ -543,6 +543,42 @@ async fn a_connection_over_the_limit_is_closed_at_once() {
     assert!(unary(channel, echo("still in")).await.is_ok());
 }
 
+/// A call the routes are not ready for waits until they are, then is served.
+/// Under tower's concurrency limit of one (a layer added with `Server::layer`),
+/// a second call on the same connection waits while the first runs, and goes
+/// through when it ends, with no third call needed to move it on; a third is
+/// then served too.
+#[tokio::test]
+async fn a_call_the_routes_are_not_ready_for_waits_then_is_served() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (script, mut arrivals) = held(&gate);
+    let server = Server::builder()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(1))
+        .add_service(script);
+    let server = Running::start(server).await;
+    let channel = server.channel().await;
+
+    let first = tokio::spawn(unary(channel.clone(), echo("first")));
+    assert_eq!(arrival(&mut arrivals).await, 0);
+    let second = tokio::spawn(unary(channel.clone(), echo("second")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        arrivals.try_recv().is_err(),
+        "the limit holds the second call"
+    );
+
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap().msg, "first");
+    assert_eq!(arrival(&mut arrivals).await, 1);
+    gate.add_permits(1);
+    let second = tokio::time::timeout(EVENTUALLY, second).await;
+    assert_eq!(second.expect("served").unwrap().unwrap().msg, "second");
+
+    gate.add_permits(1);
+    assert_eq!(unary(channel, echo("third")).await.unwrap().msg, "third");
+    assert_eq!(arrival(&mut arrivals).await, 2);
+}
+
 /// tonic's `remote_addr()` and tai's `ConnectInfo` are in every request.
 #[tokio::test]
 async fn handlers_see_who_is_calling() {
