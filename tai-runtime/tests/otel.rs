@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use support::{Echo, Script, echo, service, unary_method};
+use support::{Echo, Script, echo, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::server::ServerLayer;
 use tai_runtime::{Request, Response};
@@ -159,6 +159,23 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
             .await
             .unwrap_err();
     }
+    // A stream that fails after its first message: its status comes in the
+    // trailers, after the headers, and the server span ends with it.
+    let streaming = Script::streaming(|_| async {
+        Ok(vec![
+            Ok(echo("1")),
+            Err(tonic::Status::data_loss("disk gone: 100%")),
+        ])
+    });
+    let stream_client = ClientCore::new(serve(&streaming), service(vec![stream_method()], None));
+    let mut stream = stream_client
+        .server_streaming::<Echo, Echo>(0, Request::new(echo("s")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "1");
+    let failed = stream.message().await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::DataLoss, "{failed:?}");
     let flushed = tokio::task::spawn_blocking(move || {
         let flushed = provider.force_flush();
         let _ = provider.shutdown();
@@ -172,15 +189,34 @@ async fn spans_of_two_hops_reach_an_otlp_receiver_as_parent_and_children() {
         .iter()
         .map(|seen| seen.header("traceparent").unwrap()[3..35].to_owned())
         .collect();
-    let (failed, spans): (Vec<Span>, Vec<Span>) = receiver
+    let stream_trace = streaming.seen()[0].header("traceparent").unwrap()[3..35].to_owned();
+    let (stream_spans, spans): (Vec<Span>, Vec<Span>) = receiver
         .spans
         .lock()
         .unwrap()
         .iter()
         .filter(|s| attribute(s, "rpc.system").as_deref() == Some("grpc"))
         .cloned()
+        .partition(|s| hex(&s.trace_id) == stream_trace);
+    let (failed, spans): (Vec<Span>, Vec<Span>) = spans
+        .into_iter()
         .partition(|s| failed_traces.contains(&hex(&s.trace_id)));
     span_status_follows_the_code(&failed, &failed_traces);
+    let stream_server = stream_spans
+        .iter()
+        .find(|s| role(s) == "server")
+        .unwrap_or_else(|| panic!("the stream's server span: {stream_spans:#?}"));
+    assert_eq!(
+        attribute(stream_server, "rpc.grpc.status_code").as_deref(),
+        Some("15"),
+        "DATA_LOSS, from the trailers"
+    );
+    let status = stream_server.status.clone().unwrap_or_default();
+    assert_eq!(status.code, StatusCode::Error as i32, "{status:?}");
+    assert_eq!(
+        status.message, "disk gone: 100%",
+        "decoded from grpc-message"
+    );
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     let mut roles: Vec<&str> = spans.iter().map(role).collect();
     roles.sort_unstable();

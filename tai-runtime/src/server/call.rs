@@ -21,12 +21,12 @@ use tower::util::Oneshot;
 
 use super::accept::ConnectInfo;
 use super::limits::{self, Limit, RequestBody, ResponseBody};
-use super::metrics;
+use super::outcome::OutcomeBody;
 use super::shed::{Admission, Ticket};
 
-/// A response body as the routes answer it: metered, or not when metrics are
-/// off.
-pub(crate) type Answer = metrics::ResponseBody<Body>;
+/// A response body as the routes answer it: reporting the call's outcome, or
+/// not without tai's layer.
+pub(crate) type Answer = OutcomeBody<Body>;
 
 /// What every connection of a server shares.
 #[derive(Debug)]
@@ -128,7 +128,7 @@ where
                 // Refused before a ticket: nothing held, nothing limited.
                 let (parts, body) = response.into_parts();
                 let body = ResponseBody::new(
-                    metrics::ResponseBody::unmetered(body),
+                    OutcomeBody::unreported(body),
                     Limit::response(usize::MAX),
                     None,
                 );

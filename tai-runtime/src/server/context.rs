@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::outcome::{Outcome, OutcomeBody, OutcomeFuture};
 use crate::context::{self, CallContext, DEFAULT_DEADLINE_MARGIN, Scoped, TraceContext};
 use crate::wire;
 
@@ -115,9 +116,9 @@ impl<S, B, RB> Service<http::Request<B>> for WithContext<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<OutcomeBody<RB>>;
     type Error = S::Error;
-    type Future = Scoped<Traced<S::Future>>;
+    type Future = OutcomeFuture<Scoped<Traced<S::Future>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -126,17 +127,19 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (timeout, trace) = read_headers(request.headers());
         let context = self.layer.at(trace, timeout, Instant::now);
-        serve(context, request, |request| self.inner.call(request))
+        let (call, outcome) = serve(context, request, |request| self.inner.call(request));
+        OutcomeFuture::new(call, outcome)
     }
 }
 
 /// Makes `call` and runs its future inside `context` (and, with the `otel`
-/// feature, inside the call's server span, a child of the caller's).
+/// feature, inside the call's server span, a child of the caller's). The
+/// outcome ends that span when the response ends.
 pub(super) fn serve<B, RB, E, F>(
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut context: CallContext,
     request: http::Request<B>,
     call: impl FnOnce(http::Request<B>) -> F,
-) -> Scoped<Traced<F>>
+) -> (Scoped<Traced<F>>, Outcome)
 where
     F: Future<Output = Result<http::Response<RB>, E>>,
 {
@@ -146,12 +149,17 @@ where
     if let Some((trace_id, ..)) = crate::otel::ids(&span) {
         context.adopt_trace_id(trace_id);
     }
-    context::enter(context, || {
+    #[cfg(feature = "otel")]
+    let outcome = Outcome::default().span(span.clone());
+    #[cfg(not(feature = "otel"))]
+    let outcome = Outcome::default();
+    let call = context::enter(context, || {
         #[cfg(feature = "otel")]
         return Traced::new(span.in_scope(|| call(request)), span);
         #[cfg(not(feature = "otel"))]
         call(request)
-    })
+    });
+    (call, outcome)
 }
 
 /// A served call's future: without the `otel` feature, the handler's own.
@@ -160,11 +168,10 @@ pub type Traced<F> = F;
 
 #[cfg(feature = "otel")]
 pin_project_lite::pin_project! {
-    /// A served call's future inside its server span (feature `otel`), which
-    /// records the call's `rpc.grpc.status_code` (and span status) when it
-    /// answers: the code in the response's headers (a trailers-only answer:
-    /// how a unary handler's error is sent), else OK, as the server metrics
-    /// read it.
+    /// A served call's future inside its server span (feature `otel`): the
+    /// span is entered while the handler runs. Its status is recorded when the
+    /// response ends (see [`outcome`](super::outcome)), not here: a stream's
+    /// status comes in its trailers.
     pub struct Traced<F> {
         #[pin]
         inner: F,
@@ -180,23 +187,12 @@ impl<F> Traced<F> {
 }
 
 #[cfg(feature = "otel")]
-impl<F, B, E> Future for Traced<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-{
+impl<F: Future> Future for Traced<F> {
     type Output = F::Output;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let output = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &output {
-            let status = tonic::Status::from_header_map(response.headers());
-            let (code, message) = status
-                .as_ref()
-                .map_or((tonic::Code::Ok, ""), |s| (s.code(), s.message()));
-            crate::otel::ended(this.span, crate::otel::Side::Server, code, message);
-        }
-        Poll::Ready(output)
+        this.inner.poll(cx)
     }
 }

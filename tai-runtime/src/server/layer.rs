@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 
 use super::context::{ContextLayer, Traced, serve};
 use super::deadline::{self, Deadline, DeadlineLayer};
-use super::metrics::{self, MetricsLayer, Recorder};
+use super::metrics::{MetricsLayer, Recorder};
+use super::outcome::{OutcomeBody, OutcomeFuture};
 use crate::context::Scoped;
 use crate::metrics::Metrics;
 
@@ -115,13 +116,13 @@ pub struct ServerService<S> {
 /// The future of a call through [`ServerService`]: the handler's future under the
 /// caller's deadline, inside the call's context, its answer's body recording the
 /// call's metrics when it ends.
-pub type ServerFuture<F> = metrics::ResponseFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
+pub type ServerFuture<F> = OutcomeFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
 
 impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
 {
-    type Response = http::Response<metrics::ResponseBody<tonic::body::Body>>;
+    type Response = http::Response<OutcomeBody<tonic::body::Body>>;
     type Error = S::Error;
     type Future = ServerFuture<S::Future>;
 
@@ -137,10 +138,10 @@ where
         let start = Instant::now();
         let (timeout, trace) = super::context::read_headers(request.headers());
         let context = self.context.at(trace, timeout, || start);
-        let call = serve(context, request, |request| {
+        let (call, outcome) = serve(context, request, |request| {
             self.inner.call_from(request, timeout, || start)
         });
-        metrics::ResponseFuture::new(call, start, recorder)
+        OutcomeFuture::new(call, outcome.metrics(recorder, start))
     }
 }
 

@@ -3,12 +3,9 @@
 //! in [`Metrics::global`], or in the [`Metrics`] given to
 //! [`MetricsLayer::with_metrics`]).
 //!
-//! A call's status is where gRPC puts it: in the response headers of an answer
-//! without messages (trailers-only), otherwise in the trailers after the last
-//! message. So a call is recorded when its response ends: a stream that fails
-//! after some messages counts under its error, not as OK, and a stream's
-//! duration is its whole length. A response the peer abandons before its status
-//! (a client cancelling, a connection lost) counts as CANCELLED.
+//! A call is recorded when its response ends, under the status it ends with
+//! (see [`outcome`](super::outcome)): a stream failing after some messages
+//! counts under its error, and a stream's duration is its whole length.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,22 +36,17 @@
 //! per call for both.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 
+use super::outcome::{Outcome, OutcomeBody, OutcomeFuture};
 use crate::metrics::{Metrics, ServerMethodMetrics};
 use crate::sync::lock;
-use crate::wire::GRPC_STATUS;
 
 /// Distinct methods tracked per layer; calls to further paths are counted
 /// together as `unknown/unknown`. Only paths a service answered (anything but
@@ -189,17 +181,17 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
-    type Response = http::Response<ResponseBody<ResBody>>;
+    type Response = http::Response<OutcomeBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = OutcomeFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let recorder = self.layer.recorder(&request);
-        ResponseFuture::new(self.inner.call(request), Instant::now(), recorder)
+        let outcome = Outcome::default().metrics(self.layer.recorder(&request), Instant::now());
+        OutcomeFuture::new(self.inner.call(request), outcome)
     }
 }
 
@@ -214,7 +206,7 @@ pub(super) enum Recorder {
 }
 
 impl Recorder {
-    fn record(&self, code: Code, start: Instant) {
+    pub(super) fn record(&self, code: Code, start: Instant) {
         match self {
             Recorder::Off => {}
             Recorder::Known(m) => m.record(code, start.elapsed()),
@@ -224,145 +216,6 @@ impl Recorder {
                     .record(code, start.elapsed());
             }
         }
-    }
-}
-
-/// The status code in `headers` (response headers or trailers), if any.
-fn status_in(headers: &http::HeaderMap) -> Option<Code> {
-    let [status] = crate::wire::find(headers, [&GRPC_STATUS]);
-    status.map(|v| Code::from_bytes(v.as_bytes()))
-}
-
-/// A call not recorded yet: its status comes at the end of its response.
-#[derive(Debug)]
-struct Pending {
-    recorder: Recorder,
-    start: Instant,
-}
-
-impl Pending {
-    fn record(self, code: Code) {
-        self.recorder.record(code, self.start);
-    }
-}
-
-pin_project! {
-    /// The future of a call through [`Metered`]: the inner future, whose answer's
-    /// body records the call's status code and latency when it ends.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        call: F,
-        start: Instant,
-        recorder: Option<Recorder>,
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    /// `call`, timed from `start`.
-    pub(super) fn new(call: F, start: Instant, recorder: Recorder) -> Self {
-        Self {
-            call,
-            start,
-            recorder: Some(recorder),
-        }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-{
-    type Output = Result<http::Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.call.poll(cx))?;
-        let pending = match this.recorder.take() {
-            None | Some(Recorder::Off) => None,
-            Some(recorder) => {
-                let pending = Pending {
-                    recorder,
-                    start: *this.start,
-                };
-                match status_in(response.headers()) {
-                    // Trailers-only: the answer is complete.
-                    Some(code) => {
-                        pending.record(code);
-                        None
-                    }
-                    None => Some(pending),
-                }
-            }
-        };
-        Poll::Ready(Ok(response.map(|body| ResponseBody { body, pending })))
-    }
-}
-
-pin_project! {
-    /// The body of a response through [`Metered`]: the inner body, recording its
-    /// call when it ends (see the [module docs](self)).
-    pub struct ResponseBody<B> {
-        #[pin]
-        body: B,
-        pending: Option<Pending>,
-    }
-
-    impl<B> PinnedDrop for ResponseBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            // Dropped before its status was sent: the peer is gone, or reset
-            // the stream.
-            if let Some(pending) = this.project().pending.take() {
-                pending.record(Code::Cancelled);
-            }
-        }
-    }
-}
-
-impl<B> ResponseBody<B> {
-    /// `body`, recording nothing (a server without metrics).
-    pub(crate) fn unmetered(body: B) -> Self {
-        Self {
-            body,
-            pending: None,
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
-        if this.pending.is_some() {
-            let code = match &frame {
-                Some(Ok(frame)) => frame
-                    .trailers_ref()
-                    .map(|t| status_in(t).unwrap_or(Code::Unknown)),
-                // Ended without a status: the client sees no status either.
-                None => Some(Code::Unknown),
-                // The body failed: hyper resets the stream.
-                Some(Err(_)) => Some(Code::Internal),
-            };
-            if let Some(code) = code
-                && let Some(pending) = this.pending.take()
-            {
-                pending.record(code);
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -24,6 +24,8 @@
 //!   identity handed to handlers;
 //! - [`deadline`]: DEADLINE_EXCEEDED when the caller's `grpc-timeout` passes;
 //! - [`metrics`]: calls by method and status code, and their latency;
+//! - [`outcome`]: a call's status where its response ends (the trailers of a
+//!   stream), for its metrics and its span;
 //! - [`ContextLayer`]: the handler runs inside its call's context (trace and
 //!   deadline), which the tai calls it makes carry on ([`crate::context`]);
 //! - [`ServerLayer`]: the three above as one, sharing a clock read per call;
@@ -49,6 +51,7 @@ mod keepalive;
 mod layer;
 mod limits;
 pub mod metrics;
+pub mod outcome;
 pub mod rate_limit;
 pub mod reflection;
 mod serve;

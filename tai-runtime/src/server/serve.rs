@@ -160,7 +160,7 @@ impl Server {
         let routes = self.routes()?;
         let inner = match self.layer.take() {
             Some(layer) => Either::Left(layer.layer(routes)),
-            None => Either::Right(MapResponse::new(routes, unmetered as Unmetered)),
+            None => Either::Right(MapResponse::new(routes, unreported as Unreported)),
         };
         let connections = Connections {
             inner,
@@ -292,14 +292,14 @@ where
 }
 
 /// The routes, behind tai's server layer or not.
-type Inner = Either<ServerService<Routed>, MapResponse<Routed, Unmetered>>;
+type Inner = Either<ServerService<Routed>, MapResponse<Routed, Unreported>>;
 
 /// The routes' answers without tai's server layer: in the body type the layer's
-/// answers have, recording nothing.
-type Unmetered = fn(http::Response<Body>) -> http::Response<Answer>;
+/// answers have, reporting nothing.
+type Unreported = fn(http::Response<Body>) -> http::Response<Answer>;
 
-fn unmetered(response: http::Response<Body>) -> http::Response<Answer> {
-    response.map(Answer::unmetered)
+fn unreported(response: http::Response<Body>) -> http::Response<Answer> {
+    response.map(Answer::unreported)
 }
 
 /// What each connection is served with.

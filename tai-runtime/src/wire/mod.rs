@@ -115,6 +115,15 @@ pub(crate) fn percent_encode_message(message: &str) -> String {
     out
 }
 
+/// A `grpc-message` value as text: percent-decoded, bytes that are not UTF-8
+/// replaced.
+#[cfg(feature = "otel")]
+pub(crate) fn percent_decode_message(value: &[u8]) -> String {
+    percent_encoding::percent_decode(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
