@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Echo, Script, echo, service, stream_method, unary_method};
+use support::{Echo, Script, echo, open_stream, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::channel::BoxIo;
 use tai_runtime::policy::{BreakerPolicy, CodeSet, MethodPolicy, RateRule, ThrottlePolicy};
@@ -245,11 +245,7 @@ async fn a_stream_failing_midway_counts_as_a_failure() {
     });
     let policy = stream_method().with_breaker(probing_once(1));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
-    let mut stream = core
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&core).await;
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
     assert_eq!(
         core.state().breaker("Stream").unwrap().state(),
@@ -284,11 +280,7 @@ async fn a_stream_probe_reports_at_its_end() {
         .unwrap_err();
     tokio::time::advance(Duration::from_secs(1)).await;
 
-    let dropped = core
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let dropped = open_stream(&core).await;
     assert!(matches!(state(), BreakerState::HalfOpen { .. }));
     drop(dropped);
     let mut stream = core

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::raw_h2::{Answer, H2Server};
-use support::{Echo, Script, echo, service, stream_method, unary_method};
+use support::{Echo, Script, echo, open_stream, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{
     BreakerPolicy, CodeSet, HedgingPolicy, MethodPolicy, RetryPolicy, ServicePolicy,
@@ -150,11 +150,7 @@ async fn trailers_come_back_at_the_end_of_a_stream() {
         trailers: vec![("x-checksum", "abc")],
     });
     let core = ClientCore::new(server.channel(), service(vec![stream_method()], None));
-    let mut stream = core
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&core).await;
     // Unread messages are read and dropped first, as tonic's `trailers` does.
     let trailers = stream.trailers().await.unwrap().unwrap();
     assert_eq!(trailers.get("x-checksum").unwrap().to_str().unwrap(), "abc");

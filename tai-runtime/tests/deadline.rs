@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use support::raw_h2::{Answer, H2Server};
-use support::{Echo, Script, echo, service, stream_method, unary_method};
+use support::{Echo, Script, echo, open_stream, service, stream_method, unary_method};
 use tai_runtime::__private::ClientCore;
 use tai_runtime::policy::{CodeSet, RetryPolicy, ThrottlePolicy};
 use tokio::time::Instant;
@@ -286,11 +286,7 @@ async fn a_stream_held_open_ends_at_the_deadline() {
     let policy = stream_method().with_timeout(Duration::from_millis(300));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
     let start = Instant::now();
-    let mut stream = core
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&core).await;
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
     let err = stream.message().await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
@@ -309,11 +305,7 @@ async fn a_stream_that_never_pauses_still_ends_at_the_deadline() {
     });
     let policy = stream_method().with_timeout(Duration::from_millis(300));
     let core = ClientCore::new(script.serve_in_memory(), service(vec![policy], None));
-    let mut stream = core
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&core).await;
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "0");
     tokio::time::advance(Duration::from_millis(301)).await;
     let mut past_the_deadline = 0;

@@ -24,7 +24,7 @@ use tai_runtime::server::metrics::MetricsLayer;
 use tai_runtime::{BreakerState, Code, Status, resilient};
 
 use support::net::Net;
-use support::{Echo, Script, echo, service, stream_method, unary_method};
+use support::{Echo, Script, echo, open_stream, service, stream_method, unary_method};
 
 /// `test.Echo` as a service owner declares it: the generated client.
 #[resilient(service = "test.Echo")]
@@ -515,21 +515,13 @@ async fn server_streams_are_counted_by_how_they_end() {
     let stream_from = |address: &str| ClientCore::new(channel(&net, address, &metrics), policy);
 
     let failing = stream_from("failing:1");
-    let mut stream = failing
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&failing).await;
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "1");
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "2");
     assert_eq!(stream.message().await.unwrap_err().code(), Code::DataLoss);
 
     let open = stream_from("open:1");
-    let mut stream = open
-        .server_streaming::<Echo, Echo>(0, echo("x"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&open).await;
     assert_eq!(stream.message().await.unwrap().unwrap().msg, "1");
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(stream);

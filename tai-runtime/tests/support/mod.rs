@@ -336,3 +336,15 @@ pub fn service(
     policy.throttle = throttle;
     Box::leak(Box::new(policy))
 }
+
+/// Opens a stream of `test.Echo/Stream` through `core`, whose method 0 is the
+/// stream method, and hands out its messages.
+#[allow(dead_code)]
+pub async fn open_stream<T: tai_runtime::Transport>(
+    core: &tai_runtime::__private::ClientCore<T>,
+) -> tai_runtime::ResponseStream<Echo> {
+    core.server_streaming::<Echo, Echo>(0, echo("x"))
+        .await
+        .expect("the stream opens")
+        .into_inner()
+}
