@@ -164,6 +164,45 @@ async fn server_layer_answers_deadline_exceeded_and_stops_the_handler() {
     assert!(!client_line.ends_with(" 0"), "{client_line}");
 }
 
+/// A server holds a response stream to its caller's deadline: a stream still
+/// open when it passes ends with DEADLINE_EXCEEDED in its trailers, sent by the
+/// server, a millisecond early. The caller here is tonic's own client, which
+/// enforces `set_timeout` only until the response headers.
+#[tokio::test(start_paused = true)]
+async fn a_server_ends_a_stream_at_its_callers_deadline() {
+    let script = Script::streaming_held_open(|_| async { Ok(vec![Ok(echo("first"))]) });
+    let router = tonic::transport::Server::builder()
+        .layer(tai_runtime::server::ServerLayer::new())
+        .add_service(script.clone());
+    let channel = support::in_memory(move |incoming| router.serve_with_incoming(incoming));
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let start = Instant::now();
+    let mut stream = grpc
+        .server_streaming(
+            timed(echo("x"), Duration::from_millis(300)),
+            http::uri::PathAndQuery::from_static("/test.Echo/Stream"),
+            tonic_prost::ProstCodec::<Echo, Echo>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().msg, "first");
+    let err = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the server ends the stream")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        err.message()
+            .contains("passed before the server finished its response"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(299));
+    assert!(stream.message().await.unwrap().is_none());
+}
+
 /// A request with the caller's timeout, as a tonic caller sets it.
 fn timed(message: Echo, timeout: Duration) -> tai_runtime::Request<Echo> {
     let mut request = tai_runtime::Request::new(message);

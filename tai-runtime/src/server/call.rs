@@ -20,13 +20,14 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use super::accept::ConnectInfo;
+use super::deadline;
 use super::limits::{self, Limit, RequestBody, ResponseBody};
 use super::outcome::OutcomeBody;
 use super::shed::{Admission, Ticket};
 
-/// A response body as the routes answer it: reporting the call's outcome, or
-/// not without tai's layer.
-pub(crate) type Answer = OutcomeBody<Body>;
+/// A response body as the routes answer it: under the caller's deadline and
+/// reporting the call's outcome, or neither without tai's layer.
+pub(crate) type Answer = OutcomeBody<deadline::ResponseBody<Body>>;
 
 /// What every connection of a server shares.
 #[derive(Debug)]
@@ -128,7 +129,7 @@ where
                 // Refused before a ticket: nothing held, nothing limited.
                 let (parts, body) = response.into_parts();
                 let body = ResponseBody::new(
-                    OutcomeBody::unreported(body),
+                    OutcomeBody::unreported(deadline::ResponseBody::unlimited(body)),
                     Limit::response(usize::MAX),
                     None,
                 );

@@ -1,5 +1,6 @@
 //! Server deadlines: a call whose caller's deadline passes ends in
-//! DEADLINE_EXCEEDED, and its handler is dropped.
+//! DEADLINE_EXCEEDED, and its handler is dropped — before its answer, or in the
+//! middle of the response stream it answered with.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,7 +20,12 @@
 //! clients retry or alert on the difference. This layer answers DEADLINE_EXCEEDED
 //! a millisecond before the caller's deadline (so the answer arrives in time, and
 //! before tonic's own timer fires) and drops the handler's future, which stops work
-//! nobody waits for.
+//! nobody waits for. tonic's timer covers only the wait for the handler's answer;
+//! a response stream would run past the deadline for as long as its client stays
+//! (tonic's own client, for one, enforces a timeout only until the response
+//! headers). So the deadline also holds over the response body: a stream still
+//! open at the deadline ends with DEADLINE_EXCEEDED in its trailers, and the
+//! handler's stream is dropped.
 //!
 //! Why it is shaped so: tonic's server already arms a timer per call for
 //! `grpc-timeout`, so this layer adds no timer per call: every call of a layer
@@ -33,11 +39,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::client::stream::DEADLINE_CHECK_INTERVAL;
 use crate::client::timer::{DeadlineTimer, Registration};
 
 /// How much earlier than the caller's deadline the server gives up.
@@ -114,7 +123,7 @@ impl<S> Service<http::Request<tonic::body::Body>> for Deadline<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<ResponseBody<tonic::body::Body>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -151,35 +160,189 @@ pin_project! {
     }
 }
 
+impl Limit {
+    /// Whether the deadline has passed (registering with the timer to be woken
+    /// when it does).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadlines = &mut self.deadlines;
+        DeadlineTimer::poll_expired(
+            &mut self.timer,
+            || deadlines.take().expect("taken once, at registration"),
+            self.at,
+            cx,
+        )
+    }
+
+    fn exceeded(&self, before: &str) -> Status {
+        Status::deadline_exceeded(format!(
+            "{}: the caller's deadline of {:?} passed before the server {before}",
+            self.uri.path(),
+            self.timeout
+        ))
+    }
+}
+
 impl<F, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<ResponseBody<tonic::body::Body>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.call.poll(cx) {
-            // Gives the timer slot back now, not when the future is dropped.
-            *this.limit = None;
-            return Poll::Ready(result);
+            // The deadline goes on to hold over the body (an answer without
+            // messages has an empty body, dropped at once with it).
+            let limit = this.limit.take();
+            return Poll::Ready(
+                result.map(|response| response.map(|body| ResponseBody::new(body, limit))),
+            );
         }
         let Some(limit) = this.limit else {
             return Poll::Pending;
         };
-        let deadlines = &mut limit.deadlines;
-        ready!(DeadlineTimer::poll_expired(
-            &mut limit.timer,
-            || deadlines.take().expect("taken once, at registration"),
-            limit.at,
-            cx,
-        ));
-        let status = Status::deadline_exceeded(format!(
-            "{}: the caller's deadline of {:?} passed before the server answered",
-            limit.uri.path(),
-            limit.timeout
-        ));
+        ready!(limit.poll_expired(cx));
+        let status = limit.exceeded("answered");
         *this.limit = None;
-        Poll::Ready(Ok(status.into_http()))
+        Poll::Ready(Ok(status.into_http().map(ResponseBody::unlimited)))
+    }
+}
+
+pin_project! {
+    /// A response body under the caller's deadline: ends with DEADLINE_EXCEEDED
+    /// in its trailers if the deadline passes before the body's own end.
+    pub struct ResponseBody<B> {
+        #[pin]
+        body: B,
+        limit: Option<Limit>,
+        // Data frames passed since the deadline was last looked at: a body that
+        // never waits is checked every `DEADLINE_CHECK_INTERVAL` frames.
+        unchecked: u32,
+        // Ended by the deadline: the inner body is not polled again.
+        expired: bool,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn new(body: B, limit: Option<Limit>) -> Self {
+        Self {
+            body,
+            limit,
+            unchecked: 0,
+            expired: false,
+        }
+    }
+
+    /// `body`, under no deadline.
+    pub(crate) fn unlimited(body: B) -> Self {
+        Self::new(body, None)
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
+        }
+        let Some(limit) = this.limit else {
+            return this.body.poll_frame(cx);
+        };
+        let passed = if *this.unchecked >= DEADLINE_CHECK_INTERVAL {
+            *this.unchecked = 0;
+            limit.poll_expired(cx).is_ready()
+        } else {
+            false
+        };
+        if !passed {
+            match this.body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if frame.is_data() {
+                        *this.unchecked += 1;
+                    } else {
+                        // The trailers: the response is complete.
+                        *this.limit = None;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(other) => {
+                    *this.limit = None;
+                    return Poll::Ready(other);
+                }
+                Poll::Pending => ready!(limit.poll_expired(cx)),
+            }
+        }
+        let status = limit.exceeded("finished its response");
+        tracing::debug!("{}", status.message());
+        (*this.limit, *this.expired) = (None, true);
+        Poll::Ready(Some(Ok(Frame::trailers(crate::wire::status_trailers(
+            &status,
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.limit.is_some() {
+            // It may yet end early, with trailers.
+            SizeHint::default()
+        } else {
+            self.body.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    /// A body that never waits is still held to the deadline: it is looked at
+    /// every [`DEADLINE_CHECK_INTERVAL`] data frames (the first look registers
+    /// with the timer), so it ends, with DEADLINE_EXCEEDED in its trailers, at
+    /// the first look after the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_waits_still_ends_at_the_deadline() {
+        let frames = futures_util::stream::repeat_with(|| {
+            Ok::<_, Status>(Frame::data(Bytes::from_static(b"message")))
+        });
+        let limit = Limit {
+            at: Instant::now() + Duration::from_millis(10),
+            timeout: Duration::from_millis(11),
+            deadlines: Some(Arc::new(DeadlineTimer::default())),
+            timer: None,
+            uri: http::Uri::from_static("/test.Echo/Stream"),
+        };
+        let mut body = std::pin::pin!(ResponseBody::new(StreamBody::new(frames), Some(limit)));
+        let interval = DEADLINE_CHECK_INTERVAL as usize;
+        let mut data = 0;
+        let trailers = loop {
+            let frame = body.frame().await.expect("a frame").unwrap();
+            match frame.into_data() {
+                Ok(_) => data += 1,
+                Err(frame) => break frame.into_trailers().unwrap(),
+            }
+            if data == interval + 1 {
+                // Registered with the timer by now: let the deadline pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        assert_eq!(
+            data,
+            2 * interval,
+            "ended at the first look after the deadline"
+        );
+        assert_eq!(trailers[crate::wire::GRPC_STATUS], "4", "DEADLINE_EXCEEDED");
+        assert!(body.frame().await.is_none(), "and nothing after");
+        assert!(body.is_end_stream());
     }
 }

@@ -122,7 +122,7 @@ impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
 {
-    type Response = http::Response<OutcomeBody<tonic::body::Body>>;
+    type Response = http::Response<OutcomeBody<deadline::ResponseBody<tonic::body::Body>>>;
     type Error = S::Error;
     type Future = ServerFuture<S::Future>;
 

@@ -24,7 +24,7 @@ use pin_project_lite::pin_project;
 use tonic::Status;
 
 use super::frames::{Frames, Grpc, Shape};
-use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, percent_encode_message};
+use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, status_trailers};
 
 /// The largest message a server receives and sends unless told otherwise: 4 MiB,
 /// tonic's default for receiving.
@@ -197,7 +197,7 @@ where
                 Ok(()) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Err((at, status)) => {
                     tracing::debug!("{}", status.message());
-                    let trailers = trailers(&status);
+                    let trailers = status_trailers(&status);
                     if at == 0 {
                         (*this.done, *this.hold) = (true, None);
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -221,16 +221,6 @@ where
     fn is_end_stream(&self) -> bool {
         self.done
     }
-}
-
-/// `status` as trailers.
-fn trailers(status: &Status) -> HeaderMap {
-    let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert(GRPC_STATUS, HeaderValue::from(status.code() as i32));
-    if let Ok(message) = HeaderValue::try_from(percent_encode_message(status.message())) {
-        trailers.insert(GRPC_MESSAGE, message);
-    }
-    trailers
 }
 
 /// tonic's own size errors ("Error, decoded message length too large: ..."),
@@ -273,7 +263,7 @@ mod tests {
 
     #[test]
     fn refusal_trailers_carry_the_code_and_the_encoded_message() {
-        let trailers = trailers(&Status::resource_exhausted("100% full"));
+        let trailers = status_trailers(&Status::resource_exhausted("100% full"));
         assert_eq!(trailers[GRPC_STATUS], "8");
         assert_eq!(trailers[GRPC_MESSAGE], "100%25 full");
     }

@@ -299,7 +299,7 @@ type Inner = Either<ServerService<Routed>, MapResponse<Routed, Unreported>>;
 type Unreported = fn(http::Response<Body>) -> http::Response<Answer>;
 
 fn unreported(response: http::Response<Body>) -> http::Response<Answer> {
-    response.map(Answer::unreported)
+    response.map(|body| Answer::unreported(super::deadline::ResponseBody::unlimited(body)))
 }
 
 /// What each connection is served with.

@@ -101,6 +101,18 @@ pub(crate) fn code_for_http_status(status: StatusCode) -> Code {
     }
 }
 
+/// `status` as trailers (its code and message; a server ending a response
+/// that has sent headers already ends it so).
+#[cfg(feature = "server")]
+pub(crate) fn status_trailers(status: &tonic::Status) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert(GRPC_STATUS, HeaderValue::from(status.code() as i32));
+    if let Ok(message) = HeaderValue::try_from(percent_encode_message(status.message())) {
+        trailers.insert(GRPC_MESSAGE, message);
+    }
+    trailers
+}
+
 /// `message` as a `grpc-message` value: bytes outside printable ASCII, and `%`,
 /// percent-encoded (the gRPC HTTP/2 protocol spec).
 pub(crate) fn percent_encode_message(message: &str) -> String {
