@@ -104,13 +104,15 @@ where
         timeout: Option<Duration>,
         start: impl FnOnce() -> Instant,
     ) -> ResponseFuture<S::Future> {
-        let limit = timeout.map(|timeout| Limit {
-            at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
-            timeout,
-            deadlines: Some(Arc::clone(&self.deadlines)),
-            timer: None,
-            // For the message. A `Uri` clone shares its bytes.
-            uri: request.uri().clone(),
+        let limit = timeout.map(|timeout| {
+            Box::new(Limit {
+                at: start() + timeout.saturating_sub(DEADLINE_MARGIN),
+                timeout,
+                deadlines: Some(Arc::clone(&self.deadlines)),
+                timer: None,
+                // For the message. A `Uri` clone shares its bytes.
+                uri: request.uri().clone(),
+            })
         });
         ResponseFuture {
             call: self.inner.call(request),
@@ -137,7 +139,9 @@ where
     }
 }
 
-/// The deadline of one call.
+/// The deadline of one call. Boxed: it goes from the call's future to its
+/// response body, and every layer above moves the response (callgrind: inline,
+/// +830 instructions of copying per call; boxed, one allocation).
 struct Limit {
     /// When to give up.
     at: Instant,
@@ -156,7 +160,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         call: F,
-        limit: Option<Limit>,
+        limit: Option<Box<Limit>>,
     }
 }
 
@@ -214,7 +218,7 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         body: B,
-        limit: Option<Limit>,
+        limit: Option<Box<Limit>>,
         // Data frames passed since the deadline was last looked at: a body that
         // never waits is checked every `DEADLINE_CHECK_INTERVAL` frames.
         unchecked: u32,
@@ -224,7 +228,7 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    fn new(body: B, limit: Option<Limit>) -> Self {
+    fn new(body: B, limit: Option<Box<Limit>>) -> Self {
         Self {
             body,
             limit,
@@ -322,7 +326,10 @@ mod tests {
             timer: None,
             uri: http::Uri::from_static("/test.Echo/Stream"),
         };
-        let mut body = std::pin::pin!(ResponseBody::new(StreamBody::new(frames), Some(limit)));
+        let mut body = std::pin::pin!(ResponseBody::new(
+            StreamBody::new(frames),
+            Some(Box::new(limit))
+        ));
         let interval = DEADLINE_CHECK_INTERVAL as usize;
         let mut data = 0;
         let trailers = loop {

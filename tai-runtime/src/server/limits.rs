@@ -147,7 +147,9 @@ pin_project! {
         limit: Limit,
         frames: Frames<Grpc>,
         // Trailers to send in place of the rest of the body.
-        refused: Option<HeaderMap>,
+        // Boxed (rare), so that the response, moved up through the layers,
+        // stays small.
+        refused: Option<Box<HeaderMap>>,
         hold: Option<H>,
         done: bool,
     }
@@ -183,7 +185,7 @@ where
         }
         if let Some(trailers) = this.refused.take() {
             (*this.done, *this.hold) = (true, None);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
         let frame = match std::task::ready!(this.body.poll_frame(cx)) {
             Some(Ok(frame)) => frame,
@@ -202,7 +204,7 @@ where
                         (*this.done, *this.hold) = (true, None);
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
-                    *this.refused = Some(trailers);
+                    *this.refused = Some(Box::new(trailers));
                     return Poll::Ready(Some(Ok(Frame::data(data.slice(..at)))));
                 }
             },

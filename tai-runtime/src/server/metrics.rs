@@ -90,7 +90,9 @@ impl MetricsLayer {
         match self.methods.get(request.uri().path()) {
             Some(m) => Recorder::Known(m),
             // A `Uri` clone shares its bytes.
-            None => Recorder::FirstSeen(Arc::clone(&self.methods), request.uri().clone()),
+            None => {
+                Recorder::FirstSeen(Box::new((Arc::clone(&self.methods), request.uri().clone())))
+            }
         }
     }
 }
@@ -202,7 +204,9 @@ pub(super) enum Recorder {
     Off,
     Known(Arc<ServerMethodMetrics>),
     /// Not in the table yet: resolved when the answer shows the path is served.
-    FirstSeen(Arc<MethodTable>, http::Uri),
+    /// Boxed (rare: once per method, and calls to unknown paths), so that every
+    /// response, which carries its recorder to its end, stays small.
+    FirstSeen(Box<(Arc<MethodTable>, http::Uri)>),
 }
 
 impl Recorder {
@@ -210,7 +214,8 @@ impl Recorder {
         match self {
             Recorder::Off => {}
             Recorder::Known(m) => m.record(code, start.elapsed()),
-            Recorder::FirstSeen(table, uri) => {
+            Recorder::FirstSeen(first) => {
+                let (table, uri) = &**first;
                 table
                     .resolve(uri.path(), code)
                     .record(code, start.elapsed());
