@@ -551,3 +551,72 @@ async fn server_streams_are_counted_by_how_they_end() {
         "the held stream is timed to its end: {seconds} s; {text}"
     );
 }
+
+/// A call its client abandons before the handler answers counts as CANCELLED:
+/// under its method once the method has answered a call, and as
+/// `unknown/unknown` before that (nothing shows yet that a peer's path is
+/// served, so it takes no place in the table of methods).
+#[tokio::test(start_paused = true)]
+async fn calls_abandoned_before_their_answer_count_as_cancelled() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let net = Net::default();
+    let slow_after_one = tonic::transport::Server::builder()
+        .layer(ServerLayer::with_metrics(&metrics))
+        .add_service(Script::unary(|i, e| async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok(e)
+        }));
+    net.serve("unary:1", |incoming| async move {
+        let _ = slow_after_one.serve_with_incoming(incoming).await;
+    });
+    let never_answers = tonic::transport::Server::builder()
+        .layer(ServerLayer::with_metrics(&metrics))
+        .add_service(Script::streaming(|_| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(vec![])
+        }));
+    net.serve("stream:1", |incoming| async move {
+        let _ = never_answers.serve_with_incoming(incoming).await;
+    });
+    let unary = ClientCore::new(
+        channel(&net, "unary:1", &metrics),
+        service(vec![unary_method()], None),
+    );
+    let stream = ClientCore::new(
+        channel(&net, "stream:1", &metrics),
+        service(vec![stream_method()], None),
+    );
+
+    unary
+        .unary::<Echo, Echo>(0, echo("answered"))
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_secs(1),
+        unary.unary::<Echo, Echo>(0, echo("abandoned")),
+    );
+    assert!(abandoned.await.is_err(), "still waiting when abandoned");
+    let abandoned = tokio::time::timeout(Duration::from_secs(1), open_stream(&stream));
+    assert!(abandoned.await.is_err(), "still waiting when abandoned");
+
+    let unknown = r#"service="unknown",method="unknown",code="Cancelled""#;
+    let counted = |text: &str| {
+        (
+            calls(text, "tai_server", "Cancelled"),
+            value(text, "tai_server_calls_total", unknown),
+        )
+    };
+    for _ in 0..100 {
+        if counted(&text(&registry)) == (Some(1.0), Some(1.0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let text = text(&registry);
+    assert_eq!(counted(&text), (Some(1.0), Some(1.0)), "{text}");
+    assert_eq!(calls(&text, "tai_server", "Ok"), Some(1.0), "{text}");
+    assert!(!text.contains(r#"method="Stream""#), "{text}");
+}

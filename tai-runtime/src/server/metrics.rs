@@ -141,14 +141,15 @@ impl MethodTable {
         self.known.load().get(path).cloned()
     }
 
+    /// The handles of `unknown/unknown`: the calls to paths not tracked.
+    fn overflow(&self) -> &Arc<ServerMethodMetrics> {
+        self.overflow
+            .get_or_init(|| Arc::new(self.metrics.server_method("unknown", "unknown")))
+    }
+
     /// The handles for a path first seen now, answered with `code`.
     fn resolve(&self, path: &str, code: Code) -> Arc<ServerMethodMetrics> {
-        let overflow = || {
-            Arc::clone(
-                self.overflow
-                    .get_or_init(|| Arc::new(self.metrics.server_method("unknown", "unknown"))),
-            )
-        };
+        let overflow = || Arc::clone(self.overflow());
         if code == Code::Unimplemented {
             return overflow();
         }
@@ -220,6 +221,16 @@ impl Recorder {
                     .resolve(uri.path(), code)
                     .record(code, start.elapsed());
             }
+        }
+    }
+
+    /// Records a call that ended before its method answered (a peer gone): under
+    /// the method if it is known, else as `unknown/unknown`, since nothing shows
+    /// the path is served.
+    pub(super) fn record_unanswered(&self, code: Code, start: Instant) {
+        match self {
+            Recorder::FirstSeen(first) => first.0.overflow().record(code, start.elapsed()),
+            known => known.record(code, start),
         }
     }
 }

@@ -8,8 +8,11 @@
 //! answer on with its body wrapped in an [`OutcomeBody`], which reports the
 //! status its trailers carry. A stream that fails after some messages is
 //! reported under its error, not as OK; its latency (and its span) runs to its
-//! end. A response the peer abandons before its status (a cancel, a lost
-//! connection) is reported as CANCELLED.
+//! end. A call the peer abandons before its status (a cancel, a lost
+//! connection), before the handler answered or while its response is sent, is
+//! reported as CANCELLED; abandoned before any answer, it counts under the
+//! method only if the method has answered before (a peer's made-up path, reset
+//! at once, must not take a place in the metrics' table of methods).
 //!
 //! Both are concrete types: no `Box` per call. Without metrics or spans they
 //! only pass the answer through.
@@ -63,11 +66,24 @@ impl Outcome {
 
     /// Reports the call as ended with `code`; `headers` (trailers, or the
     /// headers of a trailers-only answer) give the span its message.
-    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
     fn report(self, code: Code, headers: Option<&HeaderMap>) {
-        if let Some((recorder, start)) = self.metrics {
-            recorder.record(code, start);
+        if let Some((recorder, start)) = &self.metrics {
+            recorder.record(code, *start);
         }
+        self.end_span(code, headers);
+    }
+
+    /// Reports a call abandoned before the handler answered: CANCELLED, under
+    /// its method only if that is known to be served.
+    fn abandoned(self) {
+        if let Some((recorder, start)) = &self.metrics {
+            recorder.record_unanswered(Code::Cancelled, *start);
+        }
+        self.end_span(Code::Cancelled, None);
+    }
+
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables, clippy::unused_self))]
+    fn end_span(self, code: Code, headers: Option<&HeaderMap>) {
         #[cfg(feature = "otel")]
         if let Some(span) = self.span {
             let [message] = headers.map_or([None], |h| {
@@ -97,6 +113,18 @@ pin_project! {
         #[pin]
         call: F,
         outcome: Option<Outcome>,
+    }
+
+    impl<F> PinnedDrop for OutcomeFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the handler answered: the peer is gone, or reset
+            // the stream.
+            if let Some(outcome) = this.project().outcome.take()
+                && !outcome.is_empty()
+            {
+                outcome.abandoned();
+            }
+        }
     }
 }
 
