@@ -82,6 +82,8 @@ impl Outcome {
         self.end_span(Code::Cancelled, None);
     }
 
+    /// Ends the span (feature `otel`) with `code` and the `grpc-message` in
+    /// `headers`.
     #[cfg_attr(not(feature = "otel"), allow(unused_variables, clippy::unused_self))]
     fn end_span(self, code: Code, headers: Option<&HeaderMap>) {
         #[cfg(feature = "otel")]
