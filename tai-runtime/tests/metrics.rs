@@ -337,9 +337,12 @@ async fn the_snapshot_reports_the_calls_latencies() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(message)
     });
-    let client = ClientCore::new(
+    // Its own registry: `each_registry_holds_only_the_series_of_what_was_given_it`
+    // checks, in parallel, that nothing records into the global one.
+    let client = ClientCore::with_metrics(
         script.serve_in_memory(),
         service(vec![unary_method()], None),
+        &Metrics::new(&mut Registry::default()),
     );
     for _ in 0..10 {
         client.unary::<Echo, Echo>(0, echo("x")).await.unwrap();
@@ -512,7 +515,9 @@ async fn server_streams_are_counted_by_how_they_end() {
         let _ = open.serve_with_incoming(incoming).await;
     });
     let policy = service(vec![stream_method()], None);
-    let stream_from = |address: &str| ClientCore::new(channel(&net, address, &metrics), policy);
+    let stream_from = |address: &str| {
+        ClientCore::with_metrics(channel(&net, address, &metrics), policy, &metrics)
+    };
 
     let failing = stream_from("failing:1");
     let mut stream = open_stream(&failing).await;
@@ -581,13 +586,17 @@ async fn calls_abandoned_before_their_answer_count_as_cancelled() {
     net.serve("stream:1", |incoming| async move {
         let _ = never_answers.serve_with_incoming(incoming).await;
     });
-    let unary = ClientCore::new(
-        channel(&net, "unary:1", &metrics),
+    // The clients record elsewhere: only the servers' series are in `registry`.
+    let client_metrics = Metrics::new(&mut Registry::default());
+    let unary = ClientCore::with_metrics(
+        channel(&net, "unary:1", &client_metrics),
         service(vec![unary_method()], None),
+        &client_metrics,
     );
-    let stream = ClientCore::new(
-        channel(&net, "stream:1", &metrics),
+    let stream = ClientCore::with_metrics(
+        channel(&net, "stream:1", &client_metrics),
         service(vec![stream_method()], None),
+        &client_metrics,
     );
 
     unary
