@@ -29,9 +29,11 @@
 //!
 //! Why it is shaped so: tonic's server already arms a timer per call for
 //! `grpc-timeout`, so this layer adds no timer per call: every call of a layer
-//! waits on one shared deadline timer (see `timer.rs`). The future is a concrete
-//! type (no `Box` per call), and a call without `grpc-timeout` costs one header
-//! lookup: the clock is read only when there is a deadline to count from.
+//! waits on one shared deadline timer (see `timer.rs`). The future and the body
+//! are concrete types; a call with a deadline boxes its limit once (the response
+//! carries it up through the layers, and small is cheaper to move), and a call
+//! without `grpc-timeout` costs one header lookup: the clock is read only when
+//! there is a deadline to count from.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -257,4 +257,55 @@ mod tests {
         ));
         assert_eq!(table.known.load().len(), 1);
     }
+
+    /// A service that fails instead of answering is counted as UNKNOWN when it
+    /// fails (under its method once the method has answered, as
+    /// `unknown/unknown` before), not as CANCELLED when its future is dropped.
+    #[tokio::test]
+    async fn a_failing_service_counts_as_unknown_not_cancelled() {
+        use tower::ServiceExt;
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        let layer = MetricsLayer::with_metrics(&Metrics::new(&mut registry));
+        let service = tower::service_fn(|request: http::Request<()>| async move {
+            if request.uri().path().ends_with("/Answers") {
+                Ok(tonic::Status::new(Code::Ok, "").into_http::<()>())
+            } else {
+                Err(std::io::Error::other("no answer"))
+            }
+        });
+        let call = |path: &'static str| {
+            layer
+                .layer(service)
+                .oneshot(http::Request::builder().uri(path).body(()).unwrap())
+        };
+        assert!(call("/test.Echo/Answers").await.is_ok());
+        assert!(call("/test.Echo/Fails").await.is_err());
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let count = |labels: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("tai_server_calls_total{{{labels}}} ")))
+                .map(str::to_owned)
+        };
+        let answers = r#"service="test.Echo",method="Answers""#;
+        assert_eq!(
+            count(&format!(r#"{answers},code="Ok""#)).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            count(r#"service="unknown",method="unknown",code="Unknown""#).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert!(!text.contains(r#"method="Fails""#), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("Cancelled") && l.ends_with(" 1")),
+            "{text}"
+        );
+    }
 }

@@ -12,7 +12,8 @@
 //! connection), before the handler answered or while its response is sent, is
 //! reported as CANCELLED; abandoned before any answer, it counts under the
 //! method only if the method has answered before (a peer's made-up path, reset
-//! at once, must not take a place in the metrics' table of methods).
+//! at once, must not take a place in the metrics' table of methods). A service
+//! that fails instead of answering is reported, the same way, as UNKNOWN.
 //!
 //! Both are concrete types: no `Box` per call. Without metrics or spans they
 //! only pass the answer through.
@@ -73,13 +74,14 @@ impl Outcome {
         self.end_span(code, headers);
     }
 
-    /// Reports a call abandoned before the handler answered: CANCELLED, under
-    /// its method only if that is known to be served.
-    fn abandoned(self) {
+    /// Reports a call that ended without an answer (abandoned by the peer, or
+    /// its service failed) with `code`, under its method only if that is known
+    /// to be served.
+    fn unanswered(self, code: Code) {
         if let Some((recorder, start)) = &self.metrics {
-            recorder.record_unanswered(Code::Cancelled, *start);
+            recorder.record_unanswered(code, *start);
         }
-        self.end_span(Code::Cancelled, None);
+        self.end_span(code, None);
     }
 
     /// Ends the span (feature `otel`) with `code` and the `grpc-message` in
@@ -124,7 +126,7 @@ pin_project! {
             if let Some(outcome) = this.project().outcome.take()
                 && !outcome.is_empty()
             {
-                outcome.abandoned();
+                outcome.unanswered(Code::Cancelled);
             }
         }
     }
@@ -147,7 +149,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.call.poll(cx))?;
+        let response = match ready!(this.call.poll(cx)) {
+            Ok(response) => response,
+            Err(e) => {
+                // No answer: the service failed (what the peer then sees is up
+                // to the server above; UNKNOWN is gRPC's code for an error
+                // without a status). Reported now, not as CANCELLED on drop.
+                if let Some(outcome) = this.outcome.take() {
+                    outcome.unanswered(Code::Unknown);
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
         let pending = match this.outcome.take() {
             Some(outcome) if !outcome.is_empty() => match status_in(response.headers()) {
                 // Trailers-only: the answer is complete.
