@@ -4,7 +4,9 @@
 //! `tests/interop/grpcio_client.py` builds the mesh's messages from the
 //! descriptor set tai-build wrote and calls the Governor with the client
 //! certificate (it succeeds), and without one (the server refuses the
-//! handshake: UNAVAILABLE).
+//! handshake: UNAVAILABLE). It also reads the status of two calls the server
+//! refuses: an answer without messages must reach a client it did not write
+//! as gRPC's Trailers-Only, or the client loses the status.
 //!
 //! The test needs `python3` with `grpcio` and `protobuf`. Without them it skips
 //! with a message, unless `TAI_REQUIRE_INTEROP` is set (CI sets it, and
@@ -111,4 +113,20 @@ fn grpcio_calls_mesh_serve_over_mtls_and_is_refused_without_a_certificate() {
     assert_eq!(called["receipt"]["id"], "grpcio-1", "{called}");
     assert_eq!(called["receipt"]["accepted"], true, "{called}");
     assert_eq!(called["policies"][0]["id"], "from-grpcio", "{called}");
+
+    let refused = &called["refused"];
+    assert_eq!(
+        refused["empty_proposal"]["code"], "INVALID_ARGUMENT",
+        "{refused}"
+    );
+    assert!(
+        refused["empty_proposal"]["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("request_id is empty")),
+        "{refused}"
+    );
+    assert_eq!(
+        refused["unknown_method"]["code"], "UNIMPLEMENTED",
+        "{refused}"
+    );
 }

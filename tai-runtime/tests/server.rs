@@ -14,9 +14,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use prometheus_client::registry::Registry;
 use prost::Message;
 use support::{Echo, Script, echo};
-use tai_runtime::server::{ConnectInfo, Drained, KeepalivePolicy, Server};
+use tai_runtime::metrics::Metrics;
+use tai_runtime::server::{ConnectInfo, Drained, KeepalivePolicy, Server, ServerLayer};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -369,6 +371,72 @@ async fn a_services_own_tonic_limit_is_resource_exhausted_too() {
     );
 }
 
+/// The server's metrics count a call refused for a message's size under the code
+/// its client sees, RESOURCE_EXHAUSTED, whichever limit it hit: the server's
+/// for a request, the server's for a response (the limit ends the response
+/// itself, before the handler's trailers), a service's own tonic limit (whose
+/// OUT_OF_RANGE the server rewrites).
+#[tokio::test]
+async fn calls_refused_for_a_messages_size_are_counted_as_resource_exhausted() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let script =
+        Script::unary(|_, request: Echo| async move { Ok(echo(&"a".repeat(request.n as usize))) });
+    let server = Server::builder()
+        .add_service(script)
+        .server_layer(Some(ServerLayer::with_metrics(&metrics)))
+        .max_receive_message_size(8 << 20)
+        .max_send_message_size(1024);
+    let server = Running::start(server).await;
+    let channel = server.channel().await;
+    let asks_for = |n| Echo {
+        msg: String::new(),
+        n,
+    };
+    let requests = [
+        ("the server's request limit", echo(&"q".repeat(9 << 20))),
+        ("tonic's request limit", echo(&"q".repeat(5 << 20))),
+        ("the server's response limit", asks_for(2000)),
+    ];
+    for (limit, request) in requests {
+        let refused = unary(channel.clone(), request).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::ResourceExhausted,
+            "{limit}: {refused}"
+        );
+    }
+    unary(channel, asks_for(10)).await.unwrap();
+
+    let series = |code: &str| {
+        format!(r#"tai_server_calls_total{{service="test.Echo",method="Unary",code="{code}"}} "#)
+    };
+    let count = |text: &str, code: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series(code).as_str()))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    // The last answer's end is recorded as its body ends, just after the
+    // client has it.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if count(&text, "Ok") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count(&text, "ResourceExhausted"), Some(3.0), "{text}");
+    assert_eq!(count(&text, "Ok"), Some(1.0), "{text}");
+    for other in ["Cancelled", "OutOfRange"] {
+        assert!(
+            matches!(count(&text, other), None | Some(0.0)),
+            "{other}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn calls_over_the_concurrency_limit_are_shed_at_once() {
     let gate = Arc::new(Semaphore::new(0));
@@ -427,6 +495,25 @@ async fn h2_unary(client: &mut h2::client::SendRequest<Bytes>, message: &Echo) -
     }
     let trailers = body.trailers().await.unwrap().expect("trailers");
     trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// An error answer without messages goes as gRPC's Trailers-Only: one HEADERS
+/// frame carrying the status and ending the stream, not headers followed by an
+/// empty DATA frame (which grpc-go reads as a stream ended without trailers).
+#[tokio::test]
+async fn an_answer_without_messages_is_trailers_only() {
+    let script = Script::unary(|_, _| async { Err(tonic::Status::not_found("no such echo")) });
+    let server = Running::start(Server::builder().add_service(script)).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let (response, mut send) = client.send_request(grpc_request(), false).unwrap();
+    send.send_data(grpc_body(&echo("missing")), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "5", "NOT_FOUND");
+    let mut body = response.into_body();
+    assert!(body.is_end_stream(), "the HEADERS frame ended the stream");
+    assert!(body.data().await.is_none(), "no DATA frame");
 }
 
 #[tokio::test]

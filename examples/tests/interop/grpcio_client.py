@@ -6,8 +6,11 @@ write. The message classes are built at run time from the FileDescriptorSet
 tai-build wrote (no protoc, no generated Python), and the calls go through
 grpcio's generic `channel.unary_unary(path, ...)`.
 
-It proposes a policy, then lists the policies, and prints one JSON line:
-  {"ok": true, "receipt": {...}, "policies": [...]}                 exit 0
+It proposes a policy, then lists the policies, then makes two calls the server
+refuses (an empty proposal, a method it does not serve) to see the status each
+ends with, and prints one JSON line:
+  {"ok": true, "receipt": {...}, "policies": [...],
+   "refused": {"empty_proposal": {"code": ..., "details": ...}, ...}}  exit 0
   {"ok": false, "code": "UNAVAILABLE", "details": "..."}           exit 1
 """
 
@@ -89,12 +92,29 @@ def main():
         except grpc.RpcError as e:
             print(json.dumps({"ok": False, "code": e.code().name, "details": e.details()}))
             return 1
+        missing = unary(channel, "NoSuchMethod", "GetPoliciesRequest", "tai.v1.mesh.Receipt")
+        refusals = {
+            "empty_proposal": lambda: propose(
+                cls("tai.v1.mesh.ProposePolicyRequest")(), timeout=args.timeout
+            ),
+            "unknown_method": lambda: missing(
+                cls("tai.v1.mesh.GetPoliciesRequest")(), timeout=args.timeout
+            ),
+        }
+        refused = {}
+        for name, call in refusals.items():
+            try:
+                call()
+                refused[name] = {"code": "OK", "details": ""}
+            except grpc.RpcError as e:
+                refused[name] = {"code": e.code().name, "details": e.details()}
     print(
         json.dumps(
             {
                 "ok": True,
                 "receipt": json_format.MessageToDict(receipt),
                 "policies": json_format.MessageToDict(policies).get("policies", []),
+                "refused": refused,
             }
         )
     )

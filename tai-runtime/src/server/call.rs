@@ -2,9 +2,10 @@
 //!
 //! It puts the connection's [`ConnectInfo`] (and tonic's `TcpConnectInfo`) into
 //! the request, admits the call or sheds it ([`Admission`]), holds the request
-//! and response messages to their size limits, and counts the call — on the
-//! server, for the drain and the shedding, and on its connection, for the
-//! keepalive police — until its response body ends.
+//! messages to their size limit (the response's is held around the routes, see
+//! [`limits`](super::limits)), and counts the call — on the server, for the
+//! drain and the shedding, and on its connection, for the keepalive police —
+//! until its response body ends.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,20 +22,26 @@ use tower::util::Oneshot;
 
 use super::accept::ConnectInfo;
 use super::deadline;
-use super::limits::{self, Limit, RequestBody, ResponseBody};
+use super::limits::{self, Limit, RequestBody};
 use super::outcome::OutcomeBody;
-use super::shed::{Admission, Ticket};
+use super::shed::{Admission, Counted, Ticket};
 
-/// A response body as the routes answer it: under the caller's deadline and
-/// reporting the call's outcome, or neither without tai's layer.
-pub(crate) type Answer = OutcomeBody<deadline::ResponseBody<Body>>;
+/// A response body as the routes answer it: its messages held to the size
+/// limit, under the caller's deadline and reporting the call's outcome (the
+/// last two only with tai's layer).
+pub(crate) type Answer = OutcomeBody<deadline::ResponseBody<limits::ResponseBody<Body>>>;
+
+/// `body` as the answer of a server without tai's layer, or of a call it
+/// refuses itself: neither limited nor reported.
+pub(crate) fn unreported(body: limits::ResponseBody<Body>) -> Answer {
+    OutcomeBody::unreported(deadline::ResponseBody::unlimited(body))
+}
 
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Calls {
     pub(crate) admission: Admission,
     pub(crate) request: Limit,
-    pub(crate) response: Limit,
 }
 
 /// The service of one connection, in front of the server's routes `S`.
@@ -64,7 +71,7 @@ impl<S> CallService<S> {
 }
 
 /// A response as this service sends it.
-pub(crate) type CallResponse = http::Response<ResponseBody<Answer, Ticket>>;
+pub(crate) type CallResponse = http::Response<Counted<Answer>>;
 
 impl<S> hyper::service::Service<http::Request<Incoming>> for CallService<S>
 where
@@ -75,7 +82,6 @@ where
     type Future = CallFuture<S>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        let response = self.calls.response;
         let ticket = match self.calls.admission.admit(&self.connection) {
             Ok(ticket) => ticket,
             Err(status) => {
@@ -94,7 +100,6 @@ where
         CallFuture::Admitted {
             call,
             ticket: Some(ticket),
-            response,
         }
     }
 }
@@ -111,7 +116,6 @@ pin_project! {
             #[pin]
             call: Oneshot<S, http::Request<Body>>,
             ticket: Option<Ticket>,
-            response: Limit,
         },
     }
 }
@@ -127,25 +131,13 @@ where
             CallProjection::Refused { response } => {
                 let response = response.take().expect("polled after completion");
                 // Refused before a ticket: nothing held, nothing limited.
-                let (parts, body) = response.into_parts();
-                let body = ResponseBody::new(
-                    OutcomeBody::unreported(deadline::ResponseBody::unlimited(body)),
-                    Limit::response(usize::MAX),
-                    None,
-                );
-                Poll::Ready(Ok(http::Response::from_parts(parts, body)))
+                Poll::Ready(Ok(response.map(|body| {
+                    Counted::new(unreported(limits::ResponseBody::unlimited(body)), None)
+                })))
             }
-            CallProjection::Admitted {
-                call,
-                ticket,
-                response,
-            } => {
+            CallProjection::Admitted { call, ticket } => {
                 let Ok(answer) = std::task::ready!(call.poll(cx));
-                let (mut parts, body) = answer.into_parts();
-                // A trailers-only answer carries its status in the headers.
-                limits::too_large_is_resource_exhausted(&mut parts.headers);
-                let body = ResponseBody::new(body, *response, ticket.take());
-                Poll::Ready(Ok(http::Response::from_parts(parts, body)))
+                Poll::Ready(Ok(answer.map(|body| Counted::new(body, ticket.take()))))
             }
         }
     }

@@ -89,9 +89,9 @@ pub struct Deadline<S> {
     deadlines: Arc<DeadlineTimer>,
 }
 
-impl<S> Deadline<S>
+impl<S, B> Deadline<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
 {
     /// Calls the service under `timeout`, the deadline `request` carries (its
     /// `grpc-timeout`), counted from `start()` (called only if there is one).
@@ -123,11 +123,14 @@ where
     }
 }
 
-impl<S> Service<http::Request<tonic::body::Body>> for Deadline<S>
+/// Any response body `B` with an empty `Default` (tonic's `Body`, for one): the
+/// layer's own DEADLINE_EXCEEDED answer has an empty body.
+impl<S, B> Service<http::Request<tonic::body::Body>> for Deadline<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    B: Default,
 {
-    type Response = http::Response<ResponseBody<tonic::body::Body>>;
+    type Response = http::Response<ResponseBody<B>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -188,11 +191,12 @@ impl Limit {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
 {
-    type Output = Result<http::Response<ResponseBody<tonic::body::Body>>, E>;
+    type Output = Result<http::Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

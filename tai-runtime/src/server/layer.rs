@@ -118,11 +118,14 @@ pub struct ServerService<S> {
 /// call's metrics when it ends.
 pub type ServerFuture<F> = OutcomeFuture<Scoped<Traced<deadline::ResponseFuture<F>>>>;
 
-impl<S> Service<http::Request<tonic::body::Body>> for ServerService<S>
+/// Any response body `B` with an empty `Default` (tonic's `Body`, for one), as
+/// [`Deadline`].
+impl<S, B> Service<http::Request<tonic::body::Body>> for ServerService<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    B: Default,
 {
-    type Response = http::Response<OutcomeBody<deadline::ResponseBody<tonic::body::Body>>>;
+    type Response = http::Response<OutcomeBody<deadline::ResponseBody<B>>>;
     type Error = S::Error;
     type Future = ServerFuture<S::Future>;
 

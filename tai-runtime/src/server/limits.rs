@@ -4,24 +4,33 @@
 //! tonic's codec says OUT_OF_RANGE, and by default limits only what it receives
 //! (4 MiB), never what it sends. So the server reads each message's 5-byte
 //! header in the call's body as it passes ([`Frames`]), before tonic does:
-//! - a request message over the limit fails the request body with
-//!   RESOURCE_EXHAUSTED, which tonic's decoder hands to the call as its status;
-//! - a response message over the limit is not sent: the response ends there,
-//!   with RESOURCE_EXHAUSTED in its trailers.
+//! - a request message over the limit fails the request body
+//!   ([`RequestBody`]) with RESOURCE_EXHAUSTED, which tonic's decoder hands to
+//!   the call as its status;
+//! - a response message over the limit is not sent ([`ResponseBody`]): the
+//!   response ends there, with RESOURCE_EXHAUSTED in its trailers.
 //!
 //! The lengths are those on the wire (compressed, if so). A service's own tonic
 //! limit still applies (after decompression): its OUT_OF_RANGE "message length
 //! too large" answers are rewritten to RESOURCE_EXHAUSTED too, so the code is the
 //! same whichever limit a message hits first.
+//!
+//! Where each is applied: the request limit where the connection's service
+//! first boxes the request body (`call.rs`), the response limit right around
+//! the routes ([`ResponseLimit`]), inside the layers that report a call's
+//! outcome, so that the metrics and the span see the status the client is
+//! sent, not the one the handler meant to send.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Status;
+use tower::Service;
 
 use super::frames::{Frames, Grpc, Shape};
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, status_trailers};
@@ -138,10 +147,68 @@ where
     }
 }
 
+/// Holds the messages of the routes' answers to a limit: the service
+/// [`ResponseLimit`] puts around the server's routes.
+#[derive(Clone, Debug)]
+pub(crate) struct ResponseLimit<S> {
+    inner: S,
+    limit: Limit,
+}
+
+impl<S> ResponseLimit<S> {
+    pub(crate) fn new(inner: S, limit: Limit) -> Self {
+        Self { inner, limit }
+    }
+}
+
+impl<S, Request, B> Service<Request> for ResponseLimit<S>
+where
+    S: Service<Request, Response = http::Response<B>>,
+{
+    type Response = http::Response<ResponseBody<B>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        ResponseFuture {
+            call: self.inner.call(request),
+            limit: self.limit,
+        }
+    }
+}
+
 pin_project! {
-    /// A response body whose messages are held to a limit, keeping `hold` (what
-    /// counts the call as in flight) until it ends.
-    pub(crate) struct ResponseBody<B, H> {
+    /// The future of a call through [`ResponseLimit`].
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        call: F,
+        limit: Limit,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.call.poll(cx))?;
+        // A trailers-only answer carries its status in the headers.
+        too_large_is_resource_exhausted(response.headers_mut());
+        let limit = *this.limit;
+        Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, limit))))
+    }
+}
+
+pin_project! {
+    /// A response body whose messages are held to a limit.
+    pub(crate) struct ResponseBody<B> {
         #[pin]
         body: B,
         limit: Limit,
@@ -150,25 +217,36 @@ pin_project! {
         // Boxed (rare), so that the response, moved up through the layers,
         // stays small.
         refused: Option<Box<HeaderMap>>,
-        hold: Option<H>,
         done: bool,
     }
 }
 
-impl<B, H> ResponseBody<B, H> {
-    pub(crate) fn new(body: B, limit: Limit, hold: Option<H>) -> Self {
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(body: B, limit: Limit) -> Self {
         Self {
             body,
             limit,
             frames: Frames::new(),
             refused: None,
-            hold,
             done: false,
         }
     }
+
+    /// `body`, under no limit (an answer the server makes itself).
+    pub(crate) fn unlimited(body: B) -> Self {
+        Self::new(body, Limit::response(usize::MAX))
+    }
 }
 
-impl<B, H> Body for ResponseBody<B, H>
+/// An empty body: what a layer above that answers by itself (the deadline's
+/// DEADLINE_EXCEEDED) makes with [`Status::into_http`].
+impl<B: Default> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::unlimited(B::default())
+    }
+}
+
+impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes, Error = Status>,
 {
@@ -184,13 +262,13 @@ where
             return Poll::Ready(None);
         }
         if let Some(trailers) = this.refused.take() {
-            (*this.done, *this.hold) = (true, None);
+            *this.done = true;
             return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
-        let frame = match std::task::ready!(this.body.poll_frame(cx)) {
+        let frame = match ready!(this.body.poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             other => {
-                (*this.done, *this.hold) = (true, None);
+                *this.done = true;
                 return Poll::Ready(other);
             }
         };
@@ -201,7 +279,7 @@ where
                     tracing::debug!("{}", status.message());
                     let trailers = status_trailers(&status);
                     if at == 0 {
-                        (*this.done, *this.hold) = (true, None);
+                        *this.done = true;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     *this.refused = Some(Box::new(trailers));
@@ -213,7 +291,7 @@ where
         match frame.into_trailers() {
             Ok(mut trailers) => {
                 too_large_is_resource_exhausted(&mut trailers);
-                (*this.done, *this.hold) = (true, None);
+                *this.done = true;
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Err(other) => Poll::Ready(Some(Ok(other))),
@@ -221,13 +299,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        // An empty answer (trailers-only) ends with its headers.
+        self.done || (self.refused.is_none() && self.body.is_end_stream())
     }
 }
 
 /// tonic's own size errors ("Error, decoded message length too large: ..."),
 /// OUT_OF_RANGE, made RESOURCE_EXHAUSTED.
-pub(crate) fn too_large_is_resource_exhausted(headers: &mut HeaderMap) {
+fn too_large_is_resource_exhausted(headers: &mut HeaderMap) {
     const OUT_OF_RANGE: &str = "11";
     const TONIC_TOO_LARGE: &[u8] = b"message%20length%20too%20large";
     let [status, message] = crate::wire::find(headers, [&GRPC_STATUS, &GRPC_MESSAGE]);

@@ -35,9 +35,9 @@ use tower::util::{BoxCloneSyncService, Either, MapResponse};
 
 use super::accept::{ConnectInfo, DynAccept};
 use super::builder::Routed;
-use super::call::{Answer, CallService, Calls};
+use super::call::{self, Answer, CallService, Calls};
 use super::keepalive::{KeepalivePolicy, Policed};
-use super::limits::Limit;
+use super::limits::{self, Limit, ResponseLimit};
 use super::reflection::{Reflection, ReflectionError};
 use super::shed::Admission;
 use super::{Server, ServerService};
@@ -157,7 +157,9 @@ impl Server {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<Drained, ServeError> {
-        let routes = self.routes()?;
+        // The response limit inside tai's layer: what it reports is what the
+        // client is sent.
+        let routes = ResponseLimit::new(self.routes()?, Limit::response(self.max_send));
         let inner = match self.layer.take() {
             Some(layer) => Either::Left(layer.layer(routes)),
             None => Either::Right(MapResponse::new(routes, unreported as Unreported)),
@@ -167,7 +169,6 @@ impl Server {
             calls: Arc::new(Calls {
                 admission: Admission::new(self.in_flight.clone(), self.concurrency_limit),
                 request: Limit::request(self.max_receive),
-                response: Limit::response(self.max_send),
             }),
             http2: {
                 let mut http2 = hyper::server::conn::http2::Builder::new(BoxingExecutor);
@@ -291,15 +292,18 @@ where
     }
 }
 
-/// The routes, behind tai's server layer or not.
-type Inner = Either<ServerService<Routed>, MapResponse<Routed, Unreported>>;
+/// The routes, their answers held to the response limit, behind tai's server
+/// layer or not.
+type Inner = Either<ServerService<Limited>, MapResponse<Limited, Unreported>>;
+
+type Limited = ResponseLimit<Routed>;
 
 /// The routes' answers without tai's server layer: in the body type the layer's
 /// answers have, reporting nothing.
-type Unreported = fn(http::Response<Body>) -> http::Response<Answer>;
+type Unreported = fn(http::Response<limits::ResponseBody<Body>>) -> http::Response<Answer>;
 
-fn unreported(response: http::Response<Body>) -> http::Response<Answer> {
-    response.map(|body| Answer::unreported(super::deadline::ResponseBody::unlimited(body)))
+fn unreported(response: http::Response<limits::ResponseBody<Body>>) -> http::Response<Answer> {
+    response.map(call::unreported)
 }
 
 /// What each connection is served with.

@@ -9,9 +9,13 @@
 //! so a streaming call counts for as long as it streams.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tonic::Status;
 
 /// The number of calls a server has in flight, readable while it runs.
@@ -86,6 +90,52 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.server.fetch_sub(1, Ordering::SeqCst);
         self.connection.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pin_project! {
+    /// An admitted call's response body: the call counts as in flight until
+    /// the body ends (or is dropped, the peer gone).
+    pub(crate) struct Counted<B> {
+        #[pin]
+        body: B,
+        ticket: Option<Ticket>,
+    }
+}
+
+impl<B> Counted<B> {
+    /// `body`, counted by `ticket` (`None`: a call never admitted).
+    pub(crate) fn new(body: B, ticket: Option<Ticket>) -> Self {
+        Self { body, ticket }
+    }
+}
+
+impl<B: Body> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(frame)) => frame.is_trailers(),
+            None | Some(Err(_)) => true,
+        };
+        if ended {
+            *this.ticket = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
