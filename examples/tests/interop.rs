@@ -1,5 +1,6 @@
-//! Interop: a gRPC C-core client (Python grpcio) calls `mesh serve --tls-dir`.
+//! Interop with gRPC C-core (Python grpcio), both ways.
 //!
+//! A grpcio client calls `mesh serve --tls-dir`.
 //! tai's server must serve clients it did not write, over mTLS: the script
 //! `tests/interop/grpcio_client.py` builds the mesh's messages from the
 //! descriptor set tai-build wrote and calls the Governor with the client
@@ -8,7 +9,12 @@
 //! refuses: an answer without messages must reach a client it did not write
 //! as gRPC's Trailers-Only, or the client loses the status.
 //!
-//! The test needs `python3` with `grpcio` and `protobuf`. Without them it skips
+//! tai's generated client calls a grpcio server (`tests/interop/grpcio_server.py`),
+//! with its compiled policy on the wire as gRPC specifies it: the deadline as
+//! `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
+//! pushback obeyed, statuses and their messages read as C-core sends them.
+//!
+//! The tests need `python3` with `grpcio` and `protobuf`. Without them it skips
 //! with a message, unless `TAI_REQUIRE_INTEROP` is set (CI sets it, and
 //! installs them): then their absence fails the test.
 
@@ -23,6 +29,11 @@ use tai_examples::certs::{DevCerts, files};
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/interop/grpcio_client.py"
+);
+
+const SERVER_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/grpcio_server.py"
 );
 
 /// Whether `python3` can import grpc and protobuf; if not, whether to skip.
@@ -129,4 +140,145 @@ fn grpcio_calls_mesh_serve_over_mtls_and_is_refused_without_a_certificate() {
         refused["unknown_method"]["code"], "UNIMPLEMENTED",
         "{refused}"
     );
+}
+
+/// The grpcio server as a process: stopped when dropped (its stdin closes),
+/// killed if it does not stop.
+struct GrpcioServer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    addr: String,
+}
+
+impl GrpcioServer {
+    fn start(descriptors: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args([SERVER_SCRIPT, "--descriptor-set"])
+            .arg(descriptors)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("the server says where").unwrap();
+        let addr = first
+            .strip_prefix("serving on ")
+            .unwrap_or_else(|| panic!("not an address: {first:?}"))
+            .to_owned();
+        Self { child, lines, addr }
+    }
+
+    /// The next call the server logged.
+    fn next_call(&mut self) -> serde_json::Value {
+        let line = self.lines.next().expect("a call logged").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+}
+
+impl Drop for GrpcioServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
+    use tai_examples::proto::governor_client::GovernorClient;
+    use tai_examples::proto::{Policy, ProposePolicyRequest, StreamPoliciesRequest};
+    use tonic::Code;
+
+    if !python_with_grpcio() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let descriptors = dir.path().join("tai_descriptor.bin");
+    std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
+    let mut server = GrpcioServer::start(&descriptors);
+    let channel = tai_runtime::Channel::to(format!("http://{}", server.addr)).unwrap();
+    let governor = GovernorClient::new(channel);
+    let propose = |request_id: &str, name: &str| ProposePolicyRequest {
+        request_id: request_id.to_owned(),
+        policy: Some(Policy {
+            id: "p".to_owned(),
+            policy_type: "security".to_owned(),
+            name: name.to_owned(),
+            ..Policy::default()
+        }),
+    };
+
+    // UNAVAILABLE twice (with pushback), then answered: ProposePolicy's retry
+    // policy takes it through, each retry numbered, all under the 3 s deadline.
+    let receipt = governor
+        .propose_policy(propose("r1", "unavailable-twice"))
+        .await
+        .expect("answered on the third attempt")
+        .into_inner();
+    assert_eq!(
+        (receipt.id.as_str(), receipt.message.as_str()),
+        ("r1", "attempt 3")
+    );
+    for previous in [None, Some("1"), Some("2")] {
+        let call = server.next_call();
+        assert_eq!(call["request_id"], "r1", "{call}");
+        assert_eq!(call["previous_attempts"].as_str(), previous, "{call}");
+        let timeout_ms = call["timeout_ms"].as_i64().expect("a deadline was sent");
+        assert!((1..=3000).contains(&timeout_ms), "{call}");
+    }
+
+    // A negative pushback: the server says not to retry, and is obeyed.
+    let stopped = governor
+        .propose_policy(propose("r2", "pushback-stop"))
+        .await
+        .unwrap_err();
+    assert_eq!(stopped.code(), Code::Unavailable, "{stopped}");
+    assert_eq!(server.next_call()["request_id"], "r2");
+
+    // A code the policy does not retry, its non-ASCII message decoded.
+    let invalid = governor
+        .propose_policy(propose("r3", "invalid"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid}");
+    assert_eq!(
+        invalid.message(),
+        "policy \u{ab} invalid \u{bb} refus\u{e9}e: 100% wrong"
+    );
+    assert_eq!(server.next_call()["request_id"], "r3");
+
+    // A stream: its messages, then the status in its trailers. No whole-call
+    // timeout for a subscription: no grpc-timeout.
+    let mut stream = governor
+        .stream_policies(StreamPoliciesRequest {
+            policy_type: "security".to_owned(),
+            ..StreamPoliciesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for version in [1, 2] {
+        let policy = stream.message().await.unwrap().expect("a policy");
+        assert_eq!(
+            (policy.version, policy.policy_type.as_str()),
+            (version, "security")
+        );
+    }
+    let lost = stream.message().await.unwrap_err();
+    assert_eq!(lost.code(), Code::DataLoss, "{lost}");
+    assert_eq!(lost.message(), "the log ends here");
+    let call = server.next_call();
+    assert_eq!(call["method"], "StreamPolicies", "{call}");
+    assert_eq!(call["timeout_ms"], serde_json::Value::Null, "{call}");
+
+    // Nothing else reached the server: the stopped and the invalid call were
+    // not retried (the next line is the one this call makes).
+    let receipt = governor
+        .propose_policy(propose("r4", "fine"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.message, "attempt 1");
+    assert_eq!(server.next_call()["request_id"], "r4");
 }
