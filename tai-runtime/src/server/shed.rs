@@ -12,7 +12,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -95,7 +95,8 @@ impl Drop for Ticket {
 
 pin_project! {
     /// An admitted call's response body: the call counts as in flight until
-    /// the body ends (or is dropped, the peer gone).
+    /// the body is dropped, which hyper does as soon as it has sent the body's
+    /// end (or the peer is gone). It only passes the frames on.
     pub(crate) struct Counted<B> {
         #[pin]
         body: B,
@@ -118,16 +119,7 @@ impl<B: Body> Body for Counted<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
-        let ended = match &frame {
-            Some(Ok(frame)) => frame.is_trailers(),
-            None | Some(Err(_)) => true,
-        };
-        if ended {
-            *this.ticket = None;
-        }
-        Poll::Ready(frame)
+        self.project().body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
