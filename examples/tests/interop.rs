@@ -151,11 +151,12 @@ struct GrpcioServer {
 }
 
 impl GrpcioServer {
-    fn start(descriptors: &Path) -> Self {
+    fn start(descriptors: &Path, args: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = Command::new("python3")
             .args([SERVER_SCRIPT, "--descriptor-set"])
             .arg(descriptors)
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -196,7 +197,7 @@ async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
     let dir = tempfile::tempdir().unwrap();
     let descriptors = dir.path().join("tai_descriptor.bin");
     std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
-    let mut server = GrpcioServer::start(&descriptors);
+    let mut server = GrpcioServer::start(&descriptors, &[]);
     let channel = tai_runtime::Channel::to(format!("http://{}", server.addr)).unwrap();
     let governor = GovernorClient::new(channel);
     let propose = |request_id: &str, name: &str| ProposePolicyRequest {
@@ -281,4 +282,39 @@ async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
         .into_inner();
     assert_eq!(receipt.message, "attempt 1");
     assert_eq!(server.next_call()["request_id"], "r4");
+}
+
+/// gRFC A8 against C-core's own enforcement: a client pinging every 10 s while
+/// idle is told GOAWAY `too_many_pings` (here at its third ping: one bad ping
+/// let pass, the least C-core allows: 0 means any number), and the endpoint's
+/// next connections ping half as often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcio_server_that_says_too_many_pings_is_pinged_half_as_often() {
+    use std::time::Duration;
+    use tai_runtime::config::{ClientConfig, KeepaliveConfig};
+
+    if !python_with_grpcio() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let descriptors = dir.path().join("tai_descriptor.bin");
+    std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
+    let server = GrpcioServer::start(&descriptors, &["--max-ping-strikes", "1"]);
+    let mut config = ClientConfig::default();
+    let every = KeepaliveConfig::MIN_TIME;
+    config.connection.keepalive =
+        Some(KeepaliveConfig::new(every, Duration::from_secs(20)).with_while_idle(true));
+    let channel = tai_runtime::Channel::builder(tai_runtime::Endpoints::one(server.addr.clone()))
+        .config(config)
+        .build()
+        .unwrap();
+    assert!(channel.ready(Duration::from_secs(10)).await, "connected");
+    let keepalive = || channel.endpoint_stats()[0].keepalive;
+    assert_eq!(keepalive(), Some(every));
+    // The third ping comes at 30 s; allow the machine a while more.
+    let give_up = tokio::time::Instant::now() + 5 * every;
+    while keepalive() == Some(every) && tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keepalive(), Some(2 * every), "doubled after the GOAWAY");
 }

@@ -17,7 +17,9 @@ What a call is answered with depends on the proposed policy's name:
   "invalid"            INVALID_ARGUMENT, a message with non-ASCII text
   anything else        a receipt
 StreamPolicies sends two policies, then ends with DATA_LOSS.
-It serves until stdin closes.
+It serves until stdin closes. C-core's keepalive enforcement is at its defaults
+(pings at most every 5 minutes, none while idle), but for the number of bad
+pings it lets pass, `--max-ping-strikes` (C-core's default: 2).
 """
 
 import argparse
@@ -37,6 +39,7 @@ INVALID_MESSAGE = "policy \u00ab invalid \u00bb refus\u00e9e: 100% wrong"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--descriptor-set", required=True)
+    parser.add_argument("--max-ping-strikes", type=int, default=2)
     args = parser.parse_args()
     cls = message_classes(args.descriptor_set)
     Receipt = cls("tai.v1.mesh.Receipt")
@@ -95,7 +98,10 @@ def main():
             response_serializer=lambda m: m.SerializeToString(),
         ),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.http2.max_ping_strikes", args.max_ping_strikes)],
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
