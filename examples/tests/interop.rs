@@ -31,6 +31,11 @@ const SCRIPT: &str = concat!(
     "/tests/interop/grpcio_client.py"
 );
 
+const PINGER_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/grpcio_pinger.py"
+);
+
 const SERVER_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/interop/grpcio_server.py"
@@ -317,4 +322,34 @@ async fn a_grpcio_server_that_says_too_many_pings_is_pinged_half_as_often() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(keepalive(), Some(2 * every), "doubled after the GOAWAY");
+}
+
+/// gRFC A8 the other way: tai's keepalive police tells a C-core client that
+/// pings every second while idle GOAWAY `too_many_pings`, in frames C-core reads
+/// as such (it logs that very GOAWAY; it would log a protocol error otherwise).
+#[test]
+fn a_grpcio_client_pinging_too_often_is_told_too_many_pings() {
+    use std::io::BufRead;
+
+    if !python_with_grpcio() {
+        return;
+    }
+    let (_server, addr, _) = spawn_serve(&[]);
+    let mut pinger = Command::new("python3")
+        .args([PINGER_SCRIPT, "--addr", &addr])
+        // C-core logs the GOAWAY at ERROR, which this level shows.
+        .env("GRPC_VERBOSITY", "ERROR")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run python3");
+    // C-core's log, until the GOAWAY is in it or the pinger gives up (30 s).
+    let stderr = std::io::BufReader::new(pinger.stderr.take().unwrap());
+    let told = stderr.lines().map_while(Result::ok).find(|line| {
+        line.contains("Received a GOAWAY with error code ENHANCE_YOUR_CALM")
+            && line.contains("too_many_pings")
+    });
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    assert!(told.is_some(), "C-core never logged GOAWAY too_many_pings");
 }
