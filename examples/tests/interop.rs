@@ -14,7 +14,7 @@
 //! `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
 //! pushback obeyed, statuses and their messages read as C-core sends them.
 //!
-//! The tests need `python3` with `grpcio` and `protobuf`. Without them it skips
+//! The tests need `python3` with `grpcio`, `grpcio-reflection` and `protobuf`. Without them it skips
 //! with a message, unless `TAI_REQUIRE_INTEROP` is set (CI sets it, and
 //! installs them): then their absence fails the test.
 
@@ -31,6 +31,11 @@ const SCRIPT: &str = concat!(
     "/tests/interop/grpcio_client.py"
 );
 
+const REFLECTION_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/grpcio_reflection.py"
+);
+
 const PINGER_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/interop/grpcio_pinger.py"
@@ -41,21 +46,22 @@ const SERVER_SCRIPT: &str = concat!(
     "/tests/interop/grpcio_server.py"
 );
 
-/// Whether `python3` can import grpc and protobuf; if not, whether to skip.
+/// Whether `python3` can import grpc, its reflection client and protobuf; if
+/// not, whether to skip.
 fn python_with_grpcio() -> bool {
     let found = Command::new("python3")
-        .args(["-c", "import grpc, google.protobuf"])
+        .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
         .output()
         .is_ok_and(|out| out.status.success());
     if !found {
         assert!(
             std::env::var_os("TAI_REQUIRE_INTEROP").is_none(),
-            "TAI_REQUIRE_INTEROP is set but `python3 -c \"import grpc, google.protobuf\"` fails: \
-             install them with `python3 -m pip install grpcio protobuf`"
+            "TAI_REQUIRE_INTEROP is set but `python3 -c \"import grpc, grpc_reflection, google.protobuf\"` fails: \
+             install them with `python3 -m pip install grpcio grpcio-reflection protobuf`"
         );
         eprintln!(
-            "SKIPPED interop test: python3 with grpcio and protobuf not found \
-             (`python3 -m pip install grpcio protobuf` to run it; CI sets TAI_REQUIRE_INTEROP=1)"
+            "SKIPPED interop test: python3 with grpcio, grpcio-reflection and protobuf not found \
+             (`python3 -m pip install grpcio grpcio-reflection protobuf` to run it; CI sets TAI_REQUIRE_INTEROP=1)"
         );
     }
     found
@@ -352,4 +358,58 @@ fn a_grpcio_client_pinging_too_often_is_told_too_many_pings() {
     let _ = pinger.kill();
     let _ = pinger.wait();
     assert!(told.is_some(), "C-core never logged GOAWAY too_many_pings");
+}
+
+/// gRPC's own reflection client (grpcio-reflection, as tools built on C-core use
+/// it) builds a descriptor pool from what `mesh serve` sends: a service's file
+/// comes with the files it imports, so a message with a field of an imported
+/// type (`google.protobuf.Timestamp`) can be built and encoded.
+#[test]
+fn grpcios_reflection_client_builds_the_mesh_messages_from_the_server() {
+    use prost::Message;
+
+    if !python_with_grpcio() {
+        return;
+    }
+    let (_server, addr, _) = spawn_serve(&[]);
+    let out = Command::new("python3")
+        .args([REFLECTION_SCRIPT, "--addr", &addr])
+        .output()
+        .expect("run python3");
+    let seen = report(&out);
+    assert!(
+        out.status.success(),
+        "{seen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in [
+        "grpc.health.v1.Health",
+        "tai.v1.mesh.Coordinator",
+        "tai.v1.mesh.Governor",
+        "tai.v1.mesh.Scheduler",
+    ] {
+        assert!(
+            seen["services"]
+                .as_array()
+                .unwrap()
+                .contains(&service.into()),
+            "{service}: {seen}"
+        );
+    }
+    assert_eq!(seen["methods"][0], "ProposePolicy", "{seen}");
+    assert_eq!(seen["file"], "tai/v1/mesh/governor.proto", "{seen}");
+    let dependencies = seen["dependencies"].as_array().unwrap();
+    assert!(
+        dependencies.contains(&"google/protobuf/timestamp.proto".into()),
+        "{seen}"
+    );
+    // What Python encoded from the reflected descriptors is what tai's own
+    // types decode.
+    let bytes: Vec<u8> = (0..seen["encoded"].as_str().unwrap().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&seen["encoded"].as_str().unwrap()[i..i + 2], 16).unwrap())
+        .collect();
+    let policy = tai_examples::proto::Policy::decode(bytes.as_slice()).unwrap();
+    assert_eq!((policy.id.as_str(), policy.version), ("p1", 2));
+    assert_eq!(policy.created_at.map(|t| t.seconds), Some(1));
 }
