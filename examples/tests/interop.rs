@@ -1,22 +1,25 @@
-//! Interop with gRPC C-core (Python grpcio), both ways.
+//! Interop with gRPC C-core (Python grpcio), both ways. tai must serve clients
+//! it did not write, and call servers it did not write.
 //!
-//! A grpcio client calls `mesh serve --tls-dir`.
-//! tai's server must serve clients it did not write, over mTLS: the script
-//! `tests/interop/grpcio_client.py` builds the mesh's messages from the
-//! descriptor set tai-build wrote and calls the Governor with the client
-//! certificate (it succeeds), and without one (the server refuses the
-//! handshake: UNAVAILABLE). It also reads the status of two calls the server
-//! refuses: an answer without messages must reach a client it did not write
-//! as gRPC's Trailers-Only, or the client loses the status.
+//! - A grpcio client calls `mesh serve --tls-dir` (`tests/interop/grpcio_client.py`,
+//!   the mesh's messages built from the descriptor set tai-build wrote): with the
+//!   client certificate it succeeds, without one the handshake is refused
+//!   (UNAVAILABLE). It reads the status of two calls the server refuses: an
+//!   answer without messages must reach it as gRPC's Trailers-Only, or the
+//!   client loses the status.
+//! - tai's generated client calls a grpcio server (`tests/interop/grpcio_server.py`),
+//!   its compiled policy on the wire as gRPC specifies it: the deadline as
+//!   `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
+//!   pushback obeyed, statuses and their messages read as C-core sends them.
+//! - gRFC A8 both ways: C-core's GOAWAY `too_many_pings` slows tai's client's
+//!   pings; tai's keepalive police sends one a C-core client reads as such
+//!   (`tests/interop/grpcio_pinger.py`).
+//! - gRPC's Python reflection client builds the mesh's messages from the
+//!   server's reflection (`tests/interop/grpcio_reflection.py`).
 //!
-//! tai's generated client calls a grpcio server (`tests/interop/grpcio_server.py`),
-//! with its compiled policy on the wire as gRPC specifies it: the deadline as
-//! `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
-//! pushback obeyed, statuses and their messages read as C-core sends them.
-//!
-//! The tests need `python3` with `grpcio`, `grpcio-reflection` and `protobuf`. Without them it skips
-//! with a message, unless `TAI_REQUIRE_INTEROP` is set (CI sets it, and
-//! installs them): then their absence fails the test.
+//! The tests need `python3` with `grpcio`, `grpcio-reflection` and `protobuf`.
+//! Without them they skip with a message, unless `TAI_REQUIRE_INTEROP` is set
+//! (CI sets it, and installs them): then their absence fails them.
 
 mod common;
 
