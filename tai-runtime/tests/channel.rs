@@ -1266,3 +1266,53 @@ async fn calls_started_together_share_their_writes() {
         "{CALLS} calls started together took {used} writes"
     );
 }
+
+/// A unary call's request goes as HEADERS and one DATA frame that ends the
+/// stream: no empty DATA frame after the message (what tonic's body alone makes
+/// hyper send), which costs both sides a frame and keeps a server that waits for
+/// the request's end (tonic's, for its trailers) from starting the handler.
+#[tokio::test]
+async fn a_unary_request_ends_its_stream_with_its_message() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut connection = h2::server::handshake(tcp).await.unwrap();
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            // Each DATA frame as it arrives: its length, and whether the stream
+            // had ended with it.
+            let mut body = request.into_body();
+            let mut seen = Vec::new();
+            while let Some(Ok(data)) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.len());
+                seen.push((data.len(), body.is_end_stream()));
+            }
+            frames_tx.send(seen).unwrap();
+            let head = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "5".parse().unwrap());
+            let mut send = respond.send_response(head, false).unwrap();
+            let _ = send.send_trailers(trailers);
+        }
+    });
+    let channel = Channel::builder(Endpoints::one(addr.to_string()))
+        .build()
+        .unwrap();
+    let core = ClientCore::new(channel, service(vec![unary_method()], None));
+    let message = echo("hello");
+    let err = core
+        .unary::<Echo, Echo>(0, message.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the server's answer: {err}");
+    let framed = 5 + prost::Message::encoded_len(&message);
+    assert_eq!(
+        frames.recv().await.unwrap(),
+        [(framed, true)],
+        "one DATA frame, ending the stream"
+    );
+}

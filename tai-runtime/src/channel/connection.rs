@@ -26,10 +26,11 @@ use super::coalesce::{Coalescing, coalesced};
 use super::connectivity::ConnectivityState;
 use super::connector::SharedConnector;
 use super::first_frame::{FirstFrame, NOT_HTTP2};
+use super::request::RequestBody;
 use crate::config::{ConnectionConfig, KeepaliveConfig};
 use crate::metrics::EndpointMetrics;
 
-pub(crate) type Sender = SendRequest<tonic::body::Body>;
+pub(crate) type Sender = SendRequest<RequestBody>;
 
 use crate::BoxError;
 
@@ -256,7 +257,7 @@ pub(crate) async fn drive(
     conn.set_state(ConnectivityState::Shutdown, &cx.changed);
 }
 
-type HttpConnection = http2::Connection<TokioIo<FirstFrame>, tonic::body::Body, Coalescing>;
+type HttpConnection = http2::Connection<TokioIo<FirstFrame>, RequestBody, Coalescing>;
 
 /// Opens a connection and waits until the server's HTTP/2 preface has arrived.
 ///

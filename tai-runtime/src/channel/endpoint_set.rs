@@ -20,6 +20,7 @@ use tonic::Status;
 use super::connection::{self, Connection, DriverContext};
 use super::connectivity::ConnectivityState;
 use super::endpoint::{CallResult, EjectionBudget, Endpoint};
+use super::request::RequestBody;
 use super::response::{CallGuard, ResponseBody, connection_status, grpc_status, own_status};
 use super::{balance, health, rng};
 use crate::config::{BalancerKind, ClientConfig};
@@ -237,12 +238,9 @@ impl EndpointSet {
     pub(super) fn send(
         self: &Arc<Self>,
         (endpoint, connection, mut sender): (Arc<Endpoint>, Arc<Connection>, connection::Sender),
-        mut request: http::Request<tonic::body::Body>,
+        mut request: http::Request<RequestBody>,
     ) -> impl Future<
-        Output = Result<
-            http::Response<ResponseBody>,
-            Result<Status, http::Request<tonic::body::Body>>,
-        >,
+        Output = Result<http::Response<ResponseBody>, Result<Status, http::Request<RequestBody>>>,
     > + Send
     + 'static {
         let uri = std::mem::take(request.uri_mut());

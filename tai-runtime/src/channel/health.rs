@@ -17,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::connectivity::ConnectivityState;
 use super::endpoint::Endpoint;
+use super::request::RequestBody;
 use super::{EndpointSet, ResponseBody, ResponseFuture};
 
 /// Sends calls to one endpoint, bypassing the balancer (health checks must reach
@@ -48,7 +49,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for Pinned {
             };
             let connection = Arc::clone(connection);
             match set
-                .send((Arc::clone(&endpoint), connection, sender), request)
+                .send(
+                    (Arc::clone(&endpoint), connection, sender),
+                    request.map(RequestBody::new),
+                )
                 .await
             {
                 Ok(response) => Ok(response),

@@ -45,6 +45,7 @@ mod endpoint;
 mod endpoint_set;
 mod first_frame;
 mod health;
+mod request;
 mod response;
 mod rng;
 
@@ -303,7 +304,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
             _ => None,
         };
         Box::pin(async move {
-            let mut request = request;
+            let mut request = request.map(request::RequestBody::new);
             for _ in 0..=MAX_TRANSPARENT_RETRIES {
                 let pick = match picked.take().or_else(|| set.pick()) {
                     Some(p) => p,
