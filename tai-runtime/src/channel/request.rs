@@ -70,8 +70,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.ahead {
             None => self.inner.size_hint(),
+            Some(None) => SizeHint::with_exact(0),
             // The inner body's hint no longer counts the frame held here.
-            Some(_) => SizeHint::default(),
+            Some(Some(_)) => SizeHint::default(),
         }
     }
 }
