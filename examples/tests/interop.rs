@@ -111,8 +111,7 @@ fn grpcio_calls_mesh_serve_over_mtls_and_is_refused_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     DevCerts::generate().unwrap().write(&certs).unwrap();
-    let descriptors = dir.path().join("tai_descriptor.bin");
-    std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
+    let descriptors = descriptor_set_in(dir.path());
     let (_server, addr, _) = spawn_serve(&["--tls-dir", certs.to_str().unwrap()]);
 
     // Without a client certificate first: the server refuses the handshake, and
@@ -156,20 +155,30 @@ fn grpcio_calls_mesh_serve_over_mtls_and_is_refused_without_a_certificate() {
     );
 }
 
+/// The mesh's descriptor set, written into `dir` for a Python script to read.
+fn descriptor_set_in(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tai_descriptor.bin");
+    std::fs::write(&path, tai_examples::server::DESCRIPTOR_SET).unwrap();
+    path
+}
+
 /// The grpcio server as a process: stopped when dropped (its stdin closes),
 /// killed if it does not stop.
 struct GrpcioServer {
     child: std::process::Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     addr: String,
+    /// Holds the descriptor set the server read.
+    _dir: tempfile::TempDir,
 }
 
 impl GrpcioServer {
-    fn start(descriptors: &Path, args: &[&str]) -> Self {
+    fn start(args: &[&str]) -> Self {
         use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("python3")
             .args([SERVER_SCRIPT, "--descriptor-set"])
-            .arg(descriptors)
+            .arg(descriptor_set_in(dir.path()))
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -181,7 +190,12 @@ impl GrpcioServer {
             .strip_prefix("serving on ")
             .unwrap_or_else(|| panic!("not an address: {first:?}"))
             .to_owned();
-        Self { child, lines, addr }
+        Self {
+            child,
+            lines,
+            addr,
+            _dir: dir,
+        }
     }
 
     /// The next call the server logged.
@@ -208,10 +222,7 @@ async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
     if !python_with_grpcio() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let descriptors = dir.path().join("tai_descriptor.bin");
-    std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
-    let mut server = GrpcioServer::start(&descriptors, &[]);
+    let mut server = GrpcioServer::start(&[]);
     let channel = tai_runtime::Channel::to(format!("http://{}", server.addr)).unwrap();
     let governor = GovernorClient::new(channel);
     let propose = |request_id: &str, name: &str| ProposePolicyRequest {
@@ -310,10 +321,7 @@ async fn a_grpcio_server_that_says_too_many_pings_is_pinged_half_as_often() {
     if !python_with_grpcio() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let descriptors = dir.path().join("tai_descriptor.bin");
-    std::fs::write(&descriptors, tai_examples::server::DESCRIPTOR_SET).unwrap();
-    let server = GrpcioServer::start(&descriptors, &["--max-ping-strikes", "1"]);
+    let server = GrpcioServer::start(&["--max-ping-strikes", "1"]);
     let mut config = ClientConfig::default();
     let every = KeepaliveConfig::MIN_TIME;
     config.connection.keepalive =
