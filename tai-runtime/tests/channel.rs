@@ -1316,3 +1316,101 @@ async fn a_unary_request_ends_its_stream_with_its_message() {
         "one DATA frame, ending the stream"
     );
 }
+
+/// The writes a connection made: the bytes of each, in order.
+type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Loopback TCP whose writes are recorded.
+struct RecordedWrites {
+    tcp: tokio::net::TcpStream,
+    writes: Writes,
+}
+
+impl tokio::io::AsyncRead for RecordedWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for RecordedWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = std::task::ready!(std::pin::Pin::new(&mut this.tcp).poll_write(cx, buf))?;
+        this.writes.lock().unwrap().push(buf[..written].to_vec());
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP/2 frame types in `bytes` (whole frames), in order.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+/// A call made alone goes out in one write: its HEADERS wait for its DATA
+/// rather than being written on their own (h2 gives the body send capacity only
+/// once the connection has opened the stream, in the poll that writes the
+/// HEADERS), so the server reads and wakes once per call, not twice.
+#[tokio::test]
+async fn a_lone_call_is_written_once_headers_and_data_together() {
+    let addr = Script::unary(|_, request| async move { Ok(request) })
+        .serve_tcp()
+        .await;
+    let writes: Writes = Arc::default();
+    let connector = {
+        let writes = Arc::clone(&writes);
+        move |address: String| {
+            let writes = Arc::clone(&writes);
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                Ok(Box::new(RecordedWrites { tcp, writes }) as BoxIo)
+            }
+        }
+    };
+    let channel = Channel::builder(Endpoints::one(addr.to_string()))
+        .connector(connector)
+        .build()
+        .unwrap();
+    let core = ClientCore::new(channel, service(vec![unary_method()], None));
+    // The first call also acknowledges the server's SETTINGS.
+    core.unary::<Echo, Echo>(0, echo("warm-up")).await.unwrap();
+    let before = writes.lock().unwrap().len();
+    for _ in 0..3 {
+        core.unary::<Echo, Echo>(0, echo("alone")).await.unwrap();
+    }
+    let calls: Vec<Vec<u8>> = writes.lock().unwrap()[before..]
+        .iter()
+        .map(|w| frame_types(w))
+        .collect();
+    const HEADERS: u8 = 0x1;
+    const DATA: u8 = 0x0;
+    assert_eq!(calls, vec![vec![HEADERS, DATA]; 3], "one write per call");
+}

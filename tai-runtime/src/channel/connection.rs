@@ -26,6 +26,7 @@ use super::coalesce::{Coalescing, coalesced};
 use super::connectivity::ConnectivityState;
 use super::connector::SharedConnector;
 use super::first_frame::{FirstFrame, NOT_HTTP2};
+use super::headers_with_body::HeadersWithBody;
 use super::request::RequestBody;
 use crate::config::{ConnectionConfig, KeepaliveConfig};
 use crate::metrics::EndpointMetrics;
@@ -257,7 +258,8 @@ pub(crate) async fn drive(
     conn.set_state(ConnectivityState::Shutdown, &cx.changed);
 }
 
-type HttpConnection = http2::Connection<TokioIo<FirstFrame>, RequestBody, Coalescing>;
+type HttpConnection =
+    http2::Connection<TokioIo<HeadersWithBody<FirstFrame>>, RequestBody, Coalescing>;
 
 /// Opens a connection and waits until the server's HTTP/2 preface has arrived.
 ///
@@ -286,7 +288,8 @@ async fn dial(
             .keep_alive_timeout(k.timeout)
             .keep_alive_while_idle(k.while_idle);
     }
-    let (sender, connection) = builder.handshake(TokioIo::new(io)).await?;
+    let io = TokioIo::new(HeadersWithBody::new(io));
+    let (sender, connection) = builder.handshake(io).await?;
     // Boxed once per connection so that it can be polled here and kept afterwards.
     let mut connection = Box::pin(connection);
     // The connection must be polled for the server's frames to be read at all.

@@ -44,6 +44,7 @@ mod discovery;
 mod endpoint;
 mod endpoint_set;
 mod first_frame;
+mod headers_with_body;
 mod health;
 mod request;
 mod response;
