@@ -19,6 +19,7 @@ use tai_runtime::server::rate_limit::RateLimitLayer;
 use tai_runtime::server::{InFlight, Server};
 use tai_runtime::tls::{ServerTls, TlsError};
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding::{Gzip, Zstd};
 
 use crate::common::Closing;
 use crate::coordinator::Coordinator;
@@ -205,8 +206,15 @@ impl<H: TaskHandler> MeshServer<H> {
         if let Some(limit) = self.rate_limit {
             server = server.layer(limit);
         }
+        // Each service takes requests compressed with gzip or zstd as well as
+        // plain ones: tonic's services accept only what they are told to, and a
+        // client that compresses (grpc-go's `UseCompressor`, grpcio's
+        // `compression=`, tai's `send_compressed`) would be refused with
+        // UNIMPLEMENTED. Answers go uncompressed: the mesh's messages are small.
         if let Some(g) = self.governor {
-            let service = GovernorServer::new(g.closing_on(closing.clone()));
+            let service = GovernorServer::new(g.closing_on(closing.clone()))
+                .accept_compressed(Gzip)
+                .accept_compressed(Zstd);
             server = add(
                 server,
                 service,
@@ -214,7 +222,9 @@ impl<H: TaskHandler> MeshServer<H> {
             );
         }
         if let Some(c) = self.coordinator {
-            let service = CoordinatorServer::new(c.closing_on(closing.clone()));
+            let service = CoordinatorServer::new(c.closing_on(closing.clone()))
+                .accept_compressed(Gzip)
+                .accept_compressed(Zstd);
             server = add(
                 server,
                 service,
@@ -222,7 +232,9 @@ impl<H: TaskHandler> MeshServer<H> {
             );
         }
         if let Some(s) = self.scheduler {
-            let service = SchedulerServer::new(s.closing_on(closing.clone()));
+            let service = SchedulerServer::new(s.closing_on(closing.clone()))
+                .accept_compressed(Gzip)
+                .accept_compressed(Zstd);
             server = add(
                 server,
                 service,

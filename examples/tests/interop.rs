@@ -6,7 +6,7 @@
 //!   client certificate it succeeds, without one the handshake is refused
 //!   (UNAVAILABLE). It reads the status of two calls the server refuses: an
 //!   answer without messages must reach it as gRPC's Trailers-Only, or the
-//!   client loses the status.
+//!   client loses the status. A gzip-compressed request is served.
 //! - tai's generated client calls a grpcio server (`tests/interop/grpcio_server.py`),
 //!   its compiled policy on the wire as gRPC specifies it: the deadline as
 //!   `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
@@ -153,6 +153,10 @@ fn grpcio_calls_mesh_serve_over_mtls_and_is_refused_without_a_certificate() {
         refused["unknown_method"]["code"], "UNIMPLEMENTED",
         "{refused}"
     );
+    // A request compressed with gzip is taken, not refused as UNIMPLEMENTED.
+    let gzip = &called["gzip"];
+    assert_eq!(gzip["code"], "OK", "{gzip}");
+    assert_eq!(gzip["policies"], 1, "{gzip}");
 }
 
 /// The mesh's descriptor set, written into `dir` for a Python script to read.

@@ -8,9 +8,11 @@ grpcio's generic `channel.unary_unary(path, ...)`.
 
 It proposes a policy, then lists the policies, then makes two calls the server
 refuses (an empty proposal, a method it does not serve) to see the status each
-ends with, and prints one JSON line:
+ends with, then lists the policies again with a gzip-compressed request, and
+prints one JSON line:
   {"ok": true, "receipt": {...}, "policies": [...],
-   "refused": {"empty_proposal": {"code": ..., "details": ...}, ...}}  exit 0
+   "refused": {"empty_proposal": {"code": ..., "details": ...}, ...},
+   "gzip": {"code": "OK", "policies": 1}}                          exit 0
   {"ok": false, "code": "UNAVAILABLE", "details": "..."}           exit 1
 """
 
@@ -83,6 +85,16 @@ def main():
                 refused[name] = {"code": "OK", "details": ""}
             except grpc.RpcError as e:
                 refused[name] = {"code": e.code().name, "details": e.details()}
+        # The same read, its request compressed with gzip.
+        try:
+            listed = get(
+                cls("tai.v1.mesh.GetPoliciesRequest")(),
+                timeout=args.timeout,
+                compression=grpc.Compression.Gzip,
+            )
+            gzip = {"code": "OK", "policies": len(listed.policies)}
+        except grpc.RpcError as e:
+            gzip = {"code": e.code().name, "details": e.details()}
     print(
         json.dumps(
             {
@@ -90,6 +102,7 @@ def main():
                 "receipt": json_format.MessageToDict(receipt),
                 "policies": json_format.MessageToDict(policies).get("policies", []),
                 "refused": refused,
+                "gzip": gzip,
             }
         )
     )
