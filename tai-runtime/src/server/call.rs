@@ -5,7 +5,7 @@
 //! messages to their size limit (the response's is held around the routes, see
 //! [`limits`](super::limits)), and counts the call — on the server, for the
 //! drain and the shedding, and on its connection, for the keepalive police —
-//! until its response body ends.
+//! until hyper drops its response body, once sent ([`Counted`]).
 
 use std::convert::Infallible;
 use std::future::Future;
