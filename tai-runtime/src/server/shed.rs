@@ -5,8 +5,9 @@
 //! memory the clients control); refusing lets a client's retry policy, or its
 //! balancer, take the call elsewhere. One atomic counter both counts the calls
 //! in flight (for the drain report) and enforces the limit: a call is in flight
-//! from the moment it is admitted until hyper drops its response body (once sent, or the peer gone),
-//! so a streaming call counts for as long as it streams.
+//! from the moment it is admitted until hyper drops its response body (once
+//! sent, or the peer gone), so a streaming call counts for as long as it
+//! streams.
 
 use std::fmt;
 use std::pin::Pin;
