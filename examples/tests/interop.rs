@@ -10,7 +10,8 @@
 //! - tai's generated client calls a grpcio server (`tests/interop/grpcio_server.py`),
 //!   its compiled policy on the wire as gRPC specifies it: the deadline as
 //!   `grpc-timeout`, A6 retries with `grpc-previous-rpc-attempts`, the server's
-//!   pushback obeyed, statuses and their messages read as C-core sends them.
+//!   pushback obeyed (a wait, or no retry), statuses and their messages read as
+//!   C-core sends them.
 //! - gRFC A8 both ways: C-core's GOAWAY `too_many_pings` slows tai's client's
 //!   pings; tai's keepalive police sends one a C-core client reads as such
 //!   (`tests/interop/grpcio_pinger.py`).
@@ -239,8 +240,10 @@ async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
         }),
     };
 
-    // UNAVAILABLE twice (with pushback), then answered: ProposePolicy's retry
-    // policy takes it through, each retry numbered, all under the 3 s deadline.
+    // UNAVAILABLE twice, each with a 300 ms pushback, then answered:
+    // ProposePolicy's retry policy takes it through, each retry numbered and
+    // sent only after the pushback (its own backoff would be 50 ms), all under
+    // the 3 s deadline, which each retry carries as what is left of it.
     let receipt = governor
         .propose_policy(propose("r1", "unavailable-twice"))
         .await
@@ -250,12 +253,25 @@ async fn the_generated_client_calls_a_grpcio_server_with_its_policy() {
         (receipt.id.as_str(), receipt.message.as_str()),
         ("r1", "attempt 3")
     );
+    let mut last: Option<(i64, i64)> = None;
     for previous in [None, Some("1"), Some("2")] {
         let call = server.next_call();
         assert_eq!(call["request_id"], "r1", "{call}");
         assert_eq!(call["previous_attempts"].as_str(), previous, "{call}");
         let timeout_ms = call["timeout_ms"].as_i64().expect("a deadline was sent");
         assert!((1..=3000).contains(&timeout_ms), "{call}");
+        let at_ms = call["at_ms"].as_i64().unwrap();
+        if let Some((last_at, last_timeout)) = last {
+            assert!(
+                at_ms - last_at >= 300,
+                "retried before the pushback: {call}"
+            );
+            assert!(
+                timeout_ms < last_timeout,
+                "the deadline is the call's: {call}"
+            );
+        }
+        last = Some((at_ms, timeout_ms));
     }
 
     // A negative pushback: the server says not to retry, and is obeyed.

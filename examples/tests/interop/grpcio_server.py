@@ -9,9 +9,9 @@ generic handlers.
 
 It prints `serving on 127.0.0.1:PORT`, then one JSON line per call it receives:
   {"method": ..., "request_id": ..., "previous_attempts": "1" | null,
-   "timeout_ms": ... | null}
+   "timeout_ms": ... | null, "at_ms": <monotonic clock, milliseconds>}
 What a call is answered with depends on the proposed policy's name:
-  "unavailable-twice"  UNAVAILABLE (with grpc-retry-pushback-ms: 20) on the
+  "unavailable-twice"  UNAVAILABLE (with grpc-retry-pushback-ms: 300) on the
                        first two attempts of a request_id, then a receipt
   "pushback-stop"      UNAVAILABLE with a negative pushback: do not retry
   "invalid"            INVALID_ARGUMENT, a message with non-ASCII text
@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -57,6 +58,7 @@ def main():
             "request_id": request_id,
             "previous_attempts": metadata.get("grpc-previous-rpc-attempts"),
             "timeout_ms": None if remaining is None else round(remaining * 1000),
+            "at_ms": round(time.monotonic() * 1000),
         }
         with lock:
             print(json.dumps(line), flush=True)
@@ -68,7 +70,9 @@ def main():
             attempts[request.request_id] = attempt
         name = request.policy.name
         if name == "unavailable-twice" and attempt <= 2:
-            context.set_trailing_metadata([("grpc-retry-pushback-ms", "20")])
+            # Far above the method's 50 ms initial backoff: a retry that came
+            # sooner did not wait for the pushback.
+            context.set_trailing_metadata([("grpc-retry-pushback-ms", "300")])
             context.abort(grpc.StatusCode.UNAVAILABLE, f"attempt {attempt}: not yet")
         if name == "pushback-stop":
             context.set_trailing_metadata([("grpc-retry-pushback-ms", "-1")])
