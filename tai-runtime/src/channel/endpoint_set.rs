@@ -238,9 +238,12 @@ impl EndpointSet {
     pub(super) fn send(
         self: &Arc<Self>,
         (endpoint, connection, mut sender): (Arc<Endpoint>, Arc<Connection>, connection::Sender),
-        mut request: http::Request<RequestBody>,
+        mut request: http::Request<tonic::body::Body>,
     ) -> impl Future<
-        Output = Result<http::Response<ResponseBody>, Result<Status, http::Request<RequestBody>>>,
+        Output = Result<
+            http::Response<ResponseBody>,
+            Result<Status, http::Request<tonic::body::Body>>,
+        >,
     > + Send
     + 'static {
         let uri = std::mem::take(request.uri_mut());
@@ -259,6 +262,8 @@ impl EndpointSet {
                 };
                 // Only peak-EWMA uses the latency; the others need no clock.
                 let start = (self.config.balancer == BalancerKind::PeakEwma).then(Instant::now);
+                // The body as HTTP/2 gets it: ending with its last message.
+                let request = request.map(RequestBody::new);
                 Ok((guard, start, sender.try_send_request(request)))
             }
             Err(e) => Err(Status::internal(format!("invalid request URI: {e}"))),
@@ -285,7 +290,7 @@ impl EndpointSet {
                         // fault as far as the call goes; re-send elsewhere.
                         guard.connection.mark_broken(&guard.set.changed);
                         guard.recorded = true;
-                        Err(Err(request))
+                        Err(Err(request.map(RequestBody::into_inner)))
                     }
                     None => {
                         let error = e.into_error();

@@ -17,7 +17,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::connectivity::ConnectivityState;
 use super::endpoint::Endpoint;
-use super::request::RequestBody;
 use super::{EndpointSet, ResponseBody, ResponseFuture};
 
 /// Sends calls to one endpoint, bypassing the balancer (health checks must reach
@@ -49,10 +48,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Pinned {
             };
             let connection = Arc::clone(connection);
             match set
-                .send(
-                    (Arc::clone(&endpoint), connection, sender),
-                    request.map(RequestBody::new),
-                )
+                .send((Arc::clone(&endpoint), connection, sender), request)
                 .await
             {
                 Ok(response) => Ok(response),

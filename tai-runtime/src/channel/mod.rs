@@ -305,7 +305,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
             _ => None,
         };
         Box::pin(async move {
-            let mut request = request.map(request::RequestBody::new);
+            let mut request = request;
             for _ in 0..=MAX_TRANSPARENT_RETRIES {
                 let pick = match picked.take().or_else(|| set.pick()) {
                     Some(p) => p,

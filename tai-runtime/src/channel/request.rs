@@ -38,6 +38,13 @@ impl RequestBody {
     pub(crate) fn new(inner: tonic::body::Body) -> Self {
         Self { inner, ahead: None }
     }
+
+    /// The body it wraps, for a request HTTP/2 gave back unsent (so never
+    /// polled: nothing was read ahead).
+    pub(crate) fn into_inner(self) -> tonic::body::Body {
+        debug_assert!(self.ahead.is_none(), "an unsent body was never polled");
+        self.inner
+    }
 }
 
 impl Body for RequestBody {
